@@ -1,0 +1,195 @@
+"""Base classes of vlir components.
+
+A component is a ``torch.nn.Module`` whose constructor takes one argument, its ``Params``
+(a pydantic v2 model with ``extra="forbid"``). ``Params`` is the component's only schema:
+defaults are the official configuration, presets (listed in ``registry.yaml`` or on the
+class as ``presets``) are plain dicts of overrides.
+
+A third-party component needs nothing but a subclass::
+
+    from vlir.core import Backbone
+
+    class MyNet(Backbone):
+        class Params(Backbone.Params):
+            width: int = 16
+
+        def __init__(self, params=None, **overrides):
+            super().__init__(params, **overrides)
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, lq, cond=None):
+            return lq + self.conv(lq)
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conditioning import Conditioning, Perception
+
+API_VERSION = 1
+KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
+
+
+class Params(BaseModel):
+    """Base of every component's ``Params``: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Component(torch.nn.Module):
+    """Common base: ``name``, ``kind``, ``api_version``, ``Params`` and ``presets``."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by the registry when the class is loaded
+    api_version: ClassVar[int] = API_VERSION
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # third-party presets; built-ins use registry.yaml
+
+    class Params(Params):
+        pass
+
+    def __init__(self, params: "Params | Mapping[str, Any] | None" = None, **overrides: Any):
+        super().__init__()
+        if params is None:
+            params = self.Params(**overrides)
+        elif isinstance(params, Mapping):
+            params = self.Params(**{**params, **overrides})
+        elif overrides:
+            params = params.model_copy(update=overrides)
+            params = self.Params.model_validate(params.model_dump())
+        if not isinstance(params, self.Params):
+            raise TypeError(
+                f"{type(self).__name__} expects {type(self).__name__}.Params, got {type(params).__name__}"
+            )
+        self.params = params
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def convert_checkpoint(self, obj: Any) -> dict[str, torch.Tensor]:
+        """Turn a loaded checkpoint object (official format) into this module's state dict.
+
+        The default unwraps ``params_ema`` / ``params`` / ``state_dict`` / ``model`` and strips
+        ``module.`` prefixes. Components with other official layouts override this.
+        """
+        from .io import unwrap_state_dict
+
+        return unwrap_state_dict(obj)
+
+    def load_weights(self, path: str, strict: bool = True) -> None:
+        """Load a checkpoint file (safetensors, or a torch file read with ``weights_only``)."""
+        from .io import load_checkpoint, load_state_dict_checked
+
+        obj = load_checkpoint(path)
+        load_state_dict_checked(self, self.convert_checkpoint(obj), source=str(path), strict=strict)
+
+
+class Backbone(Component):
+    """A restoration network: ``forward(lq, cond=None) -> restored`` on images in [0, 1].
+
+    ``cond`` is a :class:`vlir.core.Conditioning`; a backbone uses what it can and ignores
+    the rest, so unconditioned use always works. ``diffusion`` backbones are called by a
+    process (e.g. IR-SDE) as ``forward(x, cond, t=t)``.
+    """
+
+    kind: ClassVar[str] = "backbone"
+    diffusion: ClassVar[bool] = False
+
+    class Params(Params):
+        pass
+
+    def forward(self, lq: torch.Tensor, cond: "Conditioning | None" = None, **kw: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_condition_dims(self, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
+        """Params overrides that make this backbone read a perceiver of the given output dims.
+
+        Called (through the ``vlir_adjust_spec`` hook) before the backbone is built, on the
+        class, with the dims of the perceiver that feeds it. Default: nothing to change.
+        """
+        return {}
+
+
+class Perceiver(Component):
+    """A vision(-language) model: ``forward(lq) -> Perception`` on images in [0, 1]."""
+
+    kind: ClassVar[str] = "perceiver"
+
+    class Params(Params):
+        pass
+
+    def forward(self, lq: torch.Tensor) -> "Perception":
+        raise NotImplementedError
+
+    @classmethod
+    def output_dims(cls, params: Params) -> tuple[int | None, int | None]:
+        """(degradation vector dim, content token dim) this perceiver produces, from params alone."""
+        return None, None
+
+    def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Losses for training this perceiver on ``batch``; must contain a ``loss`` entry."""
+        raise NotImplementedError(f"perceiver {self.name!r} has no training objective")
+
+
+class Loss(Component):
+    """A training loss. ``inputs`` names what it needs from the trainer's batch.
+
+    Known inputs: ``restored``, ``gt``, ``lq``, ``proxies`` (list of tensors), ``perception``
+    (dict role -> Perception), ``degradation`` (class index tensor), ``pipeline``.
+    """
+
+    kind: ClassVar[str] = "loss"
+    inputs: ClassVar[tuple[str, ...]] = ("restored", "gt")
+
+    class Params(Params):
+        pass
+
+    def forward(self, **inputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Process(Component):
+    """A sampling process around a diffusion backbone (e.g. IR-SDE)."""
+
+    kind: ClassVar[str] = "process"
+
+    class Params(Params):
+        pass
+
+    def sample(self, backbone: Backbone, lq: torch.Tensor, cond: "Conditioning | None" = None,
+               steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, backbone: Backbone, lq: torch.Tensor, gt: torch.Tensor,
+                      cond: "Conditioning | None" = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Degradation(Component):
+    """A seeded image corruption: ``forward(img, generator) -> degraded`` on [0, 1] images.
+
+    ``label`` is the degradation class word (DA-CLIP's vocabulary where it exists).
+    """
+
+    kind: ClassVar[str] = "degradation"
+    label: ClassVar[str] = ""
+
+    class Params(Params):
+        pass
+
+    def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+BASES: dict[str, type[Component]] = {
+    "perceiver": Perceiver,
+    "backbone": Backbone,
+    "loss": Loss,
+    "process": Process,
+    "degradation": Degradation,
+}

@@ -1,0 +1,1 @@
+"""Datasets, degradation helpers and caption sources."""

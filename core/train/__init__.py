@@ -1,0 +1,1 @@
+"""The spec-driven trainer."""

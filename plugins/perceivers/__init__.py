@@ -1,0 +1,1 @@
+"""vlir built-ins."""
