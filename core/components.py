@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Conditioning, Perception
 
+from .registry import KINDS  # noqa: F401  (one home: the registry)
+
 API_VERSION = 1
-KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
 
 
 class Params(BaseModel):
@@ -93,7 +94,8 @@ class Backbone(Component):
 
     ``cond`` is a :class:`vlir.core.Conditioning`; a backbone uses what it can and ignores
     the rest, so unconditioned use always works. ``diffusion`` backbones are called by a
-    process (e.g. IR-SDE) as ``forward(x, cond, t=t)``.
+    process (e.g. IR-SDE) as ``forward(lq, cond, x=x_t, t=t)`` and return the predicted noise;
+    ``x`` defaults to ``lq`` and ``t`` to zeros.
     """
 
     kind: ClassVar[str] = "backbone"
@@ -105,13 +107,21 @@ class Backbone(Component):
     def forward(self, lq: torch.Tensor, cond: "Conditioning | None" = None, **kw: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def set_condition_dims(self, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
+    # image sides are padded internally to a multiple of this (informative; used by tiling)
+    multiple_of: ClassVar[int] = 1
+
+    @classmethod
+    def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
         """Params overrides that make this backbone read a perceiver of the given output dims.
 
-        Called (through the ``vlir_adjust_spec`` hook) before the backbone is built, on the
-        class, with the dims of the perceiver that feeds it. Default: nothing to change.
+        Called by the built-in ``vlir_adjust_spec`` hook before the backbone is built, with the
+        dims of the perceiver that feeds it; fields the spec sets explicitly win.
+        Default: nothing to change (the backbone ignores conditioning).
         """
         return {}
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
+        return {"lq": torch.rand(batch, 3, *size)}
 
 
 class Perceiver(Component):
@@ -129,6 +139,9 @@ class Perceiver(Component):
     def output_dims(cls, params: Params) -> tuple[int | None, int | None]:
         """(degradation vector dim, content token dim) this perceiver produces, from params alone."""
         return None, None
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
+        return {"lq": torch.rand(batch, 3, *size)}
 
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Losses for training this perceiver on ``batch``; must contain a ``loss`` entry."""
@@ -150,6 +163,10 @@ class Loss(Component):
 
     def forward(self, **inputs: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 2) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(0)
+        return {k: torch.rand(batch, 3, *size, generator=g) for k in self.inputs if k in ("restored", "gt", "lq")}
 
 
 class Process(Component):
@@ -184,6 +201,9 @@ class Degradation(Component):
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
+        return {"img": torch.rand(batch, 3, *size)}
 
 
 BASES: dict[str, type[Component]] = {

@@ -5,9 +5,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 class CheckpointError(ValueError):
@@ -76,6 +77,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     ``.safetensors`` files are read with safetensors; anything else with
     ``torch.load(weights_only=True)`` with numpy scalars allow-listed.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -103,6 +106,8 @@ def strip_prefix(sd: Mapping[str, Any], prefix: str = "module.") -> dict[str, An
 def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("params_ema", "params", "state_dict", "model")
                       ) -> dict[str, torch.Tensor]:
     """Find the state dict inside an official checkpoint and strip ``module.`` prefixes."""
+    import torch
+
     if isinstance(obj, Mapping):
         for k in keys:
             if k in obj and isinstance(obj[k], Mapping):

@@ -1,0 +1,82 @@
+"""vlir's own hook plugin: the built-in components and the perceiver -> backbone wiring.
+
+It is registered through the same pluggy hooks a third-party plugin implements.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from .hookspecs import hookimpl
+
+
+def read_builtin_registry() -> dict[str, dict[str, dict[str, Any]]]:
+    text = resources.files("vlir.core").joinpath("registry.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+@hookimpl
+def vlir_components() -> list[dict[str, Any]]:
+    out = []
+    for kind, comps in read_builtin_registry().items():
+        for name, meta in (comps or {}).items():
+            out.append({"kind": kind, "name": name, "target": meta["target"],
+                        "summary": meta.get("summary", ""), "presets": meta.get("presets") or {}})
+    return out
+
+
+def _feeding_perceiver(spec: dict[str, Any]) -> dict[str, Any] | None:
+    perceivers = spec.get("perceivers") or []
+    if not isinstance(perceivers, list) or not perceivers:
+        return None
+    cond = spec.get("condition")
+    if cond is None:
+        role = None
+    elif isinstance(cond, dict):
+        role = cond.get("perceiver")
+        if role in ("none", False) or cond.get("tokens") is False and cond.get("vector") is False:
+            return None
+    else:
+        return None
+    for i, p in enumerate(perceivers):
+        if not isinstance(p, dict):
+            continue
+        if role is None or p.get("role", p.get("type")) == role:
+            return p
+    return None
+
+
+@hookimpl
+def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
+    """Size the backbone's conditioning inputs from the perceiver that feeds it.
+
+    Fields the spec sets explicitly (in ``params`` or through its preset) are kept. Errors
+    are left to validation, which reports them with their paths.
+    """
+    backbone = spec.get("backbone")
+    perceiver = _feeding_perceiver(spec)
+    if not isinstance(backbone, dict) or perceiver is None:
+        return
+    try:
+        pcls = registry.load("perceiver", perceiver["type"])
+        pparams = registry.resolve_params("perceiver", perceiver["type"], perceiver.get("preset"),
+                                          perceiver.get("params"))
+        vector_dim, token_dim = pcls.output_dims(pparams)
+        cond = spec.get("condition") if isinstance(spec.get("condition"), dict) else {}
+        if cond.get("vector") is False:
+            vector_dim = None
+        if cond.get("tokens") is False:
+            token_dim = None
+        bcls = registry.load("backbone", backbone["type"])
+        preset = registry.presets("backbone", backbone["type"]).get(backbone.get("preset"), {}) \
+            if backbone.get("preset") else {}
+    except Exception:  # noqa: BLE001 - validation reports it with its path
+        return
+    params = backbone.setdefault("params", {})
+    if not isinstance(params, dict):
+        return
+    for key, value in bcls.condition_params(vector_dim, token_dim).items():
+        if key not in params and key not in preset:
+            params[key] = value

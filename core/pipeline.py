@@ -1,0 +1,233 @@
+"""A pipeline: perceivers -> Perception -> Conditioning -> backbone (or a process around it) -> losses.
+
+``Pipeline.from_spec(spec)`` builds one; ``pipeline.save(dir)`` writes the fully resolved
+``spec.yaml`` and one safetensors file per component; ``Pipeline.load(dir)`` rebuilds it from
+those files alone (no pickled code is ever executed).
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .conditioning import Conditioning, Perception
+from .io import atomic_write_text, load_checkpoint, load_state_dict_checked, save_safetensors
+from .spec import SpecError, load_spec, read_yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import Registry
+    from .spec import ComponentSpec, PipelineSpec
+
+SPEC_FILE = "spec.yaml"
+
+
+def _unique_roles(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        role, k = n, 2
+        while role in out:
+            role, k = f"{n}_{k}", k + 1
+        out.append(role)
+    return out
+
+
+def _versions() -> dict[str, str]:
+    from .registry import _vlir_version
+
+    return {"vlir": _vlir_version(), "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
+
+
+class Pipeline(torch.nn.Module):
+    """Built components of a spec, run together."""
+
+    def __init__(self, spec: "PipelineSpec", registry: "Registry | None" = None, *, build_losses: bool = True,
+                 load_weights: bool = True, skip_pretrained: bool = False):
+        super().__init__()
+        from .registry import get_registry
+
+        self.registry = registry or get_registry()
+        self.spec = spec
+
+        def make(kind: str, comp: "ComponentSpec"):
+            cls = self.registry.load(kind, comp.type)
+            params = cls.Params.model_validate(comp.params)
+            if skip_pretrained and "pretrained" in type(params).model_fields:
+                params = params.model_copy(update={"pretrained": None})
+            module = cls(params)
+            if load_weights and comp.weights:
+                module.load_weights(str(Path(comp.weights).expanduser()))
+            return module
+
+        roles = spec.roles()
+        self.perceivers = torch.nn.ModuleDict({r: make("perceiver", p) for r, p in zip(roles, spec.perceivers)})
+        self.backbone = make("backbone", spec.backbone)
+        self.process = make("process", spec.process) if spec.process is not None else None
+        loss_roles = _unique_roles([l.role or l.type for l in spec.losses])
+        self.loss_weights = {r: l.weight for r, l in zip(loss_roles, spec.losses)}
+        self.losses = torch.nn.ModuleDict(
+            {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
+        self.feed = spec.feeding_role()
+        self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, source: Any, registry: "Registry | None" = None, **kw: Any) -> "Pipeline":
+        """Build from a spec file, dict or :class:`PipelineSpec` (validated and resolved first)."""
+        return cls(load_spec(source, registry), registry, **kw)
+
+    @classmethod
+    def load(cls, path: str | Path, registry: "Registry | None" = None, *, build_losses: bool = False,
+             map_location: str | torch.device = "cpu") -> "Pipeline":
+        """Rebuild a saved pipeline from its folder (``spec.yaml`` + safetensors)."""
+        path = Path(path)
+        spec_file = path / SPEC_FILE
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{path}: not a vlir pipeline folder (no {SPEC_FILE})")
+        raw = read_yaml(spec_file)
+        for comp in [*(raw.get("perceivers") or []), raw.get("backbone"), raw.get("process"), *(raw.get("losses") or [])]:
+            if isinstance(comp, dict):
+                comp.pop("weights", None)  # the folder's safetensors are the weights
+        spec = load_spec(raw, registry)
+        pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
+        for name, module in pipe.named_components():
+            file = path / f"{name}.safetensors"
+            if not file.is_file():
+                if module.state_dict():
+                    raise FileNotFoundError(f"{path}: missing {file.name} for component {name!r}")
+                continue
+            load_state_dict_checked(module, load_checkpoint(file), source=str(file))
+        return pipe.to(map_location)
+
+    @classmethod
+    def open(cls, path: str | Path, registry: "Registry | None" = None, **kw: Any) -> "Pipeline":
+        """A saved pipeline folder or a spec file."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.load(path, registry, **kw)
+        if path.is_file():
+            return cls.from_spec(path, registry)
+        raise FileNotFoundError(f"{path}: no such pipeline folder or spec file")
+
+    def named_components(self) -> list[tuple[str, torch.nn.Module]]:
+        """(file stem, module) of every component, as saved: ``perceiver.<role>``, ``backbone``, ..."""
+        out: list[tuple[str, torch.nn.Module]] = [(f"perceiver.{r}", m) for r, m in self.perceivers.items()]
+        out.append(("backbone", self.backbone))
+        if self.process is not None:
+            out.append(("process", self.process))
+        out.extend((f"loss.{r}", m) for r, m in self.losses.items())
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``spec.yaml`` (fully resolved, with versions) and one safetensors file per component.
+
+        Each file is written atomically; ``spec.yaml`` is written last, so a folder that has one
+        is complete.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for name, module in self.named_components():
+            sd = module.state_dict()
+            if sd:
+                save_safetensors(sd, path / f"{name}.safetensors", metadata={"component": name})
+        spec = self.spec.model_copy(deep=True)
+        for comp in [*spec.perceivers, spec.backbone, *( [spec.process] if spec.process else []), *spec.losses]:
+            comp.weights = None
+        spec.versions = _versions()
+        atomic_write_text(path / SPEC_FILE, spec.to_yaml())
+        self.registry.pm.hook.vlir_pipeline_saved(pipeline=self, path=str(path))
+        return path
+
+    # -- running --------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def perceive(self, lq: torch.Tensor) -> dict[str, Perception]:
+        """Run every perceiver on ``lq`` (B, 3, H, W in [0, 1])."""
+        return {role: p(lq) for role, p in self.perceivers.items()}
+
+    def condition(self, perceptions: dict[str, Perception]) -> Conditioning | None:
+        """The backbone's conditioning from the feeding perceiver's perception."""
+        if self.feed is None or self.feed not in perceptions:
+            return None
+        cond = perceptions[self.feed].to_conditioning()
+        c = self.spec.condition
+        if c is not None:
+            cond = Conditioning(tokens=cond.tokens if c.tokens else None, vector=cond.vector if c.vector else None,
+                                guidance=cond.guidance)
+        return cond
+
+    def run_backbone(self, lq: torch.Tensor, cond: Conditioning | None, steps: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.process is not None:
+            return self.process.sample(self.backbone, lq, cond, steps=steps, generator=generator)
+        return self.backbone(lq, cond)
+
+    def forward(self, lq: torch.Tensor, steps: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.run_backbone(lq, self.condition(self.perceive(lq)), steps, generator)
+
+    @torch.no_grad()
+    def restore(self, lq: torch.Tensor, tile: int | None = None, overlap: int = 32, steps: int | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Perception]]:
+        """Restore a batch; perceivers see whole images, the backbone runs on tiles when ``tile`` is set.
+
+        Returns the restored images (clamped to [0, 1]) and the perceptions.
+        """
+        perceptions = self.perceive(lq)
+        cond = self.condition(perceptions)
+        if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
+            out = self.run_backbone(lq, cond, steps, generator)
+        else:
+            from .tiling import tiled_forward
+
+            out = tiled_forward(lambda x: self.run_backbone(x, cond, steps, generator), lq, tile=tile,
+                                overlap=overlap, multiple_of=getattr(self.backbone, "multiple_of", 1))
+        return out.clamp(0, 1), perceptions
+
+    # -- training -------------------------------------------------------------------------------
+    def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,
+                    perceptions: dict[str, Perception]) -> dict[str, Any]:
+        return {**batch, "restored": restored, "perception": perceptions, "pipeline": self, "batch": batch}
+
+    def training_losses(self, batch: dict[str, Any], generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total loss and its logged parts for one batch (``lq``, ``gt``, ...).
+
+        Direct backbones: the restored image feeds every loss. Diffusion backbones: the process's
+        training loss, plus losses that do not need a restored image.
+        """
+        lq = batch["lq"]
+        perceptions = self.perceive(lq)
+        cond = self.condition(perceptions)
+        logs: dict[str, float] = {}
+        total = lq.new_zeros(())
+        restored = None
+        if self.process is not None:
+            l = self.process.training_loss(self.backbone, lq, batch["gt"], cond, generator=generator)
+            logs["process"] = float(l.detach())
+            total = total + l
+        else:
+            restored = self.backbone(lq, cond)
+        available = self.loss_inputs(batch, restored, perceptions)
+        for role, loss in self.losses.items():
+            need = [k for k in loss.inputs if available.get(k) is None]
+            if need:
+                if self.process is not None and need == ["restored"]:
+                    continue
+                raise KeyError(f"loss {role!r} needs inputs {need} that this batch does not provide "
+                               f"(batch has: {sorted(k for k, v in batch.items() if v is not None)})")
+            value = loss(**{k: available[k] for k in loss.inputs})
+            logs[role] = float(value.detach())
+            total = total + self.loss_weights[role] * value
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+
+__all__ = ["Pipeline", "SpecError"]

@@ -1,0 +1,314 @@
+"""The component registry: built-ins, entry points and hook-contributed components.
+
+Where components come from:
+- built-ins: ``registry.yaml``, contributed by the built-in plugin ``vlir.core.builtin`` through
+  the ``vlir_components`` hook, exactly as a third-party hook plugin would;
+- third-party packages: entry-point groups ``vlir.perceivers``, ``vlir.backbones``,
+  ``vlir.losses``, ``vlir.processes``, ``vlir.degradations`` (entry-point name = component name);
+- hook plugins: entry-point group ``vlir.hooks`` (pluggy), implementing ``vlir_components``.
+
+Listing reads metadata only; a component's module is imported when it is first loaded.
+``VLIR_DISABLE_PLUGIN_AUTOLOAD=1`` skips every third-party entry point; ``VLIR_BLOCK_PLUGINS``
+(comma-separated package, plugin or component names) skips the ones named.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from typing import Any, Iterable
+
+KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
+GROUPS = {kind: f"vlir.{kind}s" for kind in KINDS}
+HOOK_GROUP = "vlir.hooks"
+_PLURALS = {f"{k}s": k for k in KINDS}
+
+
+class RegistryError(LookupError):
+    """Base of registry errors."""
+
+
+class UnknownComponentError(RegistryError):
+    """A spec or command named a component no installed package provides."""
+
+
+class DuplicateComponentError(RegistryError):
+    """Two packages provide a component of the same kind and name."""
+
+
+class ComponentLoadError(RegistryError):
+    """A component's module could not be imported or its target is not a component class."""
+
+
+@dataclass
+class Entry:
+    """A registered component: metadata only, the class is imported on :meth:`Registry.load`."""
+
+    kind: str
+    name: str
+    target: Any  # "module:Class" or a class object
+    summary: str = ""
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provider: str = "vlir"
+    version: str = ""
+    source: str = "builtin"  # builtin | entry-point | hook
+
+    @property
+    def target_path(self) -> str:
+        if isinstance(self.target, str):
+            return self.target
+        return f"{self.target.__module__}:{self.target.__qualname__}"
+
+
+@dataclass
+class PluginError:
+    """A plugin that failed to load; it is reported and the others go on."""
+
+    provider: str
+    name: str
+    group: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.group}:{self.name} from {self.provider}: {self.error}"
+
+
+def normalise_kind(kind: str) -> str:
+    k = _PLURALS.get(kind, kind)
+    if k not in KINDS:
+        raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    return k
+
+
+def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "?", ""
+    return dist.metadata["Name"] or "?", dist.version or ""
+
+
+def _entry_points(group: str) -> list[metadata.EntryPoint]:
+    seen, out = set(), []
+    for ep in metadata.entry_points(group=group):
+        key = (ep.name, ep.value, _dist_name(ep)[0])
+        if key not in seen:  # the same distribution found twice on sys.path
+            seen.add(key)
+            out.append(ep)
+    return out
+
+
+class Registry:
+    """All components visible in this environment.
+
+    Build one with :func:`get_registry` (cached, from the environment) or directly, e.g.
+    ``Registry(autoload=False)`` for built-ins only, ``Registry(plugins=[my_module])`` to add
+    hook plugins programmatically.
+    """
+
+    def __init__(self, autoload: bool | None = None, block: Iterable[str] | None = None,
+                 plugins: Iterable[Any] = ()):
+        import pluggy
+
+        from . import builtin, hookspecs
+
+        if autoload is None:
+            autoload = os.environ.get("VLIR_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes")
+        if block is None:
+            block = [b.strip() for b in os.environ.get("VLIR_BLOCK_PLUGINS", "").split(",") if b.strip()]
+        self.autoload = autoload
+        self.block = set(block)
+        self.errors: list[PluginError] = []
+        self._entries: dict[tuple[str, str], list[Entry]] = {}
+        self._classes: dict[tuple[str, str], type] = {}
+
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.pm.register(builtin, name="vlir.builtin")
+        self._dists: dict[str, tuple[str, str]] = {"vlir.builtin": ("vlir", _vlir_version())}
+        if autoload:
+            self._load_hook_plugins()
+        for p in plugins:
+            name = getattr(p, "__name__", None) or repr(p)
+            self.pm.register(p, name=name)
+            self._dists[name] = (getattr(p, "__vlir_provider__", name), "")
+        self._collect_hook_components()
+        if autoload:
+            self._collect_entry_points()
+
+    # -- discovery ---------------------------------------------------------------------------
+    def _blocked(self, *names: str) -> bool:
+        return any(n in self.block for n in names if n)
+
+    def _load_hook_plugins(self) -> None:
+        for ep in _entry_points(HOOK_GROUP):
+            dist, version = _dist_name(ep)
+            if self._blocked(ep.name, dist):
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+                self._dists[ep.name] = (dist, version)
+            except Exception as e:  # noqa: BLE001 - a broken plugin must not break the others
+                self.errors.append(PluginError(dist, ep.name, HOOK_GROUP, f"{type(e).__name__}: {e}"))
+
+    def _collect_hook_components(self) -> None:
+        for impl in self.pm.hook.vlir_components.get_hookimpls():
+            provider, version = self._dists.get(impl.plugin_name, (impl.plugin_name, ""))
+            source = "builtin" if impl.plugin_name == "vlir.builtin" else "hook"
+            try:
+                items = impl.function() or []
+                for d in items:
+                    kind = normalise_kind(d["kind"])
+                    if self._blocked(d["name"], provider):
+                        continue
+                    self._add(Entry(kind=kind, name=d["name"], target=d["target"], summary=d.get("summary", ""),
+                                    presets=dict(d.get("presets") or {}), provider=d.get("provider", provider),
+                                    version=d.get("version", version), source=source))
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(PluginError(provider, impl.plugin_name, "vlir_components", f"{type(e).__name__}: {e}"))
+
+    def _collect_entry_points(self) -> None:
+        for kind, group in GROUPS.items():
+            for ep in _entry_points(group):
+                dist, version = _dist_name(ep)
+                if self._blocked(ep.name, dist):
+                    continue
+                self._add(Entry(kind=kind, name=ep.name, target=ep.value, provider=dist, version=version,
+                                source="entry-point"))
+
+    def _add(self, entry: Entry) -> None:
+        same = self._entries.setdefault((entry.kind, entry.name), [])
+        if any(e.provider == entry.provider and e.target_path == entry.target_path for e in same):
+            return
+        same.append(entry)
+
+    # -- queries -----------------------------------------------------------------------------
+    def list(self, kind: str | None = None, pattern: str = "*") -> list[Entry]:
+        """Entries of ``kind`` (all kinds if None) whose name matches the wildcard ``pattern``."""
+        kinds = KINDS if kind is None else (normalise_kind(kind),)
+        out = []
+        for (k, name), entries in sorted(self._entries.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1])):
+            if k in kinds and fnmatch.fnmatchcase(name, pattern):
+                out.extend(entries)
+        return out
+
+    def names(self, kind: str) -> list[str]:
+        kind = normalise_kind(kind)
+        return sorted(n for k, n in self._entries if k == kind)
+
+    def conflicts(self) -> list[list[Entry]]:
+        return [v for v in self._entries.values() if len(v) > 1]
+
+    def get(self, kind: str, name: str) -> Entry:
+        kind = normalise_kind(kind)
+        entries = self._entries.get((kind, name))
+        if not entries:
+            raise UnknownComponentError(self._unknown_message(kind, name))
+        if len(entries) > 1:
+            who = " and ".join(f"{e.provider} {e.version} ({e.target_path})".replace("  ", " ") for e in entries)
+            raise DuplicateComponentError(
+                f"{kind} {name!r} is provided by two packages: {who}; uninstall one, "
+                f"or block one with VLIR_BLOCK_PLUGINS=<package>")
+        return entries[0]
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        names = self.names(kind)
+        msg = f"unknown {kind} {name!r} in the vlir {kind} registry"
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        if close:
+            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        elsewhere = [k for k in KINDS if k != kind and (k, name) in self._entries]
+        if elsewhere:
+            msg += f" ({name!r} is a {elsewhere[0]}, not a {kind})"
+        broken = [e for e in self.errors if e.name == name]
+        if broken:
+            msg += f"; a plugin of that name failed to load: {broken[0]}"
+        msg += (f". Known {kind}s: {', '.join(names) or 'none'}. If it comes from another package, install it "
+                f"(pip install <package>); the package must declare an entry point in group '{GROUPS[kind]}'.")
+        if not self.autoload:
+            msg += " Third-party plugins are disabled (VLIR_DISABLE_PLUGIN_AUTOLOAD=1)."
+        return msg
+
+    def load(self, kind: str, name: str) -> type:
+        """Import and return the component class (cached)."""
+        from .components import API_VERSION, BASES
+
+        entry = self.get(kind, name)
+        key = (entry.kind, name)
+        if key in self._classes:
+            return self._classes[key]
+        target = entry.target
+        try:
+            if isinstance(target, str):
+                module, _, attr = target.partition(":")
+                obj: Any = importlib.import_module(module)
+                for part in attr.split(".") if attr else []:
+                    obj = getattr(obj, part)
+            else:
+                obj = target
+        except Exception as e:  # noqa: BLE001
+            raise ComponentLoadError(
+                f"{entry.kind} {name!r} from {entry.provider} could not be imported ({entry.target_path}): "
+                f"{type(e).__name__}: {e}") from e
+        base = BASES[entry.kind]
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise ComponentLoadError(
+                f"{entry.kind} {name!r} from {entry.provider}: {entry.target_path} is not a subclass of "
+                f"vlir.core.{base.__name__}")
+        if getattr(obj, "api_version", API_VERSION) > API_VERSION:
+            raise ComponentLoadError(
+                f"{entry.kind} {name!r} from {entry.provider} needs vlir component API "
+                f"{obj.api_version}; this vlir has {API_VERSION}: upgrade vlir")
+        if "name" not in vars(obj) or not vars(obj)["name"]:
+            obj.name = name
+        self._classes[key] = obj
+        return obj
+
+    def presets(self, kind: str, name: str) -> dict[str, dict[str, Any]]:
+        entry = self.get(kind, name)
+        cls_presets = getattr(self.load(kind, name), "presets", {}) if entry.source != "builtin" else {}
+        return {**cls_presets, **entry.presets}
+
+    def resolve_params(self, kind: str, name: str, preset: str | None = None,
+                       params: dict[str, Any] | None = None):
+        """Validated ``Params`` of a component from a preset and overrides (pydantic errors propagate)."""
+        cls = self.load(kind, name)
+        values: dict[str, Any] = {}
+        if preset is not None:
+            presets = self.presets(kind, name)
+            if preset not in presets:
+                raise UnknownComponentError(
+                    f"{kind} {name!r} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
+            values.update(presets[preset])
+        values.update(params or {})
+        return cls.Params.model_validate(values)
+
+    def build(self, kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None):
+        """Build a component instance from its registry name, preset and params."""
+        cls = self.load(kind, name)
+        return cls(self.resolve_params(kind, name, preset, params))
+
+
+def _vlir_version() -> str:
+    try:
+        return metadata.version("vlir")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        from . import __version__
+
+        return __version__
+
+
+@lru_cache(maxsize=1)
+def _default_registry() -> Registry:
+    return Registry()
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The registry of this environment (built once; ``refresh=True`` re-reads entry points)."""
+    if refresh:
+        _default_registry.cache_clear()
+    return _default_registry()

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny fake installed packages (real dist-info + entry points) and paths."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test when shared/ is absent (a user's checkout)."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not found: tests with shared data need ../shared (or VLIR_SHARED)")
+    return p
+
+
+def make_dist(site: Path, name: str, version: str, entry_points: dict[str, dict[str, str]],
+              modules: dict[str, str]) -> Path:
+    """Write an importable package with a real ``.dist-info`` (METADATA + entry_points.txt) under ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    for mod, code in modules.items():
+        (site / f"{mod}.py").write_text(textwrap.dedent(code))
+    dist = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = []
+    for group, eps in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{k} = {v}" for k, v in eps.items()]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return site
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    """Put folders on sys.path (for importlib.metadata too) for one test."""
+    def add(*paths: Path) -> None:
+        for p in paths:
+            monkeypatch.syspath_prepend(str(p))
+    return add
+
+
+def run_python(code: str, *paths: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run code in a fresh interpreter with ``paths`` prepended to PYTHONPATH."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([*map(str, paths), e.get("PYTHONPATH", "")])
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=e, timeout=timeout)
