@@ -157,6 +157,7 @@ class Loss(Component):
 
     kind: ClassVar[str] = "loss"
     inputs: ClassVar[tuple[str, ...]] = ("restored", "gt")
+    optional_inputs: ClassVar[tuple[str, ...]] = ()  # inputs that may be None (e.g. proxies)
 
     class Params(Params):
         pass

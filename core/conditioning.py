@@ -76,16 +76,16 @@ class Perception:
         """(class name, probability) of the most likely degradation per image."""
         if self.class_probs is None or not self.class_names:
             return []
-        p, i = self.class_probs.max(dim=-1)
+        p, i = self.class_probs.detach().max(dim=-1)
         return [(self.class_names[int(k)], float(v)) for v, k in zip(p, i)]
 
     def as_dict(self, index: int = 0) -> dict:
         """JSON-friendly summary of one image of the batch."""
         out: dict = {}
         if self.class_probs is not None and self.class_names:
-            out["degradation"] = {n: round(float(p), 6) for n, p in zip(self.class_names, self.class_probs[index])}
+            out["degradation"] = {n: round(float(p), 6) for n, p in zip(self.class_names, self.class_probs[index].detach())}
         if self.quality_probs is not None:
-            out["quality"] = {n: round(float(p), 6) for n, p in zip(QUALITY_TIERS, self.quality_probs[index])}
+            out["quality"] = {n: round(float(p), 6) for n, p in zip(QUALITY_TIERS, self.quality_probs[index].detach())}
         if self.quality_score is not None:
             out["quality_score"] = round(float(self.quality_score[index]), 6)
         return out

@@ -217,13 +217,14 @@ class Pipeline(torch.nn.Module):
             restored = self.backbone(lq, cond)
         available = self.loss_inputs(batch, restored, perceptions)
         for role, loss in self.losses.items():
-            need = [k for k in loss.inputs if available.get(k) is None]
+            optional = getattr(loss, "optional_inputs", ())
+            need = [k for k in loss.inputs if available.get(k) is None and k not in optional]
             if need:
                 if self.process is not None and need == ["restored"]:
                     continue
                 raise KeyError(f"loss {role!r} needs inputs {need} that this batch does not provide "
                                f"(batch has: {sorted(k for k, v in batch.items() if v is not None)})")
-            value = loss(**{k: available[k] for k in loss.inputs})
+            value = loss(**{k: available.get(k) for k in loss.inputs})
             logs[role] = float(value.detach())
             total = total + self.loss_weights[role] * value
         logs["loss"] = float(total.detach())

@@ -23,9 +23,11 @@ from importlib import metadata
 from typing import Any, Iterable
 
 KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
-GROUPS = {kind: f"vlir.{kind}s" for kind in KINDS}
+PLURAL = {"perceiver": "perceivers", "backbone": "backbones", "loss": "losses", "process": "processes",
+          "degradation": "degradations"}
+GROUPS = {kind: f"vlir.{PLURAL[kind]}" for kind in KINDS}
 HOOK_GROUP = "vlir.hooks"
-_PLURALS = {f"{k}s": k for k in KINDS}
+_PLURALS = {v: k for k, v in PLURAL.items()}
 
 
 class RegistryError(LookupError):
@@ -227,7 +229,7 @@ class Registry:
         broken = [e for e in self.errors if e.name == name]
         if broken:
             msg += f"; a plugin of that name failed to load: {broken[0]}"
-        msg += (f". Known {kind}s: {', '.join(names) or 'none'}. If it comes from another package, install it "
+        msg += (f". Known {PLURAL[kind]}: {', '.join(names) or 'none'}. If it comes from another package, install it "
                 f"(pip install <package>); the package must declare an entry point in group '{GROUPS[kind]}'.")
         if not self.autoload:
             msg += " Third-party plugins are disabled (VLIR_DISABLE_PLUGIN_AUTOLOAD=1)."

@@ -1,58 +1,179 @@
 """Typed ``data``, ``train`` and ``eval`` sections of a pipeline spec.
 
-They are plain pydantic models (no torch), owned by the trainer and evaluator.
+Plain pydantic models (no torch), read by the trainer (``vlir train``) and the evaluator
+(``vlir eval``). Example::
+
+    data:
+      train: [data/train]            # folders of clean images (layout: synthetic)
+      degradations: [{type: noise}, {type: jpeg}]
+      patch_size: 128
+      batch_size: 16                 # global batch, split over the processes of a torchrun
+    train:
+      iterations: 20000              # defaults for every stage
+      lr: 2.0e-4
+      ema: 0.999
+      stages:
+        - {name: perceiver, target: "perceiver:daclip", iterations: 2000, lr: 3.0e-5}
+        - {name: restorer, target: restorer}
+
+Relative paths are read from the current working directory.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _as_list(v: Any) -> Any:
+    """Accept one path as a list of one (handy for ``--set data.train=folder``)."""
+    return [v] if isinstance(v, str) else v
+
+
 class DegradationSpec(Section):
+    """A registered degradation (``vlir components --kind degradation``) and its params."""
+
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class DataSpec(Section):
-    """Where training images come from."""
+    """Where training and validation images come from.
+
+    ``layout: synthetic``: ``train``/``val`` are folders of clean images; each sample is a random
+    crop degraded by one of ``degradations`` (chosen per sample). ``layout: paired``: they are
+    DA-CLIP roots ``root/<degradation>/{LQ,GT}``. Validation images are degraded with a fixed seed.
+    """
 
     train: list[str] = Field(default_factory=list, description="folders of clean images (synthetic) or paired roots")
-    val: list[str] = Field(default_factory=list)
-    layout: str = Field("synthetic", description="synthetic | paired (DA-CLIP root/<degradation>/{LQ,GT})")
+    val: list[str] = Field(default_factory=list, description="validation folders (same layout); empty: no validation")
+    layout: Literal["synthetic", "paired"] = Field(
+        "synthetic", description="synthetic | paired (DA-CLIP root/<degradation>/{LQ,GT})")
     degradations: list[DegradationSpec] = Field(default_factory=list)
     captions: str | None = Field(None, description="DA-CLIP caption CSV (filepath<TAB>caption: degradation)")
-    patch_size: int = 64
-    batch_size: int = 8
-    num_workers: int = 0
-    seed: int = 0
+    patch_size: int = Field(64, ge=8, description="square training crop")
+    batch_size: int = Field(8, ge=1, description="global batch (all processes together)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process")
+    seed: int = Field(0, description="seed of the data order, crops and degradations")
+    val_size: int | None = Field(128, ge=8, description="centre crop of validation images; null: whole images")
+    val_limit: int | None = Field(16, ge=1, description="at most this many validation samples")
+
+    _lists = field_validator("train", "val", mode="before")(_as_list)
+
+
+_TARGET = re.compile(r"^(restorer|perceiver(:[A-Za-z0-9_.\-]+)?)$")
+
+
+class StageSpec(Section):
+    """One training stage. Unset fields take the value of the ``train`` section.
+
+    ``target``: ``restorer`` trains the backbone (and a process with parameters) through the
+    spec's losses, every perceiver frozen; ``perceiver:<role>`` trains that perceiver's trainable
+    parameters through its own ``objective`` (``perceiver`` alone: the only or first perceiver).
+    """
+
+    name: str | None = Field(None, description="shown in logs; default: the target")
+    target: str = Field("restorer", description="restorer | perceiver:<role>")
+    iterations: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    lr_min: float | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+    betas: tuple[float, float] | None = None
+    warmup: int | None = Field(None, ge=0)
+    grad_clip: float | None = Field(None, ge=0, description="unset: the train section's value; 0: off")
+    ema: float | None = Field(None, ge=0, lt=1, description="unset: the train section's value; 0: off")
+    batch_size: int | None = Field(None, ge=1, description="global batch of this stage")
+    patch_size: int | None = Field(None, ge=8, description="training crop of this stage")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not _TARGET.match(v):
+            raise ValueError(f"target must be 'restorer' or 'perceiver:<role>', got {v!r}")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.target
 
 
 class TrainSpec(Section):
-    """How to train (filled in by the trainer)."""
+    """How to train: optimiser (AdamW), cosine schedule, EMA, AMP, logging and checkpoints.
 
-    iterations: int = 1000
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 0
-    grad_clip: float | None = 1.0
-    ema: float | None = None
-    amp: bool = True
-    val_every: int = 500
-    save_every: int = 500
-    log_every: int = 10
-    out: str = "runs/vlir"
+    The optimisation fields are the defaults of every stage in ``stages``; without stages there
+    is one: ``{target: restorer}``. Steps are counted over all stages together.
+    """
+
+    iterations: int = Field(1000, ge=1, description="optimisation steps per stage")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    lr_min: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine decay")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = Field(0, ge=0, description="linear warm-up steps")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null: off")
+    ema: float | None = Field(None, ge=0, lt=1, description="EMA decay of the trained weights; null: off")
+    amp: bool | Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="CUDA autocast: auto (bf16 where supported, else fp16) | bf16 | fp16 | off; never on CPU")
+    stages: list[StageSpec] = Field(default_factory=list)
+    val_every: int = Field(500, ge=1, description="validate every N steps (and at the end)")
+    save_every: int = Field(500, ge=1, description="write a checkpoint every N steps (and at the end)")
+    log_every: int = Field(10, ge=1, description="log scalars every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="keep the newest N checkpoints")
+    images: int = Field(4, ge=0, description="validation images in the tensorboard before/after grid")
+    out: str = Field("runs/vlir", description="run folder (checkpoints, logs, final pipeline)")
     seed: int = 0
+    max_steps_this_run: int | None = Field(
+        None, ge=1, description="stop (after a checkpoint) once this run made N steps; resume later")
+    find_unused_parameters: bool | None = Field(
+        None, description="DDP option; null: on when a trained module has parameters outside the loss graph")
+    proxies: list[str] = Field(
+        default_factory=list,
+        description="saved pipeline folders whose restorations are medium-quality proxies (Perceive-IR); "
+                    "the first also gives the 'medium' images of a quality perceiver stage")
+
+    _lists = field_validator("proxies", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSpec":
+        for i, s in enumerate(self.stages):
+            w = s.warmup if s.warmup is not None else self.warmup
+            n = s.iterations or self.iterations
+            if w >= n and w > 0:
+                raise ValueError(f"stages[{i}]: warmup ({w}) must be shorter than iterations ({n})")
+        if not self.stages and self.warmup >= self.iterations and self.warmup > 0:
+            raise ValueError(f"warmup ({self.warmup}) must be shorter than iterations ({self.iterations})")
+        return self
+
+    def resolved_stages(self) -> list[StageSpec]:
+        """Every stage with every field filled from the section's defaults."""
+        stages = self.stages or [StageSpec()]
+        out = []
+        for s in stages:
+            values = s.model_dump()
+            for key in ("iterations", "lr", "lr_min", "weight_decay", "betas", "warmup", "grad_clip", "ema"):
+                if values[key] is None:
+                    values[key] = getattr(self, key)
+            out.append(StageSpec.model_validate(values))
+        return out
 
 
 class EvalSpec(Section):
-    """How to evaluate."""
+    """How to evaluate (``vlir eval``; command-line options win)."""
 
-    crop_border: int = 0
-    test_y_channel: bool = False
-    tile: int | None = None
-    steps: int | None = None
+    data: list[str] = Field(default_factory=list, description="clean folders (synthetic) or paired roots")
+    degradations: list[DegradationSpec] = Field(
+        default_factory=list, description="synthetic degradations; empty: those of the data section")
+    seed: int = Field(0, description="seed of the synthetic degradations (fixed: same inputs every run)")
+    crop_border: int = Field(0, ge=0)
+    test_y_channel: bool = Field(False, description="headline metric on Y (both RGB and Y are always reported)")
+    tile: int | None = Field(None, ge=16)
+    steps: int | None = Field(None, ge=1, description="sampling steps of diffusion pipelines")
+    limit: int | None = Field(None, ge=1, description="at most this many images per folder")
+    crops: int = Field(4, ge=0, description="example crops per degradation in the HTML report")
+
+    _lists = field_validator("data", mode="before")(_as_list)

@@ -1,0 +1,469 @@
+"""Training and evaluation datasets.
+
+Every item is a dict ``{lq, gt, degradation, degradation_name, caption, path}``: ``lq`` and ``gt``
+are float tensors [3, H, W] in [0, 1], ``degradation`` the class index, ``degradation_name`` the
+degradation word (DA-CLIP vocabulary), ``caption`` a clean-content caption from a caption source
+(any object with ``caption(path) -> str | None``, e.g. ``vlir.core.data.captions.CSVCaptions``;
+"a photo" when it has none).
+
+Items are deterministic given the dataset's ``seed``, the epoch (``set_epoch``) and the index,
+whatever the worker or the order of access. Unreadable files (empty, truncated, corrupt, too
+small) are skipped with a warning on the ``vlir.data`` logger; grey, palette, 16-bit and
+transparent images are converted to RGB (see :func:`vlir.core.data.images.read_image`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .images import ImageError, is_image_file, read_image
+
+log = logging.getLogger("vlir.data")
+
+PathLike = str | os.PathLike
+
+
+# -- captions -----------------------------------------------------------------------------------
+DEFAULT_CAPTION = "a photo"
+
+
+def _caption(source: Any, *paths: PathLike) -> str:
+    """The first caption ``source`` has for ``paths`` (``caption(path) -> str | None``), else "a photo"."""
+    if source is None:
+        return DEFAULT_CAPTION
+    fn = source.caption if callable(getattr(source, "caption", None)) else source
+    if not callable(fn):
+        raise TypeError(f"caption source {type(source).__name__} has no caption(path) method")
+    for p in paths:
+        text = fn(str(p))
+        if text:
+            return str(text)
+    log.debug("no caption for %s; using %r", paths[0], DEFAULT_CAPTION)
+    return DEFAULT_CAPTION
+
+
+# -- seeding, files -----------------------------------------------------------------------------
+def item_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (e.g. seed, epoch, index)."""
+    state = np.random.SeedSequence([int(k) % (1 << 64) for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+@lru_cache(maxsize=64)
+def _perm(n: int, *keys: int) -> tuple[int, ...]:
+    return tuple(torch.randperm(n, generator=item_generator(*keys)).tolist())
+
+
+def list_images(roots: PathLike | Iterable[PathLike], recursive: bool = True) -> list[Path]:
+    """Image files (by suffix) under one or more folders or files, sorted per root."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    out: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            out.append(root)
+        elif root.is_dir():
+            it = root.rglob("*") if recursive else root.iterdir()
+            out.extend(sorted(p for p in it if p.is_file() and is_image_file(p) and not p.name.startswith(".")))
+        else:
+            raise FileNotFoundError(f"image folder {root} does not exist")
+    return out
+
+
+def check_image(path: PathLike) -> tuple[tuple[int, int] | None, str | None, str | None]:
+    """Cheap header check: ``(size (W, H) or None, reason it is unusable or None, conversion note)``."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return None, "empty file (0 bytes)", None
+        with Image.open(path) as im:
+            size, mode, fmt = im.size, im.mode, im.format
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        msg = str(e) or type(e).__name__
+        if "cannot identify" in msg:
+            msg = "not a recognised image format"
+        return None, msg, None
+    note = None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        note = f"{mode} (16-bit/float grey)"
+    elif mode != "RGB":
+        note = {"L": "grey", "1": "1-bit", "P": "palette", "RGBA": "RGBA", "LA": "grey+alpha",
+                "CMYK": "CMYK"}.get(mode, mode)
+    elif fmt == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(25)
+        if len(head) == 25 and head[24] == 16:
+            note = "16-bit RGB"
+    return size, None, note
+
+
+def scan_images(paths: Sequence[PathLike], min_size: int = 1, what: str = "images"
+                ) -> tuple[list[Path], dict[Path, tuple[int, int]]]:
+    """Keep readable images at least ``min_size`` on each side; log skipped and converted files."""
+    good: list[Path] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    notes: Counter = Counter()
+    for p in paths:
+        p = Path(p)
+        size, reason, note = check_image(p)
+        if reason is None and min(size) < min_size:
+            reason = f"{size[0]}x{size[1]} is smaller than the patch size {min_size}"
+        if reason is not None:
+            log.warning("skipping %s: %s", p, reason)
+            continue
+        if note:
+            notes[note] += 1
+            log.debug("%s: %s image, converted to RGB when read", p, note)
+        good.append(p)
+        sizes[p] = size
+    if notes:
+        log.info("%s: converting to RGB when read: %s", what, ", ".join(f"{k} x{v}" for k, v in sorted(notes.items())))
+    return good, sizes
+
+
+def crop_flip(images: Sequence[torch.Tensor], patch: int | None, generator: torch.Generator,
+              flips: bool = True) -> list[torch.Tensor]:
+    """The same random ``patch`` x ``patch`` crop and flips of images of equal size."""
+    h, w = images[0].shape[-2:]
+    out = list(images)
+    if patch is not None:
+        if h < patch or w < patch:
+            raise ValueError(f"image {w}x{h} is smaller than patch {patch}")
+        top = int(torch.randint(0, h - patch + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - patch + 1, (1,), generator=generator))
+        out = [x[..., top:top + patch, left:left + patch] for x in out]
+    if flips:
+        hf, vf = (torch.rand(2, generator=generator) < 0.5).tolist()
+        if hf:
+            out = [x.flip(-1) for x in out]
+        if vf:
+            out = [x.flip(-2) for x in out]
+    return [x.contiguous() for x in out]
+
+
+# -- degradations -------------------------------------------------------------------------------
+def resolve_degradation(spec: Any) -> torch.nn.Module:
+    """A degradation module from a module, a name, ``(name, params)`` or ``{name|type, preset, params}``."""
+    if isinstance(spec, torch.nn.Module):
+        return spec
+    preset = None
+    if isinstance(spec, str):
+        name, params = spec, None
+    elif isinstance(spec, Mapping):
+        name = spec.get("name", spec.get("type"))
+        if name is None:
+            raise ValueError(f"degradation spec {dict(spec)} has no 'name' (or 'type')")
+        preset, params = spec.get("preset"), spec.get("params")
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
+        name, params = spec
+    else:
+        raise TypeError(f"cannot make a degradation from {spec!r}: expected a module, a name, "
+                        "(name, params) or {name, preset, params}")
+    from ..registry import get_registry
+
+    return get_registry().build("degradation", name, preset=preset, params=dict(params or {}))
+
+
+def degradation_word(module: torch.nn.Module) -> str:
+    """The class word of a degradation: its ``label``, else its registry name, else its class name."""
+    return getattr(module, "label", "") or getattr(module, "name", "") or type(module).__name__.lower()
+
+
+class _Epoch:
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of this epoch (call before each epoch)."""
+        self.epoch = int(epoch)
+
+
+# -- synthetic ----------------------------------------------------------------------------------
+class SyntheticDegradations(_Epoch, Dataset):
+    """Clean images degraded on the fly.
+
+    With ``balanced`` item ``i`` uses degradation ``i % K``, so every batch of K consecutive
+    items holds each degradation once; otherwise the degradation is drawn at random. Images
+    are visited in a fresh random order each round of ``len(images)`` items. ``length``
+    defaults to ``len(images) * K``. Each item is a random ``patch_size`` crop (``None``: the
+    whole image) with random flips; the degradation runs on the crop.
+    """
+
+    def __init__(self, roots: PathLike | Iterable[PathLike], degradations: Sequence[Any],
+                 patch_size: int | None = 64, length: int | None = None, seed: int = 0, balanced: bool = True,
+                 captions: Any = None, flips: bool = True, scan: bool = True, cache: bool = False,
+                 recursive: bool = True):
+        if not degradations:
+            raise ValueError("SyntheticDegradations needs at least one degradation")
+        files = list_images(roots, recursive=recursive)
+        if scan:
+            files, _ = scan_images(files, min_size=patch_size or 1, what=f"clean images under {roots}")
+        if not files:
+            raise ValueError(f"no usable images under {roots}")
+        self.files = files
+        self._specs = list(degradations)
+        self._modules: list[torch.nn.Module] | None = None
+        self.patch_size = patch_size
+        self.length = length if length is not None else len(files) * len(self._specs)
+        self.seed = seed
+        self.balanced = balanced
+        self.captions = captions
+        self.flips = flips
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self._bad: set[int] = set()
+
+    @property
+    def degradations(self) -> list[torch.nn.Module]:
+        """The degradation modules (names are resolved through the registry on first use)."""
+        if self._modules is None:
+            self._modules = [resolve_degradation(s) for s in self._specs]
+        return self._modules
+
+    @property
+    def names(self) -> list[str]:
+        return [degradation_word(m) for m in self.degradations]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, j: int) -> torch.Tensor:
+        if self.cache is not None and j in self.cache:
+            return self.cache[j]
+        img, _ = read_image(self.files[j])
+        if self.patch_size is not None and min(img.shape[-2:]) < self.patch_size:
+            raise ImageError(self.files[j], f"{img.shape[2]}x{img.shape[1]} is smaller than the patch size "
+                                            f"{self.patch_size}")
+        if self.cache is not None:
+            self.cache[j] = img
+        return img
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} items")
+        n, k = len(self.files), len(self._specs)
+        g = item_generator(self.seed, self.epoch, i)
+        d = i % k if self.balanced else int(torch.randint(0, k, (1,), generator=g))
+        j = _perm(n, self.seed, self.epoch, i // n, 7)[i % n]
+        for _ in range(n):
+            if j not in self._bad:
+                try:
+                    img = self._load(j)
+                    break
+                except ImageError as e:
+                    log.warning("skipping %s: %s", e.path, e.reason)
+                    self._bad.add(j)
+            j = (j + 1) % n
+        else:
+            raise RuntimeError(f"no readable image left among {n} files (see the vlir.data warnings)")
+        (gt,) = crop_flip([img], self.patch_size, g, self.flips)
+        module = self.degradations[d]
+        with torch.no_grad():
+            lq = module(gt[None], generator=g)[0]
+        return {"lq": lq, "gt": gt, "degradation": d, "degradation_name": degradation_word(module),
+                "caption": _caption(self.captions, self.files[j]), "path": str(self.files[j])}
+
+
+# -- paired folders -----------------------------------------------------------------------------
+def _subdir(folder: Path, name: str) -> Path | None:
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if p.is_dir() and p.name.lower() == name.lower():
+            return p
+    return None
+
+
+class PairedFolders(_Epoch, Dataset):
+    """DA-CLIP's layout ``root/<degradation>/{LQ,GT}/`` with matching file names (by stem).
+
+    ``names`` picks and orders the degradation folders (their index is the class index);
+    by default every sub-folder holding ``LQ`` and ``GT``, sorted. Without ``patch_size`` items
+    are whole images, in order, without flips (evaluation); with it, aligned random crops and
+    flips. ``balanced`` makes item ``i`` come from degradation ``i % K`` (``length`` defaults to
+    ``K * largest folder``; empty folders are left out with a warning); otherwise items enumerate all pairs. ``path`` is the LQ file,
+    ``gt_path`` the GT file; captions are looked up by the LQ path (as in DA-CLIP's CSV), then the GT path.
+    """
+
+    def __init__(self, root: PathLike, names: Sequence[str] | None = None, patch_size: int | None = None,
+                 balanced: bool = False, length: int | None = None, seed: int = 0, captions: Any = None,
+                 flips: bool | None = None, scan: bool = True):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"paired dataset folder {root} does not exist")
+        if names is None:
+            names = sorted(p.name for p in root.iterdir()
+                           if p.is_dir() and _subdir(p, "LQ") is not None and _subdir(p, "GT") is not None)
+            if not names:
+                raise ValueError(f"{root}: no <degradation>/LQ and <degradation>/GT folders found")
+        self.root = root
+        self.names = list(names)
+        self.pairs: list[list[tuple[Path, Path]]] = []
+        for name in self.names:
+            self.pairs.append(self._pairs(root / name, patch_size, scan))
+        if not any(self.pairs):
+            raise ValueError(f"{root}: no usable LQ/GT pairs")
+        self.flat = [(k, m) for k, ps in enumerate(self.pairs) for m in range(len(ps))]
+        self._active = [k for k, ps in enumerate(self.pairs) if ps]
+        for k, ps in enumerate(self.pairs):
+            if not ps:
+                log.warning("%s: no usable pairs; degradation %r gets no items", root / self.names[k], self.names[k])
+        self.patch_size = patch_size
+        self.balanced = balanced
+        self.flips = (patch_size is not None) if flips is None else flips
+        self.seed = seed
+        self.captions = captions
+        if length is None:
+            length = len(self._active) * max(len(p) for p in self.pairs) if balanced else len(self.flat)
+        self.length = length
+        self._bad: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def _pairs(folder: Path, patch: int | None, scan: bool) -> list[tuple[Path, Path]]:
+        lq_dir, gt_dir = _subdir(folder, "LQ"), _subdir(folder, "GT")
+        if lq_dir is None or gt_dir is None:
+            raise ValueError(f"{folder}: expected sub-folders LQ and GT")
+
+        def by_stem(d: Path) -> dict[str, Path]:
+            out: dict[str, Path] = {}
+            for p in list_images(d):
+                key = str(p.relative_to(d).with_suffix(""))
+                if key in out:
+                    raise ValueError(f"{d}: two files with the same name {key!r}: {out[key].name}, {p.name}")
+                out[key] = p
+            return out
+
+        lq, gt = by_stem(lq_dir), by_stem(gt_dir)
+        if lq.keys() != gt.keys():
+            only_lq, only_gt = sorted(lq.keys() - gt.keys()), sorted(gt.keys() - lq.keys())
+
+            def show(xs):
+                return ", ".join(xs[:5]) + (f" ... ({len(xs)} in all)" if len(xs) > 5 else "") if xs else "none"
+
+            raise ValueError(f"{folder}: LQ and GT files do not match; only in LQ: {show(only_lq)}; "
+                             f"only in GT: {show(only_gt)}")
+        pairs = [(lq[k], gt[k]) for k in sorted(lq)]
+        if not scan:
+            return pairs
+        good_lq, sizes_lq = scan_images([a for a, _ in pairs], patch or 1, what=str(lq_dir))
+        good_gt, sizes_gt = scan_images([b for _, b in pairs], patch or 1, what=str(gt_dir))
+        ok_lq, ok_gt = set(good_lq), set(good_gt)
+        out = []
+        for a, b in pairs:
+            if a not in ok_lq or b not in ok_gt:
+                log.warning("skipping pair %s / %s: %s unusable", a, b, "LQ" if a not in ok_lq else "GT")
+            elif sizes_lq[a] != sizes_gt[b]:
+                log.warning("skipping pair %s / %s: sizes differ (%s vs %s)", a, b, sizes_lq[a], sizes_gt[b])
+            else:
+                out.append((a, b))
+        return out
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if self.balanced:
+            k = self._active[i % len(self._active)]
+            r = i // len(self._active)
+            nk = len(self.pairs[k])
+            return k, _perm(nk, self.seed, self.epoch, r // nk, k, 11)[r % nk]
+        return self.flat[i % len(self.flat)]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} items")
+        k, m = self._locate(i)
+        nk = len(self.pairs[k])
+        for _ in range(nk):
+            if (k, m) not in self._bad:
+                a, b = self.pairs[k][m]
+                try:
+                    lq, _ = read_image(a)
+                    gt, _ = read_image(b)
+                    if lq.shape != gt.shape:
+                        raise ImageError(a, f"size {tuple(lq.shape[1:])} differs from GT {b} {tuple(gt.shape[1:])}")
+                    if self.patch_size is not None and min(lq.shape[-2:]) < self.patch_size:
+                        raise ImageError(a, f"smaller than the patch size {self.patch_size}")
+                    break
+                except ImageError as e:
+                    log.warning("skipping %s: %s", e.path, e.reason)
+                    self._bad.add((k, m))
+            m = (m + 1) % nk
+        else:
+            raise RuntimeError(f"no readable pair left in {self.root / self.names[k]} (see the vlir.data warnings)")
+        g = item_generator(self.seed, self.epoch, i)
+        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips)
+        return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k],
+                "caption": _caption(self.captions, a, b), "path": str(a), "gt_path": str(b)}
+
+
+# -- medium quality (Perceive-IR) -----------------------------------------------------------------
+def fold_indices(n: int, folds: int = 2, seed: int = 0) -> list[list[int]]:
+    """Split ``range(n)`` into ``folds`` disjoint, nearly equal, randomly ordered folds."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    if n < folds:
+        raise ValueError(f"cannot split {n} items into {folds} folds")
+    perm = torch.randperm(n, generator=item_generator(seed, 13)).tolist()
+    return [sorted(perm[f::folds]) for f in range(folds)]
+
+
+def cross_fit_medium(images: Sequence[Any], train_fn: Callable[[list[Any]], Any],
+                     predict_fn: Callable[[Any, list[Any]], Sequence[Any]], folds: int = 2, seed: int = 0
+                     ) -> list[Any]:
+    """Medium-quality outputs, each predicted by a model that never saw its input.
+
+    For each fold, ``train_fn(items of the other folds) -> model`` trains a (deliberately
+    under-trained) restorer and ``predict_fn(model, items of this fold) -> outputs`` restores
+    the held-out items. Returns the outputs in the order of ``images``.
+    """
+    n = len(images)
+    out: list[Any] = [None] * n
+    for f, held in enumerate(fold_indices(n, folds, seed)):
+        held_set = set(held)
+        train = [images[i] for i in range(n) if i not in held_set]
+        log.info("cross-fitting medium quality: fold %d/%d, training on %d, predicting %d",
+                 f + 1, folds, len(train), len(held))
+        model = train_fn(train)
+        preds = list(predict_fn(model, [images[i] for i in held]))
+        if len(preds) != len(held):
+            raise ValueError(f"predict_fn returned {len(preds)} outputs for {len(held)} items (fold {f})")
+        for i, p in zip(held, preds):
+            out[i] = p
+    return out
+
+
+class MediumQuality(Dataset):
+    """Fixed items (dicts with ``lq``, ``gt``, ...) with a ``medium`` image each."""
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], medium: Sequence[torch.Tensor]):
+        if len(items) != len(medium):
+            raise ValueError(f"MediumQuality: {len(items)} items but {len(medium)} medium images")
+        for i, (it, m) in enumerate(zip(items, medium)):
+            if tuple(m.shape) != tuple(it["gt"].shape):
+                raise ValueError(f"MediumQuality: medium image {i} has shape {tuple(m.shape)}, "
+                                 f"gt has {tuple(it['gt'].shape)}")
+        self.items = list(items)
+        self.medium = list(medium)
+
+    @classmethod
+    def cross_fit(cls, dataset: Dataset, train_fn: Callable, predict_fn: Callable, folds: int = 2,
+                  seed: int = 0, size: int | None = None) -> "MediumQuality":
+        """Materialise ``size`` items of ``dataset`` (default all) and cross-fit their medium images."""
+        n = len(dataset) if size is None else min(size, len(dataset))
+        items = [dataset[i] for i in range(n)]
+        return cls(items, cross_fit_medium(items, train_fn, predict_fn, folds, seed))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.items[i], "medium": self.medium[i]}

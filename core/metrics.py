@@ -1,0 +1,79 @@
+"""Image quality metrics.
+
+``psnr`` and ``ssim`` are the field's evaluation numbers: the images are quantised to 8 bit
+exactly as BasicSR's ``tensor2img`` does (clamp to [0, 1], x255, round, BGR) and scored by
+BasicSR's ``calculate_psnr`` / ``calculate_ssim`` (``crop_border`` pixels removed on each side,
+``y_channel`` for the BT.601 luma). ``psnr_torch`` is a fast, differentiable, batched PSNR for
+training-time monitoring (no quantisation).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _to_uint8_bgr(img: torch.Tensor, who: str):
+    """One image [3, H, W] / [1, 3, H, W] in [0, 1] -> HWC uint8 BGR, as BasicSR's tensor2img."""
+    from basicsr.utils.img_util import tensor2img
+
+    if img.dim() == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"{who}: expected one image [3, H, W] or [1, 3, H, W], got shape {tuple(img.shape)}")
+    return tensor2img(img.detach(), rgb2bgr=True, min_max=(0, 1))
+
+
+def _batched(fn_name: str, a: torch.Tensor, b: torch.Tensor, crop_border: int, y_channel: bool) -> float:
+    from basicsr.metrics import psnr_ssim
+
+    if a.shape != b.shape:
+        raise ValueError(f"{fn_name}: images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    fn = getattr(psnr_ssim, "calculate_" + fn_name)
+    if a.dim() == 4 and a.shape[0] > 1:
+        vals = [fn(_to_uint8_bgr(x, fn_name), _to_uint8_bgr(y, fn_name), crop_border=crop_border,
+                   test_y_channel=y_channel) for x, y in zip(a, b)]
+        return float(sum(vals) / len(vals))
+    return float(fn(_to_uint8_bgr(a, fn_name), _to_uint8_bgr(b, fn_name), crop_border=crop_border,
+                    test_y_channel=y_channel))
+
+
+def psnr(img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> float:
+    """PSNR (dB) of 8-bit-quantised images, BasicSR's ``calculate_psnr``; batches are averaged.
+
+    ``inf`` for identical images.
+    """
+    return _batched("psnr", img, ref, crop_border, y_channel)
+
+
+def ssim(img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> float:
+    """SSIM of 8-bit-quantised images, BasicSR's ``calculate_ssim``; batches are averaged."""
+    return _batched("ssim", img, ref, crop_border, y_channel)
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma [B, 1, H, W] in [16/255, 235/255] of RGB images [B, 3, H, W] in [0, 1]."""
+    w = torch.tensor([65.481, 128.553, 24.966], dtype=img.dtype, device=img.device) / 255.0
+    return (img * w[:, None, None]).sum(dim=-3, keepdim=True) + 16.0 / 255.0
+
+
+def psnr_torch(img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0, y_channel: bool = False,
+               data_range: float = 1.0, eps: float = 1e-10) -> torch.Tensor:
+    """Per-image PSNR [B] of float images [B, C, H, W] (no quantisation; differentiable)."""
+    if img.shape != ref.shape:
+        raise ValueError(f"psnr_torch: images differ in shape: {tuple(img.shape)} vs {tuple(ref.shape)}")
+    if img.dim() == 3:
+        img, ref = img[None], ref[None]
+    if crop_border:
+        c = crop_border
+        img, ref = img[..., c:-c, c:-c], ref[..., c:-c, c:-c]
+    if y_channel:
+        img, ref = rgb_to_y(img), rgb_to_y(ref)
+    mse = (img.double() - ref.double()).pow(2).mean(dim=(1, 2, 3))
+    return (10 * torch.log10(data_range ** 2 / (mse + eps))).to(img.dtype if img.is_floating_point() else torch.float32)
+
+
+def mean_finite(values) -> float:
+    """Mean of a list of metric values, ignoring ``inf`` (identical images); ``nan`` if none."""
+    vals = [float(v) for v in values if math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else float("nan")

@@ -1,0 +1,108 @@
+"""``vlir train SPEC [--resume DIR] [--out DIR] [--set key=value ...] [--device D]``.
+
+Several GPUs or nodes: ``torchrun --nproc_per_node N -m vlir.core.cli train SPEC`` (or the
+``vlir`` script's path instead of ``-m``). Nothing heavy is imported until the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], YAML-parsed value)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML ({e})") from e
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    """Set dotted keys in a raw spec dict; integer parts index lists (``train.stages.0.lr``)."""
+    from ..spec import SpecError
+
+    out = copy.deepcopy(raw)
+    for keys, value in overrides:
+        node: Any = out
+        for i, k in enumerate(keys):
+            last = i == len(keys) - 1
+            where = ".".join(keys[:i + 1])
+            if isinstance(node, list):
+                if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
+                    raise SpecError([(where, f"--set: {k!r} is not an index of a list of {len(node)}")])
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+            elif isinstance(node, dict):
+                if last:
+                    node[k] = value
+                else:
+                    if node.get(k) is None:
+                        node[k] = {}
+                    node = node[k]
+            else:
+                raise SpecError([(where, f"--set: cannot set a key inside a {type(node).__name__}")])
+    return out
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", nargs="?", help="spec file (YAML); optional with --resume (the run's spec.yaml)")
+    p.add_argument("--resume", metavar="DIR", help="run folder or checkpoint file to continue from")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: train.out, or the --resume folder)")
+    p.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_folder(resume: str) -> Path:
+    p = Path(resume)
+    if p.is_file():  # a checkpoint: run/checkpoints/step_*.pt
+        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..spec import SpecError, load_spec, read_yaml
+    from .checkpoint import list_checkpoints
+    from .trainer import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    source = args.spec
+    if source is None:
+        if not args.resume:
+            raise SpecError([("", "give a spec file, or --resume DIR to continue a run")], source="vlir train")
+        source = str(_run_folder(args.resume) / "spec.yaml")
+    raw = apply_overrides(read_yaml(source), args.set or [])
+    spec = load_spec(raw)
+    if spec.data is None:
+        raise SpecError([("data", "training needs a data section (data.train: folders of images)")], source=source)
+    out = Path(args.out or (_run_folder(args.resume) if args.resume else (spec.train.out if spec.train else "runs/vlir")))
+    if not args.resume and list_checkpoints(out / "checkpoints"):
+        raise SpecError([("train.out", f"{out} already has checkpoints; continue with --resume {out} "
+                                       "or choose another --out")], source=source)
+    trainer = Trainer(spec, out, device=args.device, resume=args.resume, progress=not args.quiet)
+    result = trainer.fit()
+    if trainer.dist.main:
+        if result is None:
+            print(f"stopped after {trainer.steps_this_run} step(s) at step {trainer.step}; continue with: "
+                  f"vlir train --resume {out}", file=sys.stderr)
+        else:
+            print(f"trained pipeline: {result}")
+    return 0
+
+
+add_arguments = add_train_arguments
+run = run_train

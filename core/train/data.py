@@ -1,0 +1,186 @@
+"""Training data as a deterministic stream.
+
+The stream of a stage is the dataset repeated epoch after epoch: position ``p`` is item
+``p % len`` of epoch ``p // len`` (items are deterministic given the data seed, the epoch and
+the index). Step ``s`` takes positions ``[s*B, (s+1)*B)`` of the global batch ``B``; process
+``r`` of ``W`` takes its contiguous ``B / W`` of them. So a resumed run, or a run on another
+number of processes, sees exactly the same samples at the same step.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from ..sections import DataSpec
+from ..spec import SpecError
+
+
+def _folders(paths: list[str], field: str) -> list[Path]:
+    out = []
+    errors = []
+    for i, p in enumerate(paths):
+        path = Path(os.path.expanduser(p))
+        if not path.exists():
+            errors.append((f"{field}[{i}]", f"no such folder: {p} (relative paths are read from {Path.cwd()})"))
+        out.append(path)
+    if errors:
+        raise SpecError(errors)
+    return out
+
+
+def caption_source(data: DataSpec) -> Any:
+    if data.captions is None:
+        return None
+    from ..data.captions import CSVCaptions
+
+    return CSVCaptions(os.path.expanduser(data.captions))
+
+
+def degradation_specs(data: DataSpec) -> list[dict[str, Any]]:
+    return [{"name": d.type, "params": dict(d.params)} for d in data.degradations]
+
+
+class Concat(Dataset):
+    """Datasets one after another, passing ``set_epoch`` on to each."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.sizes = [len(p) for p in parts]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            if hasattr(p, "set_epoch"):
+                p.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        for p, n in zip(self.parts, self.sizes):
+            if i < n:
+                return p[i]
+            i -= n
+        raise IndexError(i)
+
+
+def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None = None) -> Dataset:
+    """The training (``split='train'``) or validation (``'val'``) dataset of a data section.
+
+    Both are balanced over the degradations (item ``i`` has class ``i % K``); validation items
+    have a fixed seed and no flips, and there are at most ``limit`` of them.
+    """
+    from ..data.datasets import PairedFolders, SyntheticDegradations
+
+    paths = data.train if split == "train" else data.val
+    roots = _folders(paths, f"data.{split}")
+    if not roots:
+        raise SpecError([(f"data.{split}", "no folders given")])
+    captions = caption_source(data)
+    train = split == "train"
+    if data.layout == "synthetic":
+        if not data.degradations:
+            raise SpecError([("data.degradations", "synthetic data needs at least one degradation, "
+                                                   "e.g. [{type: noise}, {type: jpeg}]")])
+        ds: Dataset = SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
+                                            seed=data.seed + (0 if train else 1), balanced=True,
+                                            captions=captions, flips=train)
+    else:
+        parts = []
+        names = None
+        for root in roots:
+            p = PairedFolders(root, names=names, patch_size=patch_size, balanced=True, seed=data.seed,
+                              captions=captions, flips=train)
+            names = p.names
+            parts.append(p)
+        ds = parts[0] if len(parts) == 1 else Concat(parts)
+    if limit is not None and len(ds) > limit:
+        ds = Subset(ds, limit)
+    return ds
+
+
+class Subset(Dataset):
+    """The first ``n`` items of a dataset."""
+
+    def __init__(self, dataset: Dataset, n: int):
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+
+def class_names(ds: Dataset) -> list[str]:
+    """Degradation words of a dataset, in class-index order."""
+    while isinstance(ds, (Concat, Subset)):
+        ds = ds.parts[0] if isinstance(ds, Concat) else ds.dataset
+    names = getattr(ds, "names", None)
+    return list(names) if names is not None else []
+
+
+class Stream(Dataset):
+    """Position ``p`` -> item ``p % len`` of epoch ``p // len``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.size = len(dataset)
+        if self.size == 0:
+            raise ValueError("training dataset is empty")
+
+    def __len__(self) -> int:  # positions are unbounded; the sampler decides
+        return 2 ** 62
+
+    def __getitem__(self, p: int) -> dict[str, Any]:
+        epoch, i = divmod(int(p), self.size)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        item = self.dataset[i]
+        item.pop("gt_path", None)
+        return item
+
+
+class StepBatches(Sampler[list[int]]):
+    """The positions of this process's share of the global batch, step by step."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise SpecError([("data.batch_size", f"global batch {batch} must be divisible by the number of "
+                                                 f"processes ({world})")])
+        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch, rank, world
+        self.local = batch // world
+
+    def positions(self, step: int) -> list[int]:
+        first = step * self.batch + self.rank * self.local
+        return list(range(first, first + self.local))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(self.start, self.stop):
+            yield self.positions(s)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return default_collate(items)
+
+
+def loader(dataset: Dataset, sampler: Sampler, num_workers: int, pin: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader over the stream; it has its own generator, so it never draws from torch's global one."""
+    return DataLoader(Stream(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin, persistent_workers=False, generator=torch.Generator().manual_seed(seed))
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,36 @@
+"""Haze by the atmospheric scattering model with a synthetic depth map."""
+from __future__ import annotations
+
+import torch
+
+from vlir.core.components import Degradation
+
+from ._common import FloatRange, as_float, finish, smooth_field, uniform
+
+
+class Haze(Degradation):
+    """``I = J t + A (1 - t)``, ``t = exp(-beta d)``.
+
+    The depth ``d`` in [0, 1] mixes a vertical ramp (far at the top) with a smooth random field
+    of ``cells`` x ``cells`` cells; ``beta`` and the grey airlight ``A`` are drawn per image.
+    """
+
+    label = "hazy"
+
+    class Params(Degradation.Params):
+        beta: FloatRange = (0.6, 1.8)
+        airlight: FloatRange = (0.7, 1.0)
+        cells: int = 4
+        ramp: float = 0.5  # weight of the vertical ramp in the depth map
+
+    def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x, dtype = as_float(img, "haze")
+        n, _, h, w = x.shape
+        beta = uniform(self.params.beta, n, generator).float().to(x.device)[:, None, None, None]
+        air = uniform(self.params.airlight, n, generator).float().to(x.device)[:, None, None, None]
+        field = smooth_field(n, h, w, generator, cells=max(1, self.params.cells), device=x.device)
+        ramp = torch.linspace(1.0, 0.0, h, device=x.device)[None, None, :, None].expand(n, 1, h, w)
+        a = min(max(self.params.ramp, 0.0), 1.0)
+        d = a * ramp + (1 - a) * field
+        t = torch.exp(-beta * d)
+        return finish(x * t + air * (1 - t), dtype)

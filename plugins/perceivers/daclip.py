@@ -1,0 +1,278 @@
+"""DA-CLIP perceiver (Luo et al., ICLR 2024): a trainable controller on a frozen CLIP image encoder.
+
+The controller is a copy of the CLIP vision tower with one zero-initialised ``Linear(width, width)``
+after each block. Its block outputs, passed through those linears, are added to the frozen
+tower's stream in reversed order (after frozen block ``i`` comes controller block ``L-1-i``, as
+the official code pops from the end of a list). The frozen head on the controlled stream gives
+the content embedding; the controller's own head gives the degradation embedding, classified
+zero-shot against the text embeddings of the degradation words.
+
+The module layout matches the official checkpoint ``daclip_ViT-B-32.pt`` (``clip.*``,
+``visual_control.*``, ``logit_scale``); ``load_weights`` reads it directly.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from vlir.core.components import Perceiver
+from vlir.core.conditioning import Perception
+
+from . import _clip
+
+DEGRADATIONS = ["motion-blurry", "hazy", "jpeg-compressed", "low-light", "noisy",
+                "raindrop", "rainy", "shadowed", "snowy", "uncompleted"]
+
+
+class ControlTransformer(nn.Module):
+    """A copy of the CLIP vision blocks plus one zero-initialised linear per block.
+
+    ``forward(x)`` runs the blocks on the controller's own stream (left unmodified by the
+    linears) and returns ``(x, hiddens)`` with ``hiddens[i] = zero_modules[i](block_i output)``.
+    """
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+        width = transformer.width
+        self.zero_modules = nn.ModuleList(nn.Linear(width, width) for _ in range(len(transformer.resblocks)))
+        for z in self.zero_modules:
+            nn.init.zeros_(z.weight)
+            nn.init.zeros_(z.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hiddens = []
+        for block, zero in zip(self.transformer.resblocks, self.zero_modules):
+            x = _run_block(self.transformer, block, x)
+            hiddens.append(zero(x))
+        return x, hiddens
+
+
+def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One open_clip residual block on batch-first tokens ``[B, N, C]``."""
+    if getattr(transformer, "batch_first", True):
+        return block(x)
+    return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def _head(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ln_post + pooling (CLS) + projection of an open_clip VisionTransformer."""
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP InfoNCE between matching rows of normalised ``a`` and ``b``."""
+    logits = scale * a @ b.t()
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+class DACLIP(Perceiver):
+    """DA-CLIP: content + degradation embeddings and zero-shot degradation classes."""
+
+    class Params(Perceiver.Params):
+        model: str = "ViT-B-32"  # open_clip model name
+        pretrained: str | None = "laion2b_s34b_b79k"  # open_clip tag, CLIP or DA-CLIP checkpoint file, or None
+        degradations: list[str] = Field(default_factory=lambda: list(DEGRADATIONS))
+        prompt: str = "{}"  # prompt template of a degradation word (DA-CLIP uses the bare word)
+        objective: Literal["contrastive", "cross_entropy"] = "contrastive"
+        normalize: bool = False  # return L2-normalised embeddings (DA-CLIP feeds them unnormalised)
+
+        @field_validator("prompt")
+        @classmethod
+        def _template(cls, v: str) -> str:
+            if v.count("{}") != 1:
+                raise ValueError(f"prompt: expected one '{{}}' for the degradation word, got {v!r}")
+            return v
+
+        @field_validator("degradations")
+        @classmethod
+        def _nonempty(cls, v: list[str]) -> list[str]:
+            if not v:
+                raise ValueError("degradations: give at least one degradation word")
+            if len(set(v)) != len(v):
+                raise ValueError(f"degradations: duplicate words in {v}")
+            return v
+
+    def __init__(self, params=None, **overrides: Any):
+        super().__init__(params, **overrides)
+        p = self.params
+        full = None
+        pretrained = p.pretrained
+        if pretrained and _clip.is_checkpoint_path(pretrained):
+            from vlir.core.io import CheckpointError, load_checkpoint
+
+            obj = load_checkpoint(pretrained)
+            try:
+                keys = self._flat(obj)
+            except CheckpointError as e:
+                raise CheckpointError(f"daclip pretrained {pretrained}: {e}") from e
+            if any(k.startswith("visual_control.") for k in keys):
+                full = obj  # a DA-CLIP checkpoint: build empty, load everything below
+                pretrained = None
+        self.clip, self.tokenizer = _clip.create_clip(p.model, None if full is not None else pretrained)
+        self.visual_control = copy.deepcopy(self.clip.visual)
+        self.visual_control.transformer = ControlTransformer(self.visual_control.transformer)
+        self.logit_scale = nn.Parameter(self.clip.logit_scale.detach().clone())
+        _clip.freeze(self.clip)
+        for q in self.visual_control.parameters():
+            q.requires_grad_(True)
+        self._text_cache: tuple[Any, torch.Tensor] | None = None
+        if full is not None:
+            from vlir.core.io import load_state_dict_checked
+
+            load_state_dict_checked(self, self.convert_checkpoint(full), source=f"DA-CLIP checkpoint {p.pretrained}")
+
+    # -- info ------------------------------------------------------------------------------
+    @classmethod
+    def output_dims(cls, params) -> tuple[int | None, int | None]:
+        if isinstance(params, Mapping) or params is None:
+            params = cls.Params(**(params or {}))
+        d = _clip.embed_dim(params.model)
+        return d, d
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.params.degradations)
+
+    def train(self, mode: bool = True) -> "DACLIP":
+        super().train(mode)
+        self.clip.eval()  # frozen
+        self._text_cache = None
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):  # weights change: drop cached text embeddings
+        self._text_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # -- encoders --------------------------------------------------------------------------
+    def encode(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content, degradation) embeddings ``[B, D]`` (unnormalised) of images in [0, 1]."""
+        size, mean, std = _clip.preprocess_cfg(self.clip)
+        x = _clip.preprocess(lq, size, mean, std)
+        x = x.to(self.visual_control.conv1.weight.dtype)
+        frozen = self.clip.visual
+        ctrl, hiddens = self.visual_control.transformer(self.visual_control._embeds(x))
+        degradation = _head(self.visual_control, ctrl)
+        h = frozen._embeds(x)
+        blocks = frozen.transformer.resblocks
+        for i, block in enumerate(blocks):
+            h = _run_block(frozen.transformer, block, h)
+            h = h + hiddens[len(blocks) - 1 - i]
+        content = _head(frozen, h)
+        return content, degradation
+
+    def _text_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(q.requires_grad for q in self.clip.transformer.parameters())
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Normalised CLIP text embeddings ``[N, D]``."""
+        with torch.set_grad_enabled(self._text_grad()):
+            return _clip.encode_text(self.clip, self.tokenizer, texts, normalize=True)
+
+    def degradation_text(self) -> torch.Tensor:
+        """Normalised text embeddings ``[K, D]`` of the degradation prompts (cached in eval mode)."""
+        device = self.logit_scale.device
+        key = (device, self.logit_scale.dtype)
+        if not self.training and self._text_cache is not None and self._text_cache[0] == key:
+            return self._text_cache[1]
+        emb = self.encode_text([self.params.prompt.format(w) for w in self.params.degradations])
+        if not self.training:
+            emb = emb.detach()
+            self._text_cache = (key, emb)
+        return emb
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    # -- perceiver API ---------------------------------------------------------------------
+    def forward(self, lq: torch.Tensor) -> Perception:
+        content, degradation = self.encode(lq)
+        logits = self.scale() * F.normalize(degradation, dim=-1) @ self.degradation_text().t()
+        if self.params.normalize:
+            content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
+        return Perception(content=content, degradation=degradation, class_names=self.class_names,
+                          class_probs=logits.softmax(dim=-1), extras={"degradation_logits": logits})
+
+    def _labels(self, batch: Mapping[str, Any], device) -> torch.Tensor:
+        words = self.params.degradations
+        names = batch.get("degradation_name")
+        if names is not None:
+            unknown = sorted({n for n in names if n not in words})
+            if unknown:
+                raise ValueError(f"daclip objective: degradation names {unknown} are not in "
+                                 f"Params.degradations {words}")
+            return torch.tensor([words.index(n) for n in names], device=device)
+        idx = batch.get("degradation")
+        if idx is None:
+            raise KeyError("daclip objective: batch needs 'degradation' (class index) or 'degradation_name'")
+        idx = torch.as_tensor(idx, device=device).long().view(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(words)):
+            raise ValueError(f"daclip objective: degradation index out of range 0..{len(words) - 1}: "
+                             f"{idx.tolist()}")
+        return idx
+
+    def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Caption/content InfoNCE + degradation term (DA-CLIP contrastive or K-way cross-entropy)."""
+        lq = batch["lq"]
+        content, degradation = self.encode(lq)
+        content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
+        scale = self.scale()
+        labels = self._labels(batch, lq.device)
+        out: dict[str, torch.Tensor] = {}
+        if batch.get("caption") is not None:
+            captions = list(batch["caption"])
+            if len(captions) != lq.shape[0]:
+                raise ValueError(f"daclip objective: {len(captions)} captions for {lq.shape[0]} images")
+            out["content"] = info_nce(content, self.encode_text(captions), scale)
+        words = self.degradation_text()
+        logits = scale * degradation @ words.t()
+        if self.params.objective == "contrastive":
+            out["degradation"] = info_nce(degradation, words[labels], scale)
+        else:
+            out["degradation"] = F.cross_entropy(logits, labels)
+        out["accuracy"] = (logits.argmax(dim=-1) == labels).float().mean().detach()
+        out["loss"] = out["degradation"] + out.get("content", 0.0)
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+    @staticmethod
+    def _flat(obj: Any) -> dict[str, Any]:
+        from vlir.core.io import unwrap_state_dict
+
+        return unwrap_state_dict(obj)
+
+    def convert_checkpoint(self, obj: Any) -> dict[str, torch.Tensor]:
+        """Official DA-CLIP checkpoint (or a plain CLIP state dict) -> this module's state dict.
+
+        DA-CLIP: unwraps ``state_dict``, strips ``module.`` and drops the duplicate ``visual.*``
+        alias. Plain CLIP: keys go under ``clip.`` and the controller starts as a copy of the
+        visual tower with zero linears (DA-CLIP's initialisation).
+        """
+        sd = self._flat(obj)
+        if any(k.startswith("clip.") for k in sd):
+            return {k: v for k, v in sd.items() if not k.startswith("visual.")}
+        if "visual.conv1.weight" not in sd:
+            raise ValueError("daclip checkpoint: neither a DA-CLIP checkpoint (clip.*, visual_control.*) "
+                             "nor an open_clip CLIP state dict (visual.conv1.weight missing)")
+        out = {f"clip.{k}": v for k, v in sd.items()}
+        own = self.state_dict()
+        for k, v in sd.items():
+            if k.startswith("visual."):
+                k2 = "visual_control." + k[len("visual."):].replace("transformer.resblocks.",
+                                                                   "transformer.transformer.resblocks.")
+                out[k2] = v
+        for k, v in own.items():
+            if k.startswith("visual_control.transformer.zero_modules."):
+                out[k] = torch.zeros_like(v, device="cpu")
+        if "logit_scale" in sd:
+            out["logit_scale"] = sd["logit_scale"]
+        return out
