@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .io import CheckpointError
     from .registry import RegistryError
-    from .spec import SpecError
+    from .errors import SpecError
 
     try:
         return int(args.func(args) or 0)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import SpecError
 from .sections import DataSpec, EvalSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,17 +85,6 @@ class PipelineSpec(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-class SpecError(ValueError):
-    """A spec with one or more errors, each with its YAML path."""
-
-    def __init__(self, errors: list[tuple[str, str]], source: str = "spec"):
-        self.errors = errors
-        self.source = source
-        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in errors)
-        n = len(errors)
-        super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
 
 
 def _loc(prefix: str, loc: tuple) -> str:
