@@ -1,0 +1,154 @@
+"""Layers shared by the convolutional backbones: channel LayerNorm, conditioning, padding.
+
+Conditioning layers are zero-initialised so that a pretrained backbone with conditioning
+switched on computes exactly its unconditioned output until it is trained.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a ``(B, C, H, W)`` tensor.
+
+    ``bias=False`` is Restormer's "BiasFree" variant: ``x / sqrt(var + eps) * weight``
+    (the variance is taken around the mean, but the mean is not subtracted).
+    Statistics are computed in float32 for half / bfloat16 inputs.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if dtype in _LOW:
+            x = x.float()
+        weight = self.weight.to(x.dtype)
+        if self.bias is not None:
+            bias = self.bias.to(x.dtype)
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, self.eps).permute(0, 3, 1, 2)
+        else:
+            var = x.var(dim=1, keepdim=True, unbiased=False)
+            y = x * torch.rsqrt(var + self.eps) * weight[:, None, None]
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class CondEmbed(nn.Module):
+    """Degradation vector ``[B, cond_dim]`` -> shared embedding ``[B, hidden]`` for every FiLM."""
+
+    def __init__(self, cond_dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, hidden)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.proj(v))
+
+
+class FiLM(nn.Module):
+    """Feature-wise ``x * (1 + scale) + shift`` from an embedding; zero-initialised (identity)."""
+
+    def __init__(self, emb_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(emb_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(emb).to(x.dtype)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+
+class CrossAttention(nn.Module):
+    """Residual cross-attention from image features to content tokens (SDPA).
+
+    ``x + out(attn(q(norm(x)), k(tokens), v(tokens)))``; ``out`` is zero-initialised so the
+    block starts as the identity.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int | None = None):
+        super().__init__()
+        if heads is None:
+            heads = max(1, channels // 64)
+        while channels % heads:
+            heads -= 1
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.q = nn.Linear(channels, channels, bias=False)
+        self.kv = nn.Linear(context_dim, 2 * channels, bias=False)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        seq = x.flatten(2).transpose(1, 2)  # B, HW, C
+        q = self.q(self.norm(seq))
+        k, v = self.kv(self.context_norm(tokens)).chunk(2, dim=-1)
+        if k.shape[0] != b:
+            k, v = k.expand(b, -1, -1), v.expand(b, -1, -1)
+        d = c // self.heads
+        q = q.reshape(b, h * w, self.heads, d).transpose(1, 2)
+        k = k.reshape(b, -1, self.heads, d).transpose(1, 2)
+        v = v.reshape(b, -1, self.heads, d).transpose(1, 2)
+        q, k, v = (t.to(q.dtype) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v)
+        o = self.out(o.transpose(1, 2).reshape(b, h * w, c))
+        return x + o.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
+
+
+def read_cond(cond: Any, batch: int, cond_dim: int | None, context_dim: int | None, owner: str
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (vector, tokens) of a ``Conditioning`` a backbone can use, checked against its dims.
+
+    Missing parts, or parts the backbone was not built for, come back as ``None``.
+    """
+    if cond is None:
+        return None, None
+    vector = getattr(cond, "vector", None) if cond_dim else None
+    tokens = getattr(cond, "tokens", None) if context_dim else None
+    if vector is not None:
+        if vector.dim() != 2 or vector.shape[-1] != cond_dim or vector.shape[0] not in (1, batch):
+            raise ValueError(f"{owner}: cond.vector must be [B={batch}, cond_dim={cond_dim}], "
+                             f"got {list(vector.shape)}")
+    if tokens is not None:
+        if tokens.dim() == 2:
+            tokens = tokens[:, None, :]
+        if tokens.dim() != 3 or tokens.shape[-1] != context_dim or tokens.shape[0] not in (1, batch):
+            raise ValueError(f"{owner}: cond.tokens must be [B={batch}, N, context_dim={context_dim}], "
+                             f"got {list(tokens.shape)}")
+    return vector, tokens
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad the bottom and right of ``x`` so both sides are multiples of ``multiple``.
+
+    ``mode``: ``reflect``, ``replicate`` or ``zeros``. Reflect needs the pad to be smaller
+    than the side; where it is not (tiny images), that side is padded by replication.
+    """
+    if mode not in ("reflect", "replicate", "zeros"):
+        raise ValueError(f"pad mode must be 'reflect', 'replicate' or 'zeros', got {mode!r}")
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "zeros":
+        return F.pad(x, (0, pw, 0, ph))
+    if mode == "reflect" and ph < h and pw < w:
+        return F.pad(x, (0, pw, 0, ph), mode="reflect")
+    if mode == "reflect":  # per side: reflect where possible, replicate elsewhere
+        x = F.pad(x, (0, 0, 0, ph), mode="reflect" if ph < h else "replicate") if ph else x
+        return F.pad(x, (0, pw, 0, 0), mode="reflect" if pw < w else "replicate") if pw else x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")

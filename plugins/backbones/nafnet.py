@@ -1,0 +1,153 @@
+"""NAFNet (Chen et al., ECCV 2022) with optional degradation / content conditioning.
+
+With ``cond_dim`` and ``context_dim`` left at ``None`` the state dict is exactly the official
+one (``{'params': sd}`` checkpoints load with ``strict=True``). ``cond_dim`` adds a
+zero-initialised FiLM after the first norm of every NAFBlock, driven by the degradation
+vector; ``context_dim`` adds zero-initialised cross-attention to content tokens in every
+middle block. Test-time local pooling (the official "NAFNetLocal" / TLC) is not included.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from vlir.core.components import Backbone
+
+from ._blocks import CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=1)
+    return a * b
+
+
+class NAFBlock(nn.Module):
+    """Norm -> 1x1 -> depthwise 3x3 -> gate -> channel attention -> 1x1, then a gated FFN;
+    both branches scaled by learned per-channel factors (``beta``, ``gamma``, zero at init)."""
+
+    def __init__(self, c: int, emb_dim: int | None = None, context_dim: int | None = None):
+        super().__init__()
+        dw = 2 * c
+        self.conv1 = nn.Conv2d(c, dw, 1)
+        self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.conv4 = nn.Conv2d(c, 2 * c, 1)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        self.norm1 = LayerNorm2d(c)
+        self.norm2 = LayerNorm2d(c)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.film = FiLM(emb_dim, c) if emb_dim else None
+        self.xattn = CrossAttention(c, context_dim) if context_dim else None
+
+    def forward(self, inp: torch.Tensor, emb: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(inp)
+        if self.film is not None and emb is not None:
+            x = self.film(x, emb)
+        x = _gate(self.conv2(self.conv1(x)))
+        x = self.conv3(x * self.sca(x))
+        y = inp + x * self.beta.to(x.dtype)
+        if self.xattn is not None and tokens is not None:
+            y = self.xattn(y, tokens)
+        x = self.conv5(_gate(self.conv4(self.norm2(y))))
+        return y + x * self.gamma.to(x.dtype)
+
+
+def _run(blocks: nn.Sequential, x: torch.Tensor, emb, tokens=None) -> torch.Tensor:
+    for blk in blocks:
+        x = blk(x, emb, tokens)
+    return x
+
+
+class NAFNet(Backbone):
+    """NAFNet U-Net. ``forward(lq, cond=None)`` returns ``ending(features) + lq`` (official
+    residual); any H, W >= 1 (padded to a multiple of ``2 ** levels`` and cropped back).
+
+    Official NAFNet pads with zeros; ``pad_mode="zeros"`` reproduces it, the default
+    ``reflect`` avoids dark borders on sizes that are not multiples of 16.
+    """
+
+    multiple_of = 16  # default config; instances set 2 ** len(enc_blk_nums)
+
+    class Params(Backbone.Params):
+        img_channel: int = 3
+        width: int = 32
+        enc_blk_nums: list[int] = [2, 2, 4, 8]
+        middle_blk_num: int = 12
+        dec_blk_nums: list[int] = [2, 2, 2, 2]
+        cond_dim: int | None = None  # degradation-vector dim: FiLM in every block
+        cond_hidden: int = 128  # width of the shared embedding feeding the FiLMs
+        context_dim: int | None = None  # content-token dim: cross-attention in the middle blocks
+        pad_mode: Literal["reflect", "replicate", "zeros"] = "reflect"
+
+    def __init__(self, params=None, **overrides: Any):
+        super().__init__(params, **overrides)
+        p = self.params
+        if len(p.enc_blk_nums) != len(p.dec_blk_nums):
+            raise ValueError(f"NAFNet: enc_blk_nums {p.enc_blk_nums} and dec_blk_nums {p.dec_blk_nums} "
+                             "need the same length (one decoder level per encoder level)")
+        emb = p.cond_hidden if p.cond_dim else None
+        self.intro = nn.Conv2d(p.img_channel, p.width, 3, padding=1)
+        self.ending = nn.Conv2d(p.width, p.img_channel, 3, padding=1)
+        self.encoders = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        self.middle_blks = nn.Sequential()
+        self.ups = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        chan = p.width
+        for n in p.enc_blk_nums:
+            self.encoders.append(nn.Sequential(*[NAFBlock(chan, emb) for _ in range(n)]))
+            self.downs.append(nn.Conv2d(chan, 2 * chan, 2, 2))
+            chan *= 2
+        for _ in range(p.middle_blk_num):
+            self.middle_blks.append(NAFBlock(chan, emb, p.context_dim))
+        for n in p.dec_blk_nums:
+            self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False), nn.PixelShuffle(2)))
+            chan //= 2
+            self.decoders.append(nn.Sequential(*[NAFBlock(chan, emb) for _ in range(n)]))
+        self.cond_embed = CondEmbed(p.cond_dim, p.cond_hidden) if p.cond_dim else None
+        self.multiple_of = 2 ** len(p.enc_blk_nums)
+
+    @classmethod
+    def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
+        return {"cond_dim": vector_dim, "context_dim": token_dim}
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
+        from vlir.core.conditioning import Conditioning
+
+        p = self.params
+        out: dict[str, Any] = {"lq": torch.rand(batch, p.img_channel, *size)}
+        if p.cond_dim or p.context_dim:
+            out["cond"] = Conditioning(
+                vector=torch.randn(batch, p.cond_dim) if p.cond_dim else None,
+                tokens=torch.randn(batch, 1, p.context_dim) if p.context_dim else None)
+        return out
+
+    def forward(self, lq: torch.Tensor, cond: Any = None, **kw: Any) -> torch.Tensor:
+        p = self.params
+        if lq.dim() != 4 or lq.shape[1] != p.img_channel:
+            raise ValueError(f"NAFNet: expected lq of shape [B, {p.img_channel}, H, W], got {list(lq.shape)}")
+        h, w = lq.shape[-2:]
+        vector, tokens = read_cond(cond, lq.shape[0], p.cond_dim, p.context_dim, "NAFNet")
+        emb = None
+        if vector is not None:
+            emb = self.cond_embed(vector.to(self.cond_embed.proj.weight.dtype))
+        if tokens is not None and len(self.middle_blks):
+            tokens = tokens.to(self.middle_blks[0].xattn.kv.weight.dtype)
+        inp = pad_to_multiple(lq, self.multiple_of, p.pad_mode)
+
+        x = self.intro(inp)
+        skips = []
+        for enc, down in zip(self.encoders, self.downs):
+            x = _run(enc, x, emb)
+            skips.append(x)
+            x = down(x)
+        x = _run(self.middle_blks, x, emb, tokens)
+        for dec, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            x = _run(dec, up(x) + skip, emb)
+        x = self.ending(x) + inp
+        return x[:, :, :h, :w]

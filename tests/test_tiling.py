@@ -1,0 +1,178 @@
+"""Tiled inference: blending, edges, sizes, batching, and agreement with whole-image runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vlir.core.tiling import ramp, tiled_forward
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def local_net(out_channels: int = 3) -> torch.nn.Module:
+    """Two 3x3 convs: receptive field reaches 2 px past a tile edge."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(),
+                               torch.nn.Conv2d(8, out_channels, 3, padding=1)).eval()
+
+
+def image(h: int, w: int, seed: int = 0, b: int = 1) -> torch.Tensor:
+    """Smooth shading plus texture, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand(b, 3, 4, 5, generator=g), size=(h, w), mode="bilinear",
+                                             align_corners=False)
+    return (0.7 * smooth + 0.3 * torch.rand(b, 3, h, w, generator=g)).clamp(0, 1)
+
+
+class Recorder:
+    def __init__(self, fn):
+        self.fn, self.shapes = fn, []
+
+    def __call__(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.fn(x)
+
+
+def test_ramp_is_positive_and_monotone():
+    for o in (1, 2, 5, 16, 33):
+        r = ramp(o)
+        assert r.shape == (o,) and (r > 0).all() and (r <= 1).all() and (r.diff() >= 0).all()
+
+
+@pytest.mark.parametrize("size, tile, overlap, batch_tiles", [
+    ((77, 101), 32, 8, 1), ((77, 101), 32, 16, 3), ((64, 64), 40, 12, 2), ((50, 130), 24, 8, 4), ((33, 97), 48, 16, 2),
+])
+def test_local_fn_matches_whole_image(size, tile, overlap, batch_tiles):
+    net = local_net()
+    x = image(*size, b=2)
+    with torch.no_grad():
+        ref = net(x)
+        out = tiled_forward(net, x, tile, overlap, batch_tiles=batch_tiles)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert psnr(out, ref) >= 50
+
+
+def test_tiles_cover_grid_and_respect_batch_tiles():
+    net = local_net()
+    rec = Recorder(net)
+    x = image(70, 90, b=2)
+    with torch.no_grad():
+        tiled_forward(rec, x, tile=32, overlap=8, batch_tiles=3)
+    # starts every 24 px plus a last tile flush with the edge: 3 rows x 4 columns = 12 tiles
+    assert sum(s[0] for s in rec.shapes) == 12 * 2
+    assert all(s[0] <= 3 * 2 and s[-2:] == (32, 32) for s in rec.shapes)
+
+
+def test_small_image_is_one_call_and_exact():
+    net = local_net()
+    rec = Recorder(net)
+    x = image(30, 41)
+    with torch.no_grad():
+        assert torch.equal(tiled_forward(rec, x, tile=64, overlap=16), net(x))
+    assert rec.shapes == [(1, 3, 30, 41)]
+
+
+def test_one_side_smaller_than_tile():
+    net = local_net()
+    rec = Recorder(net)
+    x = image(20, 150)
+    with torch.no_grad():
+        out = tiled_forward(rec, x, tile=48, overlap=16)
+        assert psnr(out, net(x)) >= 50
+    assert all(s[-2:] == (20, 48) for s in rec.shapes) and len(rec.shapes) == 5
+
+
+def test_multiple_of_rounds_tile_down():
+    net = local_net()
+    rec = Recorder(net)
+    x = image(60, 60)
+    with torch.no_grad():
+        tiled_forward(rec, x, tile=45, overlap=10, multiple_of=8)
+    assert all(s[-2:] == (40, 40) for s in rec.shapes)
+
+
+def test_zero_overlap_and_channel_change():
+    net = local_net(out_channels=1)
+    x = image(40, 40)
+    with torch.no_grad():
+        out = tiled_forward(net, x, tile=16, overlap=0)
+    assert out.shape == (1, 1, 40, 40)
+    assert torch.allclose(out[..., :16, :16], net(x[..., :16, :16]), atol=1e-6)
+
+
+def test_low_precision_output_dtype():
+    net = local_net()
+    x = image(50, 50)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiled_forward(net, x, tile=32, overlap=8)
+        ref = net(x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and psnr(out.float(), ref.float()) > 35
+
+
+def test_bad_arguments():
+    x = torch.rand(1, 3, 40, 40)
+    with pytest.raises(ValueError, match="overlap"):
+        tiled_forward(lambda t: t, x, tile=16, overlap=16)
+    with pytest.raises(ValueError, match="tile"):
+        tiled_forward(lambda t: t, x, tile=0, overlap=0)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        tiled_forward(lambda t: t, x[0], tile=16, overlap=4)
+    with pytest.raises(ValueError, match="spatial size"):
+        tiled_forward(lambda t: t[..., :-1], x, tile=16, overlap=4)
+
+
+# -- real backbones (tiny, with non-zero residual scales so every block acts) -------------------
+
+def _tiny(name):
+    from vlir.plugins.backbones.nafnet import NAFNet
+    from vlir.plugins.backbones.restormer import Restormer
+
+    torch.manual_seed(0)
+    if name == "nafnet":
+        m = NAFNet(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
+    else:
+        m = Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith((".beta", ".gamma")):
+                p.normal_(0, 0.3)
+    return m.eval()
+
+
+def test_nafnet_tiled_close_to_whole():
+    # NAFNet's channel attention pools over the tile, not the image: close, not exact
+    # (measured ~75 dB here with tile 48 / overlap 16, ~79 dB with 64 / 32)
+    m = _tiny("nafnet")
+    x = image(72, 100)
+    with torch.no_grad():
+        ref = m(x)
+        assert psnr(m(x), ref) == float("inf")
+        assert psnr(tiled_forward(m, x, 48, 16, multiple_of=m.multiple_of, batch_tiles=2), ref) >= 50
+
+
+def test_restormer_tiled_close_to_whole():
+    # Restormer's channel attention is global: tiles approximate it. On stationary texture the
+    # per-tile statistics match the image's (measured ~60 dB with tile 64 / overlap 32); on
+    # shaded content they drift (measured ~40 dB at 72x100), reported, not hidden
+    m = _tiny("restormer")
+    g = torch.Generator().manual_seed(1)
+    tex = torch.rand(1, 3, 80, 112, generator=g)
+    shaded = image(72, 100)
+    with torch.no_grad():
+        assert psnr(tiled_forward(m, tex, 64, 32, multiple_of=8, batch_tiles=4), m(tex)) >= 50
+        assert psnr(tiled_forward(m, shaded, 64, 32, multiple_of=8, batch_tiles=4), m(shaded)) >= 35
+        small = image(40, 56)  # fits one tile: identical to the whole-image run
+        assert torch.equal(tiled_forward(m, small, 64, 32, multiple_of=8), m(small))
