@@ -65,8 +65,13 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
                                           perceiver.get("params"))
         vector_dim, token_dim = pcls.output_dims(pparams)
         cond = spec.get("condition") if isinstance(spec.get("condition"), dict) else {}
-        if cond.get("vector") is False:
+        source = cond.get("vector", True)
+        if source is False:
             vector_dim = None
+        elif source == "probs":
+            vector_dim = pcls.class_count(pparams)
+        elif source == "quality":
+            vector_dim = 3
         if cond.get("tokens") is False:
             token_dim = None
         bcls = registry.load("backbone", backbone["type"])

@@ -140,6 +140,12 @@ class Perceiver(Component):
         """(degradation vector dim, content token dim) this perceiver produces, from params alone."""
         return None, None
 
+    @classmethod
+    def class_count(cls, params: Params) -> int | None:
+        """Number of degradation classes (length of ``class_probs``), from params alone."""
+        names = getattr(params, "degradations", None)
+        return len(names) if names else None
+
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
         return {"lq": torch.rand(batch, 3, *size)}
 

@@ -156,12 +156,14 @@ class Pipeline(torch.nn.Module):
         """The backbone's conditioning from the feeding perceiver's perception."""
         if self.feed is None or self.feed not in perceptions:
             return None
-        cond = perceptions[self.feed].to_conditioning()
+        perception = perceptions[self.feed]
+        cond = perception.to_conditioning()
         c = self.spec.condition
-        if c is not None:
-            cond = Conditioning(tokens=cond.tokens if c.tokens else None, vector=cond.vector if c.vector else None,
-                                guidance=cond.guidance)
-        return cond
+        if c is None:
+            return cond
+        vector = {"degradation": cond.vector, "probs": perception.class_probs,
+                  "quality": perception.quality_probs, None: None}[c.vector_source]
+        return Conditioning(tokens=cond.tokens if c.tokens else None, vector=vector, guidance=cond.guidance)
 
     def run_backbone(self, lq: torch.Tensor, cond: Conditioning | None, steps: int | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,7 +55,16 @@ class ConditionSpec(_Strict):
 
     perceiver: str | None = Field(None, description="role of the perceiver that feeds the backbone; default: the first")
     tokens: bool = Field(True, description="pass content tokens (cross-attention)")
-    vector: bool = Field(True, description="pass the degradation vector (FiLM / prompt module)")
+    vector: bool | Literal["degradation", "probs", "quality"] = Field(
+        True, description="the vector the backbone reads (FiLM / prompt module / routing): the degradation "
+                          "embedding (true = degradation), the degradation class probabilities (probs), the "
+                          "quality probabilities (quality), or false for none")
+
+    @property
+    def vector_source(self) -> str | None:
+        if self.vector is False:
+            return None
+        return "degradation" if self.vector is True else self.vector
 
 
 class PipelineSpec(_Strict):

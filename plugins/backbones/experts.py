@@ -1,0 +1,71 @@
+"""A mixture of restoration experts routed by a perceiver (the built-in default model's backbone).
+
+``experts`` copies of one registered backbone (``expert`` + ``expert_params``), one per
+degradation class. The conditioning vector is read as class probabilities (spec:
+``condition: {vector: probs}``): ``hard`` routing sends each image through its most likely
+expert only (one network's cost per image, in training too), ``soft`` mixes every expert's
+output by the probabilities. Without a vector the experts' outputs are averaged.
+
+Small blind all-in-one models confuse tasks; knowing the degradation is worth several dB
+(see the reference notes). Routing by an accurate perceiver gives each expert one task.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from vlir.core import Backbone, Conditioning
+
+
+class Experts(Backbone):
+    class Params(Backbone.Params):
+        experts: int = Field(6, ge=1, description="number of experts = degradation classes of the perceiver")
+        expert: str = Field("nafnet", description="registered backbone used for every expert")
+        expert_params: dict[str, Any] = Field(default_factory=dict, description="params of each expert")
+        routing: Literal["hard", "soft"] = "hard"
+
+    multiple_of: ClassVar[int] = 1
+
+    @classmethod
+    def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
+        return {"experts": vector_dim} if vector_dim else {}
+
+    def __init__(self, params=None, **overrides: Any):
+        super().__init__(params, **overrides)
+        from vlir.core.registry import get_registry
+
+        p = self.params
+        reg = get_registry()
+        if getattr(reg.load("backbone", p.expert), "diffusion", False):
+            raise ValueError(f"experts: expert {p.expert!r} is a diffusion backbone; use a direct one")
+        self.nets = torch.nn.ModuleList(reg.build("backbone", p.expert, params=p.expert_params)
+                                        for _ in range(p.experts))
+        self.multiple_of = getattr(self.nets[0], "multiple_of", 1)
+
+    def weights(self, cond: Conditioning | None, batch: int) -> torch.Tensor | None:
+        if cond is None or cond.vector is None:
+            return None
+        w = cond.vector
+        if w.shape != (batch, len(self.nets)):
+            raise ValueError(f"experts: expected routing probabilities of shape ({batch}, {len(self.nets)}), "
+                             f"got {tuple(w.shape)}; feed class probabilities (condition: {{vector: probs}})")
+        return w
+
+    def forward(self, lq: torch.Tensor, cond: Conditioning | None = None, **kw: Any) -> torch.Tensor:
+        w = self.weights(cond, lq.shape[0])
+        if w is None:
+            return torch.stack([net(lq) for net in self.nets]).mean(0)
+        if self.params.routing == "soft":
+            return sum(w[:, k, None, None, None].to(lq.dtype) * net(lq) for k, net in enumerate(self.nets))
+        choice = w.argmax(dim=1)
+        out = torch.empty_like(lq)
+        for k in choice.unique().tolist():
+            idx = (choice == k).nonzero().squeeze(1)
+            out[idx] = self.nets[k](lq[idx]).to(out.dtype)
+        return out
+
+    def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
+        vector = torch.eye(len(self.nets))[torch.arange(batch) % len(self.nets)]
+        return {"lq": torch.rand(batch, 3, *size), "cond": Conditioning(vector=vector)}

@@ -1,0 +1,64 @@
+"""The experts backbone and class-probability conditioning (condition: {vector: probs})."""
+from __future__ import annotations
+
+import torch
+
+from vlir.core import Conditioning, Pipeline
+from vlir.core.registry import get_registry
+
+TINY = {"width": 8, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]}
+
+
+def build(routing="hard", n=3):
+    torch.manual_seed(0)
+    m = get_registry().build("backbone", "experts", params={"experts": n, "expert_params": TINY, "routing": routing})
+    with torch.no_grad():  # make the experts differ (NAFNet's output layer scales start at zero)
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_hard_routing_runs_the_most_likely_expert_per_image():
+    m = build()
+    x = torch.rand(3, 3, 16, 16)
+    probs = torch.tensor([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    with torch.no_grad():
+        out = m(x, Conditioning(vector=probs))
+        for i, k in enumerate([1, 0, 2]):
+            torch.testing.assert_close(out[i:i + 1], m.nets[k](x[i:i + 1]))
+        assert not torch.allclose(m.nets[0](x), m.nets[1](x))
+
+
+def test_soft_routing_mixes_by_probability_and_no_vector_averages():
+    m = build("soft", n=2)
+    x = torch.rand(2, 3, 16, 16)
+    probs = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    with torch.no_grad():
+        a, b = m.nets[0](x), m.nets[1](x)
+        torch.testing.assert_close(m(x, Conditioning(vector=probs)), probs[:, :1, None, None] * a + probs[:, 1:, None, None] * b)
+        torch.testing.assert_close(m(x), (a + b) / 2)
+
+
+def test_wrong_vector_size_is_a_clear_error():
+    m = build(n=2)
+    try:
+        m(torch.rand(1, 3, 8, 8), Conditioning(vector=torch.rand(1, 5)))
+    except ValueError as e:
+        assert "vector: probs" in str(e) and "(1, 2)" in str(e)
+    else:
+        raise AssertionError("no error")
+
+
+def test_spec_routes_by_perceiver_class_probabilities():
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "hazy", "rainy"]}}],
+            "backbone": {"type": "experts", "params": {"expert_params": TINY}},
+            "condition": {"vector": "probs", "tokens": False}, "losses": [{"type": "l1"}]}
+    pipe = Pipeline.from_spec(spec)
+    assert pipe.backbone.params.experts == 3
+    x = torch.rand(2, 3, 24, 24)
+    cond = pipe.condition(pipe.perceive(x))
+    assert cond.tokens is None and cond.vector.shape == (2, 3)
+    torch.testing.assert_close(cond.vector.sum(1), torch.ones(2))
+    total, logs = pipe.training_losses({"lq": x, "gt": x})
+    total.backward()
+    assert any(p.grad is not None for p in pipe.backbone.parameters())
