@@ -44,6 +44,13 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     },
+    # the built-in default model's perceiver: CLIP's 224-pixel input (degradations stay visible),
+    # a small tower trained from scratch
+    "vlir-small": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
 }
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
