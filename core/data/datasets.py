@@ -270,8 +270,15 @@ class SyntheticDegradations(_Epoch, Dataset):
         module = self.degradations[d]
         with torch.no_grad():
             lq = module(gt[None], generator=g)[0]
-        return {"lq": lq, "gt": gt, "degradation": d, "degradation_name": degradation_word(module),
-                "caption": _caption(self.captions, self.files[j]), "path": str(self.files[j])}
+        word = degradation_word(module)
+        caption = _caption(self.captions, self.files[j])
+        return {"lq": lq, "gt": gt, "degradation": d, "degradation_name": word, "caption": caption,
+                "lq_caption": lq_caption(caption, word), "path": str(self.files[j])}
+
+
+def lq_caption(caption: str, degradation: str) -> str:
+    """Caption of the degraded image in DA-CLIP's title form: ``"{clean caption}: {degradation}"``."""
+    return f"{caption}: {degradation}"
 
 
 # -- paired folders -----------------------------------------------------------------------------
@@ -401,8 +408,9 @@ class PairedFolders(_Epoch, Dataset):
             raise RuntimeError(f"no readable pair left in {self.root / self.names[k]} (see the vlir.data warnings)")
         g = item_generator(self.seed, self.epoch, i)
         lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips)
-        return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k],
-                "caption": _caption(self.captions, a, b), "path": str(a), "gt_path": str(b)}
+        caption = _caption(self.captions, a, b)
+        return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k], "caption": caption,
+                "lq_caption": lq_caption(caption, self.names[k]), "path": str(a), "gt_path": str(b)}
 
 
 # -- medium quality (Perceive-IR) -----------------------------------------------------------------
