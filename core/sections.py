@@ -73,12 +73,16 @@ class StageSpec(Section):
     """One training stage. Unset fields take the value of the ``train`` section.
 
     ``target``: ``restorer`` trains the backbone (and a process with parameters) through the
-    spec's losses, every perceiver frozen; ``perceiver:<role>`` trains that perceiver's trainable
-    parameters through its own ``objective`` (``perceiver`` alone: the only or first perceiver).
+    spec's losses, the perceivers frozen except those named in ``unfreeze`` (trained jointly,
+    e.g. a degradation encoder under a contrastive loss); ``perceiver:<role>`` trains that
+    perceiver's trainable parameters through its own ``objective`` (``perceiver`` alone: the
+    only or first perceiver).
     """
 
     name: str | None = Field(None, description="shown in logs; default: the target")
     target: str = Field("restorer", description="restorer | perceiver:<role>")
+    unfreeze: list[str] = Field(default_factory=list,
+                                description="restorer stages: perceiver roles trained together with the backbone")
     iterations: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     lr_min: float | None = Field(None, ge=0)
@@ -96,6 +100,12 @@ class StageSpec(Section):
         if not _TARGET.match(v):
             raise ValueError(f"target must be 'restorer' or 'perceiver:<role>', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _unfreeze(self) -> "StageSpec":
+        if self.unfreeze and self.target != "restorer":
+            raise ValueError("unfreeze is for restorer stages (a perceiver stage trains its perceiver only)")
+        return self
 
     @property
     def label(self) -> str:
@@ -137,17 +147,6 @@ class TrainSpec(Section):
                     "the first also gives the 'medium' images of a quality perceiver stage")
 
     _lists = field_validator("proxies", mode="before")(_as_list)
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainSpec":
-        for i, s in enumerate(self.stages):
-            w = s.warmup if s.warmup is not None else self.warmup
-            n = s.iterations or self.iterations
-            if w >= n and w > 0:
-                raise ValueError(f"stages[{i}]: warmup ({w}) must be shorter than iterations ({n})")
-        if not self.stages and self.warmup >= self.iterations and self.warmup > 0:
-            raise ValueError(f"warmup ({self.warmup}) must be shorter than iterations ({self.iterations})")
-        return self
 
     def resolved_stages(self) -> list[StageSpec]:
         """Every stage with every field filled from the section's defaults."""

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+RUN_SPEC = "run.yaml"  # as vlir.core.train.trainer.RUN_SPEC (kept here: this module does not import torch)
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.0.c=value`` -> (["a", "b", "0", "c"], YAML-parsed value)."""
@@ -56,12 +58,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", nargs="?", help="spec file (YAML); optional with --resume (the run's spec.yaml)")
+    p.add_argument("spec", nargs="?", help="spec file (YAML); optional with --resume (the run's run.yaml)")
     p.add_argument("--resume", metavar="DIR", help="run folder or checkpoint file to continue from")
     p.add_argument("--out", metavar="DIR", help="run folder (default: train.out, or the --resume folder)")
     p.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -75,16 +78,21 @@ def _run_folder(resume: str) -> Path:
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
+    import torch
+
     from ..spec import SpecError, load_spec, read_yaml
     from .checkpoint import list_checkpoints
     from .trainer import Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vlir").setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     source = args.spec
     if source is None:
         if not args.resume:
             raise SpecError([("", "give a spec file, or --resume DIR to continue a run")], source="vlir train")
-        source = str(_run_folder(args.resume) / "spec.yaml")
+        source = str(_run_folder(args.resume) / RUN_SPEC)
     raw = apply_overrides(read_yaml(source), args.set or [])
     spec = load_spec(raw)
     if spec.data is None:

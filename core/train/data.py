@@ -19,7 +19,8 @@ from ..sections import DataSpec
 from ..spec import SpecError
 
 
-def _folders(paths: list[str], field: str) -> list[Path]:
+def check_folders(paths: list[str], field: str) -> list[Path]:
+    """The folders of a data field; missing ones are spec errors naming the field."""
     out = []
     errors = []
     for i, p in enumerate(paths):
@@ -35,9 +36,12 @@ def _folders(paths: list[str], field: str) -> list[Path]:
 def caption_source(data: DataSpec) -> Any:
     if data.captions is None:
         return None
-    from ..data.captions import CSVCaptions
+    from ..data.captions import CaptionError, CSVCaptions
 
-    return CSVCaptions(os.path.expanduser(data.captions))
+    try:
+        return CSVCaptions(os.path.expanduser(data.captions))
+    except CaptionError as e:
+        raise SpecError([("data.captions", str(e))]) from e
 
 
 def degradation_specs(data: DataSpec) -> list[dict[str, Any]]:
@@ -73,10 +77,19 @@ def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int
     Both are balanced over the degradations (item ``i`` has class ``i % K``); validation items
     have a fixed seed and no flips, and there are at most ``limit`` of them.
     """
+    try:
+        return _build_dataset(data, split, patch_size, limit)
+    except SpecError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # unusable folders: name the field
+        raise SpecError([(f"data.{split}", str(e))]) from e
+
+
+def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None) -> Dataset:
     from ..data.datasets import PairedFolders, SyntheticDegradations
 
     paths = data.train if split == "train" else data.val
-    roots = _folders(paths, f"data.{split}")
+    roots = check_folders(paths, f"data.{split}")
     if not roots:
         raise SpecError([(f"data.{split}", "no folders given")])
     captions = caption_source(data)

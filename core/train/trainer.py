@@ -1,6 +1,6 @@
 """The spec-driven trainer: stages, AdamW + cosine schedule, AMP, EMA, DDP, checkpoints, resume.
 
-A run folder holds ``spec.yaml`` (the resolved spec), ``checkpoints/step_*.pt``, ``log.jsonl``,
+A run folder holds ``run.yaml`` (the resolved spec), ``checkpoints/step_*.pt``, ``log.jsonl``,
 ``tb/`` (tensorboard) and, at the end, ``pipeline/`` (``Pipeline.load`` and the CLI read it).
 
 Resuming restores weights, optimiser, schedule, EMA, random states and the data position, so
@@ -10,10 +10,12 @@ processes (``torchrun``) split each global batch; only rank 0 writes files.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ from ..sections import DataSpec, StageSpec, TrainSpec
 from ..spec import PipelineSpec, SpecError
 from . import checkpoint as ckpt
 from . import ddp
-from .data import StepBatches, build_dataset, loader, to_device
+from .data import StepBatches, build_dataset, check_folders, loader, to_device
 from .ema import EMA
 
 log = logging.getLogger("vlir.train")
+RUN_SPEC = "run.yaml"  # the resolved spec of a run (not named spec.yaml: a run folder is no pipeline folder)
 
 
 def mix_seed(*keys: int) -> int:
@@ -99,6 +102,8 @@ class Trainer:
         self.stages: list[StageSpec] = self.cfg.resolved_stages()
         self.out = Path(out)
         self.progress = progress
+        check_folders(self.data.train, "data.train")
+        check_folders(self.data.val, "data.val")
         self.dist = ddp.setup(device)
         self.device = self.dist.device
         try:
@@ -121,8 +126,9 @@ class Trainer:
                 self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit)
             self.amp = amp_dtype(self.cfg.amp, self.device)
             self.writer = None
-            self.stage: StageSpec | None = None
-            self.last_val: dict[str, float] = {}
+            self.stage: StageSpec | None = None  # the stage being trained
+            self.ema: EMA | None = None  # its EMA, if on
+            self.last_val: dict[str, float] = {}  # the latest validation values (rank 0)
         except BaseException:
             ddp.teardown(self.dist)
             raise
@@ -155,6 +161,10 @@ class Trainer:
             if t == "restorer":
                 if self.pipeline.process is None and not self.pipeline.losses:
                     errors.append(("losses", "a restorer stage needs at least one loss, e.g. losses: [{type: l1}]"))
+                for r in s.unfreeze:
+                    if r not in roles:
+                        errors.append((f"train.stages[{i}].unfreeze", f"no perceiver with role {r!r}; "
+                                                                       f"perceivers: {', '.join(roles) or 'none'}"))
             elif not any(p.requires_grad for p in self.pipeline.perceivers[t].parameters()):
                 errors.append((path, f"perceiver {t!r} has no trainable parameters"))
         if errors:
@@ -170,7 +180,8 @@ class Trainer:
     def _stage_components(self, stage: StageSpec) -> list[str]:
         t = self._target_module(stage.target)
         if t == "restorer":
-            return ["backbone"] + (["process"] if self.pipeline.process is not None else [])
+            return (["backbone"] + (["process"] if self.pipeline.process is not None else [])
+                    + [f"perceiver.{r}" for r in stage.unfreeze])
         return [f"perceiver.{t}"]
 
     def _trained_components(self) -> set[str]:
@@ -281,7 +292,7 @@ class Trainer:
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "spec.yaml", self.spec.to_yaml())
+        atomic_write_text(self.out / RUN_SPEC, self.spec.to_yaml())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -361,7 +372,7 @@ class Trainer:
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        ema = EMA(params, stage.ema) if stage.ema else None
+        ema = self.ema = EMA(params, stage.ema) if stage.ema else None
         state = self._resume
         if state is not None and int(state["stage"]) == self.stage_index and self.stage_step > 0:
             if state["optimizer"] is None:
@@ -395,8 +406,17 @@ class Trainer:
             if unused is None and self.stage_step < n_iter:
                 first = self._add_proxies(to_device(next(batches), self.device))
                 unused = ddp.any_true(self.dist, self._unused_parameters(objective, params, first))
-            model = DDP(objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                        find_unused_parameters=bool(unused), broadcast_buffers=False)
+            kw: dict[str, Any] = {"device_ids": [self.device.index] if self.device.type == "cuda" else None,
+                                  "find_unused_parameters": bool(unused)}
+            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+                kw["forward_sync_buffers"] = False  # buffers are equal everywhere; no sync per step
+            else:
+                kw["broadcast_buffers"] = False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = DDP(objective, **kw)
+            # DDP notes that depthwise-convolution gradients have other strides than its buckets: harmless
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
         if state is not None:  # last: nothing between here and the first step draws random numbers
             rngs = state["rng"]
@@ -489,6 +509,7 @@ class Trainer:
         self.stage_index += 1
         self.stage_step = 0
         self._save(opt, sched, scaler, None, mid_stage=False)
+        self.ema = None
         del model, objective, opt, sched, ema
         gc.collect()
         return self.cfg.max_steps_this_run is not None and self.steps_this_run >= self.cfg.max_steps_this_run

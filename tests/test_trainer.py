@@ -1,0 +1,357 @@
+"""The spec-driven trainer: schedule, EMA, checkpoints, resume, DDP, stages and the CLI."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from vlir.core import hookimpl
+from vlir.core.registry import get_registry
+from vlir.core.sections import StageSpec, TrainSpec
+from vlir.core.spec import SpecError, load_spec
+from vlir.core.train import checkpoint as ckpt
+from vlir.core.train.cli import apply_overrides, parse_override
+from vlir.core.train.ema import EMA
+from vlir.core.train.trainer import Trainer, lr_factor
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is much faster (and deterministic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_images(folder: Path, n: int = 6, size: int = 48, seed: int = 0) -> Path:
+    """Smooth random colour images (PNG)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        coarse = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+        img = Image.fromarray(coarse).resize((size, size + 8 * (i % 2)), Image.BICUBIC)
+        img.save(folder / f"img{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("clean"))
+
+
+def tiny_spec(images: Path, **train) -> dict:
+    return {
+        "backbone": {"type": "nafnet", "preset": "tiny"},
+        "losses": [{"type": "l1"}],
+        "data": {"train": [str(images)], "val": [str(images)], "patch_size": 32, "batch_size": 4,
+                 "degradations": [{"type": "noise"}, {"type": "blur"}], "val_size": 32, "val_limit": 4},
+        "train": {"iterations": 6, "lr": 1e-3, "warmup": 1, "log_every": 2, "val_every": 3, "save_every": 3,
+                  **train},
+    }
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update({f"{f.stem}/{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+def assert_same(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    worst = max((x.float() - b[k].float()).abs().max().item() for k, x in a.items())
+    assert worst <= atol, f"weights differ by up to {worst}"
+
+
+class Hook:
+    """A vlir hook plugin registered for one test."""
+
+    def __init__(self, fn=None, epoch_fn=None):
+        self.fn, self.epoch_fn = fn, epoch_fn
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+
+    @hookimpl
+    def vlir_train_step_end(self, trainer, step, logs):
+        self.steps.append(step)
+        if self.fn:
+            self.fn(trainer, step, logs)
+
+    @hookimpl
+    def vlir_train_epoch_end(self, trainer, epoch, logs):
+        self.epochs.append(epoch)
+        if self.epoch_fn:
+            self.epoch_fn(trainer, epoch, logs)
+
+    def __enter__(self):
+        get_registry().pm.register(self)
+        return self
+
+    def __exit__(self, *exc):
+        get_registry().pm.unregister(self)
+
+
+# -- pure parts ------------------------------------------------------------------------------
+def test_schedule_stages_and_overrides():
+    assert lr_factor(0, 10, 2, 0.0) == pytest.approx(0.5)
+    assert lr_factor(1, 10, 2, 0.0) == pytest.approx(1.0)
+    assert lr_factor(2, 10, 2, 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
+    mid = lr_factor(6, 10, 2, 0.0)
+    assert mid == pytest.approx(0.5)
+    t = TrainSpec(lr=1e-3, ema=0.9, stages=[{"target": "perceiver:daclip", "lr": 1e-5, "ema": 0},
+                                             {"target": "restorer", "unfreeze": ["daclip"]}])
+    s1, s2 = t.resolved_stages()
+    assert (s1.lr, s1.ema, s1.iterations) == (1e-5, 0, 1000) and (s2.lr, s2.ema) == (1e-3, 0.9)
+    assert TrainSpec().resolved_stages()[0].target == "restorer"
+    with pytest.raises(ValueError, match="restorer' or 'perceiver:<role>'"):
+        StageSpec(target="backbone")
+    with pytest.raises(ValueError, match="unfreeze is for restorer stages"):
+        StageSpec(target="perceiver:x", unfreeze=["x"])
+    raw = {"train": {"stages": [{"iterations": 5}]}, "data": {}}
+    out = apply_overrides(raw, [parse_override("train.stages.0.lr=0.5"), parse_override("data.train=imgs"),
+                                parse_override("eval.tile=64")])
+    assert out == {"train": {"stages": [{"iterations": 5, "lr": 0.5}]}, "data": {"train": "imgs"},
+                   "eval": {"tile": 64}}
+    assert raw["train"]["stages"][0] == {"iterations": 5}  # the input is not changed
+    with pytest.raises(SpecError, match="train.stages.3"):
+        apply_overrides(raw, [parse_override("train.stages.3.lr=1")])
+    assert load_spec(tiny_spec(Path("x"))).data.train == ["x"]
+
+
+def test_ema_behaves():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([("w", p)], decay=0.9)
+    with torch.no_grad():
+        p.fill_(1.0)
+    for _ in range(3):
+        ema.update()
+    expected = 1 - 0.9 ** 3
+    assert torch.allclose(ema.shadow[0], torch.full((3,), expected))
+    with ema.swapped():
+        assert torch.allclose(p, torch.full((3,), expected))
+    assert torch.equal(p.detach(), torch.ones(3))  # live weights are back
+    state = ema.state_dict()
+    other = EMA([("w", torch.nn.Parameter(torch.zeros(3)))], decay=0.9)
+    other.load_state_dict(state)
+    assert torch.equal(other.shadow[0], ema.shadow[0]) and other.updates == 3
+    ema.copy_to()
+    assert torch.allclose(p, torch.full((3,), expected))
+    with pytest.raises(ValueError, match="decay"):
+        EMA([("w", p)], decay=1.0)
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.randn()  # a cached gaussian in numpy's state
+    state = ckpt.rng_state()
+    path = ckpt.save({"rng": [state], "step": 1}, tmp_path, step=1)
+    a = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.randn())
+    loaded = torch.load(path, weights_only=True)
+    ckpt.set_rng_state(loaded["rng"][0])
+    b = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.randn())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2] and a[3] == b[3]
+    assert ckpt.load(path)["format"] == "vlir-train"
+    assert [p.name for _, p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001.pt"]
+    assert not any(p.name.endswith(".tmp.pt") or p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+# -- training runs ---------------------------------------------------------------------------
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, images):
+    spec = load_spec(tiny_spec(images, ema=0.5, keep_checkpoints=5))
+    full = Trainer(spec, tmp_path / "full", progress=False).fit()
+    # a run that dies at step 5; its newest checkpoint is step 3
+    class Killed(Exception):
+        pass
+
+    def die(trainer, step, logs):
+        if step == 5:
+            raise Killed()
+    with Hook(die), pytest.raises(Killed):
+        Trainer(spec, tmp_path / "killed", progress=False).fit()
+    found = [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")]
+    assert found == [3] and not (tmp_path / "killed" / "pipeline").exists()
+    with Hook() as hook:
+        resumed = Trainer(spec, tmp_path / "killed", resume=tmp_path / "killed", progress=False)
+        assert (resumed.step, resumed.stage_step) == (3, 3)
+        out = resumed.fit()
+    assert hook.steps == [4, 5, 6]
+    assert_same(weights(full), weights(out))  # bit-identical
+    # checkpoints are plain tensors and primitives
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert state["step"] == 3 and state["optimizer"]["state"] and state["ema"]["updates"] == 3
+    assert state["rng"][0]["torch"].dtype == torch.uint8 and state["data"]["position"] == 12
+    assert set(state["components"]) == {"backbone"}
+    log_rows = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_rows if r["kind"] == "val"] == [3, 6]
+    assert all(np.isfinite(r["psnr"]) for r in log_rows if r["kind"] == "val")
+    assert list((tmp_path / "full" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_ema_weights_are_the_final_weights(tmp_path, images):
+    seen = {}
+
+    def grab(trainer, step, logs):
+        if step == 4:
+            seen["shadow"] = [s.clone() for s in trainer.ema.shadow]
+            seen["live"] = [p.detach().clone() for p in trainer.ema.params]
+            seen["names"] = list(trainer.ema.names)
+    with Hook(grab):
+        out = Trainer(load_spec(tiny_spec(images, iterations=4, ema=0.7)), tmp_path / "r", progress=False).fit()
+    final = weights(out)
+    for name, s, live in zip(seen["names"], seen["shadow"], seen["live"]):
+        key = "backbone/" + name.split(".", 1)[1]
+        assert torch.equal(final[key], s)
+    assert any(not torch.equal(s, v) for s, v in zip(seen["shadow"], seen["live"]))
+
+
+def test_stages_train_a_perceiver_then_the_restorer(tmp_path, images):
+    raw = tiny_spec(images, iterations=2, ema=None)
+    raw["perceivers"] = [{"type": "daclip", "preset": "tiny",
+                          "params": {"degradations": ["noisy", "blurry"], "objective": "cross_entropy"}}]
+    raw["data"]["degradations"] = [{"type": "noise", "params": {"sigma": 60}}, {"type": "blur", "params": {"sigma": 3}}]
+    raw["data"]["batch_size"] = 6
+    raw["train"].update(val_every=100, save_every=100, stages=[
+        {"name": "perceiver", "target": "perceiver:daclip", "iterations": 30, "lr": 2e-3},
+        {"name": "restorer", "target": "restorer", "iterations": 2}])
+    spec = load_spec(raw)
+    trainer = Trainer(spec, tmp_path / "r", progress=False)
+    pipe = trainer.pipeline
+    per = pipe.perceivers["daclip"]
+    from vlir.core.train.data import build_dataset, collate
+
+    ds = build_dataset(spec.data, "train", 32)
+    fixed = [collate([ds[i] for i in range(k, k + 6)]) for k in (0, 6)]
+
+    def objective() -> float:
+        per.eval()
+        with torch.no_grad():
+            return float(np.mean([float(per.objective(b)["degradation"]) for b in fixed]))
+
+    before = objective()
+    start = copy.deepcopy(pipe.state_dict())
+    snap = {}
+
+    def grab(trainer, step, logs):
+        if step == 30:
+            snap.update(copy.deepcopy(trainer.pipeline.state_dict()))
+    with Hook(grab, epoch_fn=lambda *a: None) as hook:
+        out = trainer.fit()
+    assert hook.steps == list(range(1, 33))
+    assert hook.epochs == list(range((30 * 6) // len(ds))) + list(range((2 * 6) // len(ds)))
+    end = pipe.state_dict()
+    after = objective()
+    assert after < before - 0.1, (before, after)
+
+    def changed(a, b, prefix):
+        keys = [k for k in a if k.startswith(prefix)]
+        assert keys, prefix
+        return any(not torch.equal(a[k], b[k]) for k in keys)
+    # stage 1: only the controller (and logit scale) moved; CLIP and the backbone did not
+    assert changed(start, snap, "perceivers.daclip.visual_control.")
+    assert not changed(start, snap, "perceivers.daclip.clip.")
+    assert not changed(start, snap, "backbone.")
+    # stage 2: the backbone moved, the perceiver stayed frozen
+    assert changed(snap, end, "backbone.")
+    assert not changed(snap, end, "perceivers.daclip.")
+    from vlir.core import Pipeline
+
+    loaded = Pipeline.load(out)
+    assert_same({k: v for k, v in loaded.state_dict().items()}, {k: v for k, v in end.items()})
+
+
+def test_stop_at_a_stage_boundary_and_resume(tmp_path, images):
+    raw = tiny_spec(images, iterations=2, ema=0.5)
+    raw["perceivers"] = [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "blurry"]}}]
+    raw["train"].update(save_every=100, stages=[{"target": "perceiver", "iterations": 2},
+                                                {"target": "restorer", "iterations": 2}])
+    spec = load_spec(raw)
+    full = Trainer(spec, tmp_path / "full", progress=False).fit()
+    stopped = load_spec(apply_overrides(raw, [(["train", "max_steps_this_run"], 2)]))
+    assert Trainer(stopped, tmp_path / "part", progress=False).fit() is None
+    state = ckpt.load(ckpt.resolve(tmp_path / "part"))
+    assert (state["step"], state["stage"], state["stage_step"], state["optimizer"]) == (2, 1, 0, None)
+    out = Trainer(spec, tmp_path / "part", resume=tmp_path / "part", progress=False).fit()
+    assert_same(weights(full), weights(out))
+
+
+def test_two_processes_match_one(tmp_path, images):
+    raw = tiny_spec(images, iterations=4, ema=0.5, val_every=2, save_every=2)
+    spec_file = tmp_path / "spec.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(raw))
+    one = Trainer(load_spec(raw), tmp_path / "one", progress=False).fit()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                        "-m", "vlir.core.cli", "train", str(spec_file), "--out", str(tmp_path / "two"),
+                        "--quiet", "--device", "cpu"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_same(weights(one), weights(tmp_path / "two" / "pipeline"), atol=1e-5)
+    rows = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows if x["kind"] == "train"] == [2, 4]  # rank 0 alone writes
+    state = ckpt.load(ckpt.resolve(tmp_path / "two"))
+    assert state["world"] == 2 and len(state["rng"]) == 2
+
+
+def test_errors_name_the_spec_field(tmp_path, images):
+    raw = tiny_spec(images)
+    raw["train"]["stages"] = [{"target": "perceiver:nope"}]
+    with pytest.raises(SpecError, match=r"train.stages\[0\].target: no perceiver for 'perceiver:nope'"):
+        Trainer(load_spec(raw), tmp_path / "x", progress=False)
+    raw = tiny_spec(tmp_path / "missing")
+    with pytest.raises(SpecError, match=r"data.train\[0\]: no such folder"):
+        Trainer(load_spec(raw), tmp_path / "y", progress=False).fit()
+    raw = tiny_spec(images)
+    del raw["data"]
+    with pytest.raises(SpecError, match="data.train"):
+        Trainer(load_spec(raw), tmp_path / "z", progress=False)
+
+
+def test_cli_train_then_eval_writes_a_report(tmp_path, images):
+    from vlir.core.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "specs" / "tiny-smoke.yaml"), "--out", str(out), "--quiet",
+            "--set", f"data.train={images}", "--set", f"data.val={images}",
+            "--set", "train.stages.0.iterations=2", "--set", "train.stages.1.iterations=3",
+            "--set", "train.val_every=3", "--set", "data.val_size=32"]
+    assert main(args) == 0
+    assert (out / "pipeline" / "spec.yaml").is_file() and (out / "run.yaml").is_file()
+    assert main(args) == 2  # the folder has checkpoints: --resume or another --out
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0  # all done: re-saves the pipeline
+    ev = tmp_path / "eval"
+    assert main(["eval", str(out / "pipeline"), "--data", str(images), "--limit", "2", "--out", str(ev),
+                 "--quiet", "--degradations", "noise:sigma=25,jpeg"]) == 0
+    for name in ("results.json", "summary.csv", "per_image.csv", "report.html", "summary.png"):
+        assert (ev / name).is_file(), name
+    res = json.loads((ev / "results.json").read_text())
+    assert set(res["per_degradation"]) == {"noisy", "jpeg-compressed"} and res["overall"]["n"] == 4
+    assert res["classification"]["n"] == 4  # both words are classes of the spec's perceiver
+    html = (ev / "report.html").read_text()
+    crops = sorted(p.relative_to(ev).as_posix() for p in (ev / "crops").glob("*.png"))
+    assert len(crops) == 12 and all(f"src='{c}'" in html for c in crops)
+
+
+def test_cli_modules_do_not_import_torch():
+    code = ("import sys, vlir.core.train.cli, vlir.core.evaluate; "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
