@@ -1,0 +1,106 @@
+"""Smoke tests of the benchmark scripts (``--quick``: tiny presets, small sizes) and their helpers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common as C  # noqa: E402
+from backbones import _extrapolate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both scripts in quick mode, started together (one torch thread each): name -> (rc, out folder, log)."""
+    out = tmp_path_factory.mktemp("bench")
+    procs = {}
+    for name in ("backbones", "perceivers"):
+        cmd = [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--threads", "1", "--device", "cpu",
+               "--out", str(out / f"{name}.json")]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    results = {}
+    for name, p in procs.items():
+        try:
+            log, _ = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            log, _ = p.communicate()
+        results[name] = (p.returncode, out, log)
+    return results
+
+
+def _load(runs, name):
+    rc, out, log = runs[name]
+    assert rc == 0, f"{name}.py --quick failed ({rc}):\n{log}"
+    return json.loads((out / f"{name}.json").read_text()), (out / f"{name}.md").read_text(), log
+
+
+def test_backbones_quick(runs):
+    res, md, stdout = _load(runs, "backbones")
+    assert res["mode"] == "quick" and res["errors"] == []
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"]
+    assert res["machine"]["torch_num_threads"] == 1
+    names = {b["name"] for b in res["backbones"]}
+    assert names == {"restormer", "nafnet", "conditional_unet"}
+    for b in res["backbones"]:
+        assert b["preset"] == "tiny" and b["total_params"] > 0
+        for s in map(str, res["settings"]["sizes"]):
+            assert b["macs"][s] > 0
+            cpu = b["cpu"][s]
+            assert cpu["median_ms"] > 0 and cpu["n"] == 1
+            assert cpu["peak_rss_mib"] >= cpu["baseline_rss_mib"] > 0
+    # tiled: 128x128 in 64-pixel tiles overlapping by 8 -> 3 x 3 tiles
+    (run,) = res["tiled"]["runs"]
+    assert run["tiles"] == 9 and run["seconds"] > 0
+    assert run["input_output_mib"] == pytest.approx(2 * 3 * 128 * 128 * 4 / C.MiB)
+    assert run["untiled_estimate_mib"] > 0
+    hows = [r["how"] for r in res["irsde"]["rows"]]
+    assert any(h.startswith("measured") for h in hows) and any("EXTRAPOLATED" in h for h in hows)
+    calls = {r["what"]: r["network_calls"] for r in res["irsde"]["rows"] if r["how"] == "measured (full sampling)"}
+    assert calls == {"tiny posterior sampler": 10, "tiny fast sampler": 2}
+    assert "| backbone | size |" in md and "## Tiled inference" in md and "## IR-SDE" in md
+    assert md.strip() in stdout
+
+
+def test_perceivers_quick(runs):
+    res, md, _ = _load(runs, "perceivers")
+    assert res["mode"] == "quick" and res["errors"] == []
+    assert [r["name"] for r in res["references"]] == ["restormer", "nafnet"]
+    assert all(r["runs"]["cpu"]["median_ms"] > 0 for r in res["references"])
+    measured = [p for p in res["perceivers"] if "skipped" not in p]
+    assert "daclip" in {p["name"] for p in measured}
+    for p in res["perceivers"]:
+        if "skipped" in p:  # only a perceiver whose module is not there yet may be skipped
+            assert "not present" in p["skipped"] or "not registered" in p["skipped"]
+            continue
+        assert p["total_params"] > 0
+        assert [r["batch"] for r in p["runs"]] == [1, 2]
+        for r in p["runs"]:
+            assert r["ms_per_image"] == pytest.approx(r["median_ms"] / r["batch"])
+    assert "overhead vs restormer [tiny] (%)" in md
+
+
+def test_extrapolate():
+    # exact line t = 0.5 + 2e-9 * MACs through two points
+    est, how = _extrapolate([(1e9, 2.5), (2e9, 4.5)], 4e9)
+    assert est == pytest.approx(8.5) and "linear fit" in how
+    est, how = _extrapolate([(1e9, 2.0)], 4e9)  # one point: proportional
+    assert est == pytest.approx(8.0) and "proportional" in how
+    est, how = _extrapolate([(1e9, 3.0), (2e9, 2.0)], 4e9)  # timing noise, negative slope: proportional
+    assert est == pytest.approx(4.0) and "proportional" in how
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_rss_sees_an_allocation():
+    with C.PeakRSS() as m:
+        block = b"x" * (96 * C.MiB)  # 96 MiB, written so it is resident
+        del block
+    assert m.reset
+    assert 90 * C.MiB <= m.delta <= 160 * C.MiB
