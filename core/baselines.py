@@ -9,7 +9,7 @@ numpy array ``[H, W, 3]``; :func:`apply` takes torch tensors ``[3, H, W]`` or ``
 - blur, motion_blur: unsharp mask
 - low_light: histogram equalisation of the value channel, automatic gamma
 - haze: dark channel prior (He et al., CVPR 2009) with a guided-filter refinement
-- rain: median filter
+- rain: median filter; median applied only where it darkens (rain streaks are bright)
 """
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def bilateral(img: np.ndarray, sigma_space: float = 1.5, sigma_range: float = 0.
             num += wt * shifted
             den += wt
     return np.clip(num / den, 0, 1).astype(img.dtype)
+
+
+def streak_median(img: np.ndarray, size: int = 7) -> np.ndarray:
+    """Rain removal: pixels brighter than their local median are replaced by it (streaks add light)."""
+    return np.minimum(img, median(img, size))
 
 
 def unsharp(img: np.ndarray, sigma: float = 2.0, amount: float = 1.0) -> np.ndarray:
@@ -126,7 +131,7 @@ BASELINES: dict[str, dict[str, Baseline]] = {
     "motion_blur": {"unsharp": partial(unsharp, sigma=2.0, amount=1.0)},
     "low_light": {"hist_eq": hist_eq, "gamma": auto_gamma},
     "haze": {"dark_channel_prior": dark_channel_prior},
-    "rain": {"median": partial(median, size=5)},
+    "rain": {"median": partial(median, size=5), "streak_median": partial(streak_median, size=7)},
 }
 
 

@@ -56,8 +56,15 @@ def _is_image(path: Path) -> bool:
     return is_image_file(path) and not path.name.startswith(".")
 
 
-def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Files, folders (their image files) and glob patterns -> jobs; plus inputs that match nothing."""
+def expand_inputs(inputs: list[str], recursive: bool = False, exclude: Path | None = None
+                  ) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Files, folders (their image files) and glob patterns -> jobs; plus inputs that match nothing.
+
+    A folder input that contains ``exclude`` (the output folder) as a subfolder skips the files
+    in it, so earlier outputs are not restored again.
+    """
+    skip = exclude.resolve() if exclude is not None else None
+
     jobs: list[Job] = []
     missing: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -72,7 +79,9 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Job]
         path = Path(text).expanduser()
         if path.is_dir():
             it = path.rglob("*") if recursive else path.iterdir()
-            files = sorted(p for p in it if p.is_file() and _is_image(p))
+            inner = skip if skip is not None and skip != path.resolve() and skip.is_relative_to(path.resolve()) else None
+            files = sorted(p for p in it if p.is_file() and _is_image(p)
+                           and (inner is None or not p.resolve().is_relative_to(inner)))
             if not files:
                 missing.append((text, "folder has no image files (png, jpg, tif, bmp, webp, ...)"
                                 + ("" if recursive else "; use --recursive for subfolders")))
@@ -201,10 +210,25 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-def load_pipeline(args: argparse.Namespace) -> "Pipeline":
+def load_pipeline(args: argparse.Namespace, device: str | None = None) -> "Pipeline":
+    """The pipeline of ``--pipeline`` / ``--spec``, else the default model, in eval mode."""
     from .default import open_pipeline
 
-    return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None), resolve_device(args.device))
+    return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None),
+                         device or resolve_device(args.device))
+
+
+def check_model_source(args: argparse.Namespace) -> None:
+    """Cheap checks before any work: the pipeline folder / spec file exists, or the default model."""
+    from .default import default_dir
+
+    pipeline, spec = getattr(args, "pipeline", None), getattr(args, "spec", None)
+    if pipeline and not Path(pipeline).expanduser().exists():
+        raise FileNotFoundError(f"pipeline {pipeline}: no such folder or spec file")
+    if spec and not Path(spec).expanduser().is_file():
+        raise FileNotFoundError(f"spec {spec}: no such file")
+    if not pipeline and not spec:
+        default_dir()
 
 
 def _reason(e: BaseException) -> str:
@@ -275,20 +299,22 @@ def _restore(args: argparse.Namespace) -> int:
     if "/" in args.suffix or os.sep in args.suffix:
         raise RestoreError(f"--suffix must not contain a path separator, got {args.suffix!r}")
     out_dir = Path(args.out).expanduser()
-    jobs, missing = expand_inputs(args.inputs, args.recursive)
+    jobs, missing = expand_inputs(args.inputs, args.recursive, exclude=out_dir)
     outcome = Outcome(failed=list(missing))
     for path, reason in missing:
         _say(f"error: {path}: {reason}", err=True)
     if not jobs:
         raise RestoreError("no input images" + (f" ({len(missing)} input(s) matched nothing)" if missing else ""))
     plan = plan_outputs(jobs, out_dir, args.suffix)
+    device = resolve_device(args.device)
+    check_model_source(args)
     check_output_dir(out_dir)
 
     import torch
 
     from .data.images import read_image, write_image
 
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, device)
     device = pipe.device
     for job in _progress(jobs, "restoring", args.no_progress):
         if job.problem is not None:

@@ -1,0 +1,97 @@
+"""``vlir demo`` on a tiny saved pipeline, and its clear failure without the default model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlir.core.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    from vlir.core.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "pipeline"
+    spec = {
+        "perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "hazy", "rainy"]}}],
+        "backbone": {"type": "nafnet", "preset": "tiny"},
+        # the degradations a trained model would list: the demo shows exactly these
+        "data": {"degradations": [{"type": "noise"}, {"type": "haze"}, {"type": "rain"}]},
+    }
+    Pipeline.from_spec(spec).save(folder)
+    return folder
+
+
+def test_bundled_demo_image():
+    from PIL import Image
+
+    from vlir.core.demo import demo_image
+
+    path = demo_image()
+    assert path.is_file(), "core/assets/demo.png is missing"
+    assert path.stat().st_size < 400_000
+    with Image.open(path) as im:
+        assert im.size == (256, 256) and im.mode == "RGB"
+
+
+def test_demo_writes_grid_and_numbers(tiny_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--pipeline", str(tiny_pipeline), "--seed", "3"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    doc = json.loads((out / "demo.json").read_text())
+    rows = doc["rows"]
+    assert [r["degradation"] for r in rows] == ["noise", "haze", "rain"]
+    for r in rows:
+        assert r["detected_class"] in ("noisy", "hazy", "rainy")
+        assert 0 < r["confidence"] <= 1
+        assert 5 < r["psnr_degraded"] < 60 and r["psnr_restored"] > 0
+        line = next(l for l in captured.out.splitlines() if l.startswith(r["degradation"]))
+        assert f"{r['psnr_degraded']:.2f} dB" in line and f"{r['psnr_restored']:.2f} dB" in line
+        assert r["detected_class"] in line
+    assert rows[0]["params"] == {"sigma": 25.0}  # the demo's fixed setting, not the training range
+    with Image.open(out / "grid.png") as grid:
+        w, h = grid.size
+        assert grid.mode == "RGB"
+        assert w >= 3 * 256 and h >= 3 * 256  # three columns, three rows of 256-px images
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json", "grid.png"]
+    # seeded: a second run gives the same numbers
+    assert main(["demo", "--out", str(tmp_path / "again"), "--pipeline", str(tiny_pipeline), "--seed", "3"]) == 0
+    capsys.readouterr()
+    again = json.loads((tmp_path / "again" / "demo.json").read_text())["rows"]
+    assert [r["psnr_degraded"] for r in again] == [r["psnr_degraded"] for r in rows]
+    assert [r["psnr_restored"] for r in again] == pytest.approx([r["psnr_restored"] for r in rows])
+
+
+def test_demo_degradations_without_a_data_section():
+    from vlir.core.demo import DEMO_DEGRADATIONS, demo_degradations
+
+    rows = demo_degradations(None)
+    names = [n for n, _ in rows]
+    assert names == list(DEMO_DEGRADATIONS)
+    assert {"noise", "jpeg", "blur", "low_light", "haze", "rain"} <= set(names)
+
+
+def test_demo_without_default_model(tmp_path, monkeypatch, capsys):
+    from vlir.core import default
+
+    monkeypatch.setenv(default.ENV, str(tmp_path / "no-model"))
+    rc = main(["demo", "--out", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "vlir demo: error: the demo restores with the built-in default model" in err
+    assert "vlir train specs/default.yaml" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_output_is_a_file(tiny_pipeline, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker), "--pipeline", str(tiny_pipeline)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
