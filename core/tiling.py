@@ -111,5 +111,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
             wgt = (wy[iy][:, None] * wx[ix][None, :]).to(device=res.device, dtype=acc)
             y0, x0 = ys[iy], xs[ix]
             out[:, :, y0:y0 + th, x0:x0 + tw] += res[j * b:(j + 1) * b].to(acc) * wgt
-    norm = (norm_y[:, None] * norm_x[None, :]).to(device=out.device, dtype=out.dtype)
-    return (out / norm).to(out_dtype)
+    # divide in place by the separable total weight: no full-size weight map is ever built
+    out.div_(norm_y.to(device=out.device, dtype=out.dtype)[:, None])
+    out.div_(norm_x.to(device=out.device, dtype=out.dtype)[None, :])
+    return out.to(out_dtype)
