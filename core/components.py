@@ -140,6 +140,11 @@ class Perceiver(Component):
         """(degradation vector dim, content token dim) this perceiver produces, from params alone."""
         return None, None
 
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the degradation classes of ``class_probs`` (empty if it has none)."""
+        return list(getattr(self.params, "degradations", None) or [])
+
     @classmethod
     def class_count(cls, params: Params) -> int | None:
         """Number of degradation classes (length of ``class_probs``), from params alone."""

@@ -198,6 +198,22 @@ class Pipeline(torch.nn.Module):
                     perceptions: dict[str, Perception]) -> dict[str, Any]:
         return {**batch, "restored": restored, "perception": perceptions, "pipeline": self, "batch": batch}
 
+    def teacher_vector(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """One-hot routing vector from the batch's degradation labels (``condition.teacher``), or None."""
+        c = self.spec.condition
+        if c is None or not c.teacher or c.vector_source != "probs" or self.feed is None:
+            return None
+        labels = batch.get("degradation_name")
+        if labels is None:
+            return None
+        names = list(self.perceivers[self.feed].class_names)
+        missing = sorted({n for n in labels if n not in names})
+        if missing:
+            raise KeyError(f"condition.teacher: degradation labels {missing} are not classes of perceiver "
+                           f"{self.feed!r} ({', '.join(names)})")
+        idx = torch.tensor([names.index(n) for n in labels], device=batch["lq"].device)
+        return torch.nn.functional.one_hot(idx, len(names)).to(batch["lq"].dtype)
+
     def training_losses(self, batch: dict[str, Any], generator: torch.Generator | None = None
                         ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss and its logged parts for one batch (``lq``, ``gt``, ...).
@@ -206,8 +222,14 @@ class Pipeline(torch.nn.Module):
         training loss, plus losses that do not need a restored image.
         """
         lq = batch["lq"]
-        perceptions = self.perceive(lq)
+        teacher = self.teacher_vector(batch)
+        c = self.spec.condition
+        skip = teacher is not None and not c.tokens and not any(
+            k in loss.inputs for loss in self.losses.values() for k in ("perception", "pipeline", "batch"))
+        perceptions = {} if skip else self.perceive(lq)
         cond = self.condition(perceptions)
+        if teacher is not None:
+            cond = Conditioning(tokens=None if cond is None else cond.tokens, vector=teacher)
         logs: dict[str, float] = {}
         total = lq.new_zeros(())
         restored = None

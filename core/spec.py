@@ -60,6 +60,10 @@ class ConditionSpec(_Strict):
                           "embedding (true = degradation), the degradation class probabilities (probs), the "
                           "quality probabilities (quality), or false for none")
 
+    teacher: bool = Field(
+        False, description="training only: with vector: probs, route by the batch's degradation labels (one-hot "
+                           "over the perceiver's classes) instead of the perceiver's predictions (teacher forcing)")
+
     @property
     def vector_source(self) -> str | None:
         if self.vector is False:

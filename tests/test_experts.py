@@ -62,3 +62,27 @@ def test_spec_routes_by_perceiver_class_probabilities():
     total, logs = pipe.training_losses({"lq": x, "gt": x})
     total.backward()
     assert any(p.grad is not None for p in pipe.backbone.parameters())
+
+
+def test_teacher_forcing_routes_by_labels_without_running_the_perceiver():
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "hazy"]}}],
+            "backbone": {"type": "experts", "params": {"expert_params": TINY}},
+            "condition": {"vector": "probs", "tokens": False, "teacher": True}, "losses": [{"type": "l1"}]}
+    pipe = Pipeline.from_spec(spec)
+    calls = []
+    pipe.perceivers["daclip"].register_forward_hook(lambda *a: calls.append(1))
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    batch = {"lq": x, "gt": y, "degradation_name": ["hazy", "noisy"]}
+    total, _ = pipe.training_losses(batch)
+    assert not calls  # routing came from the labels
+    with torch.no_grad():
+        expected = torch.cat([pipe.backbone.nets[1](x[:1]), pipe.backbone.nets[0](x[1:])])
+        torch.testing.assert_close(total, (expected - y).abs().mean())
+    try:
+        pipe.training_losses({**batch, "degradation_name": ["rainy", "noisy"]})
+    except KeyError as e:
+        assert "rainy" in str(e) and "noisy, hazy" in str(e)
+    else:
+        raise AssertionError("no error for an unknown label")
+    # inference still routes by the perceiver
+    assert pipe(x).shape == x.shape and calls

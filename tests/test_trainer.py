@@ -355,3 +355,14 @@ def test_cli_modules_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_select_stages_keeps_named_stages_and_reports_unknown():
+    from vlir.core.errors import SpecError
+    from vlir.core.train.cli import select_stages
+
+    raw = {"train": {"stages": [{"name": "perceiver", "target": "perceiver:daclip"}, {"target": "restorer"}]}}
+    assert select_stages(raw, ["restorer"], "s.yaml")["train"]["stages"] == [{"target": "restorer"}]
+    assert len(raw["train"]["stages"]) == 2  # the input is not modified
+    with pytest.raises(SpecError, match="no stage named warmup; stages: perceiver, restorer"):
+        select_stages(raw, ["warmup"], "s.yaml")

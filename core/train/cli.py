@@ -57,6 +57,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
     return out
 
 
+def select_stages(raw: dict[str, Any], names: list[str], source: str) -> dict[str, Any]:
+    """Keep only the named stages of ``train.stages`` (a stage's name defaults to its target)."""
+    from ..spec import SpecError
+
+    stages = ((raw.get("train") or {}).get("stages")) or []
+    label = [s.get("name") or s.get("target", "restorer") for s in stages if isinstance(s, dict)]
+    unknown = [n for n in names if n not in label]
+    if unknown:
+        raise SpecError([("train.stages", f"--stages: no stage named {', '.join(unknown)}; stages: "
+                                          f"{', '.join(label) or 'none'}")], source=source)
+    out = copy.deepcopy(raw)
+    out["train"]["stages"] = [s for s, n in zip(stages, label) if n in names]
+    return out
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="spec file (YAML); optional with --resume (the run's run.yaml)")
     p.add_argument("--resume", metavar="DIR", help="run folder or checkpoint file to continue from")
@@ -66,6 +81,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stages", metavar="NAMES", help="run only these stages of train.stages (comma-separated "
+                                                     "names), e.g. to train independent stages as parallel runs")
 
 
 def _run_folder(resume: str) -> Path:
@@ -94,6 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise SpecError([("", "give a spec file, or --resume DIR to continue a run")], source="vlir train")
         source = str(_run_folder(args.resume) / RUN_SPEC)
     raw = apply_overrides(read_yaml(source), args.set or [])
+    if getattr(args, "stages", None):
+        raw = select_stages(raw, args.stages.split(","), source)
     spec = load_spec(raw)
     if spec.data is None:
         raise SpecError([("data", "training needs a data section (data.train: folders of images)")], source=source)
