@@ -339,3 +339,13 @@ def test_unsafe_pickle_is_refused(tmp_path):
         m.load_weights(str(path))
     with pytest.raises(CheckpointError):
         DACLIP(model="vlir-tiny", pretrained=str(path))
+
+
+def test_native_resolution_crop_keeps_pixels():
+    from vlir.plugins.perceivers import _clip
+
+    x = torch.rand(2, 3, 40, 50)
+    out = _clip.preprocess(x, 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=False)
+    torch.testing.assert_close(out, x[..., 4:36, 9:41])
+    small = _clip.preprocess(torch.rand(1, 3, 20, 30), 32, resize=False)  # too small: resized up
+    assert small.shape == (1, 3, 32, 32)

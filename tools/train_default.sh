@@ -13,7 +13,8 @@ python - "$runs" <<'PY'
 import sys
 from vlir.core import Pipeline
 runs = sys.argv[1]
-pipe = Pipeline.load(f"{runs}/default-restorer/pipeline")
+pipe = Pipeline.from_spec("specs/default.yaml", build_losses=False)
+pipe.backbone.load_weights(f"{runs}/default-restorer/pipeline/backbone.safetensors")
 pipe.perceivers["daclip"].load_weights(f"{runs}/default-perceiver/pipeline/perceiver.daclip.safetensors")
 pipe.half().save("core/assets/default")
 print("installed core/assets/default")

@@ -186,19 +186,22 @@ def preprocess_cfg(clip: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple
 
 
 def preprocess(images: torch.Tensor, image_size: int,
-               mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> torch.Tensor:
+               mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD,
+               resize: bool = True) -> torch.Tensor:
     """open_clip's eval transform on a batch ``[B, 3, H, W]`` in [0, 1], on its device.
 
     Resize the shorter side to ``image_size`` (bicubic, antialias, like torchvision's ``Resize``
     on tensors), centre-crop to ``image_size`` squared, clamp to [0, 1] (as the 8-bit PIL
-    pipeline does) and normalise.
+    pipeline does) and normalise. ``resize=False`` keeps the native resolution where the image
+    is large enough (only smaller images are resized up): pixel-level degradations such as noise
+    and JPEG blocks stay as they are, which helps small perceivers trained from scratch.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"CLIP preprocess expects images [B, 3, H, W], got {tuple(images.shape)}")
     x = images.float()
     h, w = x.shape[-2:]
     short, long = (h, w) if h <= w else (w, h)
-    if short != image_size:
+    if short != image_size and (resize or short < image_size):
         new_short, new_long = image_size, int(image_size * long / short)
         size = (new_short, new_long) if h <= w else (new_long, new_short)
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)

@@ -85,6 +85,7 @@ class DACLIP(Perceiver):
         prompt: str = "{}"  # prompt template of a degradation word (DA-CLIP uses the bare word)
         objective: Literal["contrastive", "cross_entropy"] = "contrastive"
         normalize: bool = False  # return L2-normalised embeddings (DA-CLIP feeds them unnormalised)
+        resize: bool = True  # open_clip's resize; False: centre crop at native resolution (see _clip.preprocess)
 
         @field_validator("prompt")
         @classmethod
@@ -157,7 +158,7 @@ class DACLIP(Perceiver):
     def encode(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(content, degradation) embeddings ``[B, D]`` (unnormalised) of images in [0, 1]."""
         size, mean, std = _clip.preprocess_cfg(self.clip)
-        x = _clip.preprocess(lq, size, mean, std)
+        x = _clip.preprocess(lq, size, mean, std, resize=self.params.resize)
         x = x.to(self.visual_control.conv1.weight.dtype)
         frozen = self.clip.visual
         ctrl, hiddens = self.visual_control.transformer(self.visual_control._embeds(x))
