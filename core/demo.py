@@ -1,8 +1,7 @@
 """``vlir demo``: degrade a bundled image with each degradation, restore it, write a grid.
 
-The bundled image ``assets/demo.png`` is a 256x256 crop of image 108005 of CBSD68 (the
-Berkeley Segmentation Dataset test images, a standard research benchmark; not used to train
-the default model). Rows of the grid: one degradation each; columns: degraded, restored,
+The bundled image ``assets/demo.png`` is a 256x256 crop of scikit-image's "coffee" photo
+(Rachel Michetti, CC0; see ``assets/README.md``), not used to train the default model. Rows of the grid: one degradation each; columns: degraded, restored,
 clean. PSNR before/after and the detected degradation are printed and written to
 ``demo.json``.
 """
