@@ -152,3 +152,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> to
         x = F.pad(x, (0, 0, 0, ph), mode="reflect" if ph < h else "replicate") if ph else x
         return F.pad(x, (0, pw, 0, 0), mode="reflect" if pw < w else "replicate") if pw else x
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def example_cond(batch: int, cond_dim: int | None, context_dim: int | None):
+    """Random conditioning of the given sizes (None when both are off), for ``example_inputs``."""
+    from vlir.core.conditioning import Conditioning
+
+    if not (cond_dim or context_dim):
+        return None
+    return Conditioning(vector=torch.randn(batch, cond_dim) if cond_dim else None,
+                        tokens=torch.randn(batch, 1, context_dim) if context_dim else None)

@@ -15,7 +15,7 @@ from torch import nn
 
 from vlir.core.components import Backbone
 
-from ._blocks import CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
+from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -117,15 +117,8 @@ class NAFNet(Backbone):
         return {"cond_dim": vector_dim, "context_dim": token_dim}
 
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
-        from vlir.core.conditioning import Conditioning
-
         p = self.params
-        out: dict[str, Any] = {"lq": torch.rand(batch, p.img_channel, *size)}
-        if p.cond_dim or p.context_dim:
-            out["cond"] = Conditioning(
-                vector=torch.randn(batch, p.cond_dim) if p.cond_dim else None,
-                tokens=torch.randn(batch, 1, p.context_dim) if p.context_dim else None)
-        return out
+        return {"lq": torch.rand(batch, p.img_channel, *size), "cond": example_cond(batch, p.cond_dim, p.context_dim)}
 
     def forward(self, lq: torch.Tensor, cond: Any = None, **kw: Any) -> torch.Tensor:
         p = self.params

@@ -16,7 +16,7 @@ from torch import nn
 
 from vlir.core.components import Backbone
 
-from ._blocks import CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
+from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
 
 
 class Norm(nn.Module):
@@ -189,15 +189,8 @@ class Restormer(Backbone):
         return {"cond_dim": vector_dim, "context_dim": token_dim}
 
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
-        from vlir.core.conditioning import Conditioning
-
         p = self.params
-        out: dict[str, Any] = {"lq": torch.rand(batch, p.inp_channels, *size)}
-        if p.cond_dim or p.context_dim:
-            out["cond"] = Conditioning(
-                vector=torch.randn(batch, p.cond_dim) if p.cond_dim else None,
-                tokens=torch.randn(batch, 1, p.context_dim) if p.context_dim else None)
-        return out
+        return {"lq": torch.rand(batch, p.inp_channels, *size), "cond": example_cond(batch, p.cond_dim, p.context_dim)}
 
     def forward(self, lq: torch.Tensor, cond: Any = None, **kw: Any) -> torch.Tensor:
         p = self.params

@@ -140,10 +140,6 @@ class DACLIP(Perceiver):
         d = _clip.embed_dim(params.model)
         return d, d
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.params.degradations)
-
     def train(self, mode: bool = True) -> "DACLIP":
         super().train(mode)
         self.clip.eval()  # frozen

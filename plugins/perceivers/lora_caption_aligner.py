@@ -165,10 +165,6 @@ class LoraCaptionAligner(Perceiver):
         d = _clip.embed_dim(params.model)
         return d, d
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.params.degradations)
-
     def _lora_layers(self) -> list[BaseTunerLayer]:
         return [m for m in self.clip.modules() if isinstance(m, BaseTunerLayer)]
 
