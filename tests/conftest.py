@@ -38,6 +38,29 @@ def make_dist(site: Path, name: str, version: str, entry_points: dict[str, dict[
     return site
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One torch thread for the whole suite: the models here are tiny, and on a shared 2-core
+    machine several threads spin-wait on each other (10-30x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def no_mkldnn():
+    """Small convolutions run much faster on CPU without mkldnn (use per module)."""
+    import torch
+
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
 @pytest.fixture
 def on_path(monkeypatch):
     """Put folders on sys.path (for importlib.metadata too) for one test."""

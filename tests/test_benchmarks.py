@@ -55,7 +55,7 @@ def test_backbones_quick(runs):
             assert b["macs"][s] > 0
             cpu = b["cpu"][s]
             assert cpu["median_ms"] > 0 and cpu["n"] == 1
-            assert cpu["peak_rss_mib"] >= cpu["baseline_rss_mib"] > 0
+            assert cpu["baseline_rss_mib"] > 0 and cpu["peak_rss_mib"] >= cpu["baseline_rss_mib"] - 1  # RSS pages: ~KiB jitter
     # tiled: 128x128 in 64-pixel tiles overlapping by 8 -> 3 x 3 tiles
     (run,) = res["tiled"]["runs"]
     assert run["tiles"] == 9 and run["seconds"] > 0

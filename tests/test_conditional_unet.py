@@ -13,15 +13,7 @@ TINY = {"nf": 32, "ch_mult": [1, 1, 1, 2]}
 KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "daclip_conditional_unet_keys.txt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_cpu():
-    """Small convs run much faster without mkldnn, and one thread avoids contention on shared CPUs."""
-    mkldnn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
-    torch.backends.mkldnn.enabled = False
-    torch.set_num_threads(1)
-    yield
-    torch.backends.mkldnn.enabled = mkldnn
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_mkldnn")
 
 
 def _cond(batch: int, dim: int = 512, seed: int = 0) -> Conditioning:

@@ -17,14 +17,6 @@ from vlir.core.metrics import psnr, ssim
 from vlir.core.sections import DegradationSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("clean"), n=4)

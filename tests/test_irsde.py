@@ -15,15 +15,7 @@ from vlir.plugins.backbones.irsde import IRSDE
 TINY = {"nf": 32, "ch_mult": [1, 1, 1, 2]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_cpu():
-    """Small convs run much faster without mkldnn, and one thread avoids contention on shared CPUs."""
-    mkldnn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
-    torch.backends.mkldnn.enabled = False
-    torch.set_num_threads(1)
-    yield
-    torch.backends.mkldnn.enabled = mkldnn
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_mkldnn")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

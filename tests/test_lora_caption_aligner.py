@@ -13,15 +13,6 @@ from vlir.plugins.perceivers.lora_caption_aligner import DEGRADATIONS, LoraCapti
 TINY = {"model": "vlir-tiny", "pretrained": None}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops: one thread avoids OpenMP spin contention on a busy machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(seed: int = 0, **kw) -> LoraCaptionAligner:
     torch.manual_seed(seed)  # same seed -> same random CLIP, LoRA and head
     return LoraCaptionAligner(**{**TINY, **kw})

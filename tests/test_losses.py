@@ -28,15 +28,6 @@ PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 VGG_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is much faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def empty_hub(tmp_path):
     """Point torch.hub at an empty folder (no cached VGG16), restoring it afterwards."""

@@ -12,14 +12,6 @@ PERCEIVERS = REG.names("perceiver")
 BACKBONES = REG.names("backbone")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def spec_for(perceiver: str, backbone: str) -> dict:
     spec = {"perceivers": [{"type": perceiver, "preset": "tiny"}],
             "backbone": {"type": backbone, "preset": "tiny"}, "losses": [{"type": "l1"}]}

@@ -12,15 +12,6 @@ from vlir.plugins.perceivers.quality_perceiver import CLASS_WORDS, QualityPercei
 TINY = {"model": "vlir-tiny", "pretrained": None, "n_ctx": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops: one thread avoids OpenMP spin contention on a busy machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(seed: int = 0, **kw) -> QualityPerceiver:
     torch.manual_seed(seed)
     return QualityPerceiver(**{**TINY, **kw})

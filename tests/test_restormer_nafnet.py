@@ -21,15 +21,6 @@ BOTH = [Restormer, NAFNet]
 GOPRO = dict(width=64, enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny convs are far faster on one thread on a shared, loaded CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(cls, **kw):
     torch.manual_seed(0)
     m = cls(**{**TINY[cls], **kw})

@@ -9,14 +9,6 @@ import torch
 from vlir.core.tiling import ramp, tiled_forward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(1 / mse)

@@ -24,15 +24,6 @@ from vlir.core.train.ema import EMA
 from vlir.core.train.trainer import Trainer, lr_factor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is much faster (and deterministic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_images(folder: Path, n: int = 6, size: int = 48, seed: int = 0) -> Path:
     """Smooth random colour images (PNG)."""
     from PIL import Image

@@ -51,6 +51,12 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     },
+    # the same tower on 8-pixel patches of a 112-pixel view: finer pixel statistics per token
+    "vlir-small-p8": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 112, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
 }
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
