@@ -259,3 +259,28 @@ def write_outputs(data: dict[str, Any], markdown: str, out: str | Path) -> tuple
     md = out.with_suffix(".md")
     md.write_text(markdown + "\n", encoding="utf-8")
     return out, md
+
+
+def reporter(res: dict, machine: dict):
+    """``log(msg)`` with elapsed seconds on stderr, and ``check(label, result)`` recording a
+    measurement's error in ``res["errors"]``; records the busy-machine warning in ``res``."""
+    import sys
+    import time
+
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    warning = busy_warning(machine)
+    if warning:
+        res["warning"] = warning
+        log(f"WARNING: {warning}")
+
+    def check(label: str, r: dict) -> dict:
+        if "error" in r:
+            res["errors"].append(f"{label}: {r['error'].strip().splitlines()[-1]}")
+            log(f"  ERROR {label}: {r['error']}")
+        return r
+
+    return log, check

@@ -305,21 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if q:
         res["note"] = "Quick mode: every backbone at its `tiny` preset (not the official config)."
 
-    t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    warning = C.busy_warning(machine)
-    if warning:
-        res["warning"] = warning
-        log(f"WARNING: {warning}")
-
-    def check(label: str, r: dict[str, Any]) -> dict[str, Any]:
-        if "error" in r:
-            res["errors"].append(f"{label}: {r['error'].strip().splitlines()[-1]}")
-            log(f"  ERROR {label}: {r['error']}")
-        return r
+    log, check = C.reporter(res, machine)
 
     for label, name, preset in chosen:
         preset = "tiny" if q else preset

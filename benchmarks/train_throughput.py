@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import sys
+
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 from vlir.core.pipeline import Pipeline
 from vlir.core.train.ema import EMA
 from vlir.core.train.trainer import Objective, amp_dtype
@@ -87,16 +90,6 @@ def measure(backbone: str, perceiver: str | None, device: torch.device, batch: i
             "amp": str(amp).replace("torch.", "") if amp is not None else None}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
@@ -117,7 +110,7 @@ def main() -> None:
         rows.append(r)
     result = {
         "benchmark": "train_throughput", "what": "trainer step: losses forward, backward, clip, AdamW, EMA",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {C._cpu_model()}",
         "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch, "patch": args.patch,
         "seconds_per_config": args.seconds, "results": rows,

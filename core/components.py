@@ -145,6 +145,29 @@ class Perceiver(Component):
         """Names of the degradation classes of ``class_probs`` (empty if it has none)."""
         return list(getattr(self.params, "degradations", None) or [])
 
+    def class_labels(self, batch: Mapping[str, Any], device: Any = None, required: bool = True
+                     ) -> "torch.Tensor | None":
+        """Class indices of a batch's degradations: from ``degradation_name`` (words of
+        :attr:`class_names`) or else ``degradation`` (indices). None when neither is given and
+        not ``required``; clear errors for unknown words and out-of-range indices."""
+        words = self.class_names
+        who = f"{self.name or type(self).__name__} objective"
+        names = batch.get("degradation_name")
+        if names is not None:
+            unknown = sorted({n for n in names if n not in words})
+            if unknown:
+                raise ValueError(f"{who}: degradation names {unknown} are not in Params.degradations {words}")
+            return torch.tensor([words.index(n) for n in names], device=device)
+        idx = batch.get("degradation")
+        if idx is None:
+            if required:
+                raise KeyError(f"{who}: batch needs 'degradation' (class index) or 'degradation_name'")
+            return None
+        idx = torch.as_tensor(idx, device=device).long().view(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(words)):
+            raise ValueError(f"{who}: degradation index out of range 0..{len(words) - 1}: {idx.tolist()}")
+        return idx
+
     @classmethod
     def class_count(cls, params: Params) -> int | None:
         """Number of degradation classes (length of ``class_probs``), from params alone."""

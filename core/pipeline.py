@@ -203,15 +203,15 @@ class Pipeline(torch.nn.Module):
         c = self.spec.condition
         if c is None or not c.teacher or c.vector_source != "probs" or self.feed is None:
             return None
-        labels = batch.get("degradation_name")
-        if labels is None:
+        if batch.get("degradation_name") is None:
             return None
-        names = list(self.perceivers[self.feed].class_names)
-        missing = sorted({n for n in labels if n not in names})
+        perceiver = self.perceivers[self.feed]
+        names = perceiver.class_names
+        missing = sorted({n for n in batch["degradation_name"] if n not in names})
         if missing:
             raise KeyError(f"condition.teacher: degradation labels {missing} are not classes of perceiver "
                            f"{self.feed!r} ({', '.join(names)})")
-        idx = torch.tensor([names.index(n) for n in labels], device=batch["lq"].device)
+        idx = perceiver.class_labels(batch, batch["lq"].device)
         return torch.nn.functional.one_hot(idx, len(names)).to(batch["lq"].dtype)
 
     def training_losses(self, batch: dict[str, Any], generator: torch.Generator | None = None

@@ -199,31 +199,13 @@ class DACLIP(Perceiver):
         return Perception(content=content, degradation=degradation, class_names=self.class_names,
                           class_probs=logits.softmax(dim=-1), extras={"degradation_logits": logits})
 
-    def _labels(self, batch: Mapping[str, Any], device) -> torch.Tensor:
-        words = self.params.degradations
-        names = batch.get("degradation_name")
-        if names is not None:
-            unknown = sorted({n for n in names if n not in words})
-            if unknown:
-                raise ValueError(f"daclip objective: degradation names {unknown} are not in "
-                                 f"Params.degradations {words}")
-            return torch.tensor([words.index(n) for n in names], device=device)
-        idx = batch.get("degradation")
-        if idx is None:
-            raise KeyError("daclip objective: batch needs 'degradation' (class index) or 'degradation_name'")
-        idx = torch.as_tensor(idx, device=device).long().view(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(words)):
-            raise ValueError(f"daclip objective: degradation index out of range 0..{len(words) - 1}: "
-                             f"{idx.tolist()}")
-        return idx
-
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Caption/content InfoNCE + degradation term (DA-CLIP contrastive or K-way cross-entropy)."""
         lq = batch["lq"]
         content, degradation = self.encode(lq)
         content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
         scale = self.scale()
-        labels = self._labels(batch, lq.device)
+        labels = self.class_labels(batch, lq.device)
         out: dict[str, torch.Tensor] = {}
         if batch.get("caption") is not None:
             captions = list(batch["caption"])

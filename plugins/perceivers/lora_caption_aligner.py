@@ -207,24 +207,6 @@ class LoraCaptionAligner(Perceiver):
                           class_probs=logits.softmax(dim=-1),
                           extras={"degradation_logits": logits, "image_embedding": e})
 
-    def _labels(self, batch: Mapping[str, Any], device) -> torch.Tensor | None:
-        words = self.params.degradations
-        names = batch.get("degradation_name")
-        if names is not None:
-            unknown = sorted({n for n in names if n not in words})
-            if unknown:
-                raise ValueError(f"lora_caption_aligner objective: degradation names {unknown} are not "
-                                 f"in Params.degradations {words}")
-            return torch.tensor([words.index(n) for n in names], device=device)
-        idx = batch.get("degradation")
-        if idx is None:
-            return None
-        idx = torch.as_tensor(idx, device=device).long().view(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(words)):
-            raise ValueError(f"lora_caption_aligner objective: degradation index out of range "
-                             f"0..{len(words) - 1}: {idx.tolist()}")
-        return idx
-
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cosine alignment with the HQ caption + degradation CE + content alignment + orthogonality."""
         if self.merged:
@@ -257,7 +239,7 @@ class LoraCaptionAligner(Perceiver):
         out["content"] = _one_minus_cos(c, target)
         out["orthogonal"] = F.cosine_similarity(d, c, dim=-1).pow(2).mean()
         loss = p.w_align * sum(align) + p.w_content * out["content"] + p.w_orthogonal * out["orthogonal"]
-        labels = self._labels(batch, lq.device)
+        labels = self.class_labels(batch, lq.device, required=False)
         if labels is not None:
             out["degradation"] = F.cross_entropy(logits, labels)
             out["accuracy"] = (logits.argmax(dim=-1) == labels).float().mean().detach()
