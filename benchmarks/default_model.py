@@ -30,16 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
 
-# degradation -> fixed params (noise: the CBSD68 sigma 25 protocol)
-SETTINGS: dict[str, dict[str, Any]] = {
-    "noise": {"sigma": 25.0},
-    "jpeg": {"quality": 20},
-    "blur": {"sigma": 2.0},
-    "motion_blur": {"length": 15.0, "angle": 30.0},
-    "low_light": {"gamma": 2.0, "scale": 0.3, "shot": 0.002, "read": 0.002},
-    "haze": {"beta": 1.2, "airlight": 0.85},
-    "rain": {},
-}
+
+def settings() -> dict[str, dict[str, Any]]:
+    """Degradation -> fixed params: those of ``vlir demo`` (noise: the CBSD68 sigma 25 protocol)."""
+    from vlir.core.demo import DEMO_DEGRADATIONS
+
+    return DEMO_DEGRADATIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not files:
         raise SystemExit(f"no images in {args.data}")
     trained = [d.type for d in pipe.spec.data.degradations] if pipe.spec.data is not None else []
-    types = args.degradations or trained or list(SETTINGS)
+    types = args.degradations or trained or list(settings())
     if "noise" in types:  # the headline row first
         types = ["noise"] + [t for t in types if t != "noise"]
     reg = get_registry()
@@ -149,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for name in types:
         images = files[:args.limit] if name == "noise" else files[:args.limit_others]
-        rows.append(evaluate(name, SETTINGS.get(name, {}), images))
+        rows.append(evaluate(name, settings().get(name, {}), images))
     rows.append(evaluate("clean", None, files[:args.limit_others]))
     labelled = [r for r in rows if r["accuracy"] is not None]
     total = sum(r["images"] for r in labelled)

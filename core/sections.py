@@ -93,6 +93,9 @@ class StageSpec(Section):
     ema: float | None = Field(None, ge=0, lt=1, description="unset: the train section's value; 0: off")
     batch_size: int | None = Field(None, ge=1, description="global batch of this stage")
     patch_size: int | None = Field(None, ge=8, description="training crop of this stage")
+    degradations: list[str] | None = Field(
+        None, description="synthetic data: train on these of data.degradations only (by type), e.g. [noise]; "
+                          "labels keep their class words, so routing and classification stay the same")
 
     @field_validator("target")
     @classmethod

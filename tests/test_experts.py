@@ -86,3 +86,31 @@ def test_teacher_forcing_routes_by_labels_without_running_the_perceiver():
         raise AssertionError("no error for an unknown label")
     # inference still routes by the perceiver
     assert pipe(x).shape == x.shape and calls
+
+
+def test_stage_on_one_degradation_trains_only_its_expert(tmp_path):
+    import pytest
+
+    from test_trainer import make_images
+    from vlir.core.spec import SpecError, load_spec
+    from vlir.core.train.trainer import Trainer
+
+    images = make_images(tmp_path / "clean", n=4, size=32)
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "blurry"]}}],
+            "backbone": {"type": "experts", "params": {"expert_params": TINY}},
+            "condition": {"vector": "probs", "tokens": False, "teacher": True}, "losses": [{"type": "l1"}],
+            "data": {"train": [str(images)], "patch_size": 16, "batch_size": 4,
+                     "degradations": [{"type": "noise"}, {"type": "blur"}]},
+            "train": {"iterations": 3, "lr": 1e-2, "save_every": 100,
+                      "stages": [{"name": "blur", "target": "restorer", "degradations": ["blur"]}]}}
+    trainer = Trainer(load_spec(spec), tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.pipeline.backbone.state_dict().items()}
+    trainer.fit()
+    after = trainer.pipeline.backbone.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"1"}  # only the blur expert (class "blurry") saw data
+
+    spec["train"]["stages"][0]["degradations"] = ["rain"]
+    with pytest.raises(SpecError, match=r"train.stages\[0\].degradations: expected types of data.degradations "
+                                        r"\(noise, blur\)"):
+        Trainer(load_spec(spec), tmp_path / "bad", progress=False)

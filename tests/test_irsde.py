@@ -147,14 +147,14 @@ def test_seeded_and_deterministic():
 
 @pytest.fixture(scope="module")
 def overfitted():
-    """A tiny UNet trained with the IR-SDE loss on two 16 px images (about 300 steps)."""
+    """A small UNet trained with the IR-SDE loss on two 16 px images until it reproduces them."""
     torch.manual_seed(0)
     lq, gt = images(2, 16)
-    lq, gt = lq.repeat(2, 1, 1, 1), gt.repeat(2, 1, 1, 1)  # 4 timesteps per image and step
-    net = ConditionalUNet(**TINY)
+    lq, gt = lq.repeat(4, 1, 1, 1), gt.repeat(4, 1, 1, 1)  # 4 timesteps per image and step
+    net = ConditionalUNet(nf=16, ch_mult=[1, 2], context_dim=None)
     p = IRSDE()
-    steps = 300
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    steps = 1500
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(0)
     before = psnr(IRSDE(sampler="fast").sample(net, lq, generator=torch.Generator().manual_seed(1)), gt)
@@ -173,13 +173,21 @@ def overfitted():
 def test_training_loss_falls(overfitted):
     _, _, _, losses, _ = overfitted
     first, last = sum(losses[:25]) / 25, sum(losses[-25:]) / 25
-    assert last < 0.5 * first, (first, last)
+    assert last < 0.2 * first, (first, last)
 
 
 def test_fast_sampler_close_to_100_steps(overfitted):
     net, lq, gt, _, before = overfitted
-    full = psnr(IRSDE(sampler="posterior").sample(net, lq, generator=torch.Generator().manual_seed(1)), gt)
-    fast = psnr(IRSDE(sampler="fast").sample(net, lq, generator=torch.Generator().manual_seed(1)), gt)
-    print(f"PSNR lq {psnr(lq, gt):.2f}  untrained fast {before:.2f}  posterior-100 {full:.2f}  fast-20 {fast:.2f}")
-    assert fast > before + 3  # training made the samples much better
-    assert fast >= full - 0.5  # 20 network calls lose at most 0.5 dB against 100
+
+    def run(sampler: str, steps: int | None = None) -> float:
+        out = IRSDE(sampler=sampler).sample(net, lq, steps=steps, generator=torch.Generator().manual_seed(1))
+        return psnr(out, gt)
+
+    fast, fast100, posterior100 = run("fast"), run("fast", 100), run("posterior")
+    print(f"PSNR lq {psnr(lq, gt):.2f}  untrained {before:.2f}  fast-20 {fast:.2f}  fast-100 {fast100:.2f}  "
+          f"posterior-100 {posterior100:.2f}")
+    assert fast > psnr(lq, gt) + 10  # overfitted: it reproduces its training images
+    assert abs(fast - fast100) <= 0.5  # 20 network calls give the 100-step output within 0.5 dB
+    # and they are no worse than the official stochastic 100-step posterior sampler (measured:
+    # better, since posterior sampling adds noise at every step that an overfitted net cannot undo)
+    assert fast >= posterior100 - 0.5

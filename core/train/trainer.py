@@ -165,10 +165,24 @@ class Trainer:
                     if r not in roles:
                         errors.append((f"train.stages[{i}].unfreeze", f"no perceiver with role {r!r}; "
                                                                        f"perceivers: {', '.join(roles) or 'none'}"))
-            elif not any(p.requires_grad for p in self.pipeline.perceivers[t].parameters()):
+            if s.degradations is not None:
+                types = [d.type for d in self.data.degradations]
+                wrong = [d for d in s.degradations if d not in types]
+                if self.data.layout != "synthetic" or wrong or not s.degradations:
+                    errors.append((f"train.stages[{i}].degradations",
+                                   f"expected types of data.degradations ({', '.join(types) or 'none'}) with "
+                                   f"layout: synthetic; got {s.degradations}"))
+            if t != "restorer" and not any(p.requires_grad for p in self.pipeline.perceivers[t].parameters()):
                 errors.append((path, f"perceiver {t!r} has no trainable parameters"))
         if errors:
             raise SpecError(errors)
+
+    def _stage_data(self, stage: StageSpec) -> DataSpec:
+        """The data section as a stage sees it (``degradations``: a subset of the synthetic ones)."""
+        if stage.degradations is None:
+            return self.data
+        return self.data.model_copy(update={"degradations": [d for d in self.data.degradations
+                                                             if d.type in stage.degradations]})
 
     def _load_proxy(self, path: str) -> Pipeline:
         p = Pipeline.load(Path(path).expanduser(), self.registry).to(self.device).eval()
@@ -389,7 +403,7 @@ class Trainer:
                 ema.load_state_dict(state["ema"])
         batch_size = self._batch(stage)
         patch = stage.patch_size or self.data.patch_size
-        dataset = build_dataset(self.data, "train", patch)
+        dataset = build_dataset(self._stage_data(stage), "train", patch)
         epoch_len = len(dataset)
         sampler = StepBatches(self.stage_step, n_iter, batch_size, self.dist.rank, self.dist.world)
         batches = iter(loader(dataset, sampler, self.data.num_workers, self.device.type == "cuda",
