@@ -214,6 +214,19 @@ class Pipeline(torch.nn.Module):
         idx = perceiver.class_labels(batch, batch["lq"].device)
         return torch.nn.functional.one_hot(idx, len(names)).to(batch["lq"].dtype)
 
+    def batch_condition(self, batch: dict[str, Any], need_perceptions: bool = False
+                        ) -> tuple[Conditioning | None, dict[str, Perception]]:
+        """Conditioning of a labelled batch as training sees it: with ``condition.teacher`` the
+        routing vector comes from the labels (the perceiver runs only when its tokens or
+        ``need_perceptions`` ask for it); otherwise from the perceivers."""
+        teacher = self.teacher_vector(batch)
+        skip = teacher is not None and not self.spec.condition.tokens and not need_perceptions
+        perceptions = {} if skip else self.perceive(batch["lq"])
+        cond = self.condition(perceptions)
+        if teacher is not None:
+            cond = Conditioning(tokens=None if cond is None else cond.tokens, vector=teacher)
+        return cond, perceptions
+
     def training_losses(self, batch: dict[str, Any], generator: torch.Generator | None = None
                         ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss and its logged parts for one batch (``lq``, ``gt``, ...).
@@ -222,14 +235,8 @@ class Pipeline(torch.nn.Module):
         training loss, plus losses that do not need a restored image.
         """
         lq = batch["lq"]
-        teacher = self.teacher_vector(batch)
-        c = self.spec.condition
-        skip = teacher is not None and not c.tokens and not any(
-            k in loss.inputs for loss in self.losses.values() for k in ("perception", "pipeline", "batch"))
-        perceptions = {} if skip else self.perceive(lq)
-        cond = self.condition(perceptions)
-        if teacher is not None:
-            cond = Conditioning(tokens=None if cond is None else cond.tokens, vector=teacher)
+        need = any(k in loss.inputs for loss in self.losses.values() for k in ("perception", "pipeline", "batch"))
+        cond, perceptions = self.batch_condition(batch, need_perceptions=need)
         logs: dict[str, float] = {}
         total = lq.new_zeros(())
         restored = None

@@ -61,7 +61,7 @@ class ConditionSpec(_Strict):
                           "quality probabilities (quality), or false for none")
 
     teacher: bool = Field(
-        False, description="training only: with vector: probs, route by the batch's degradation labels (one-hot "
+        False, description="training (and its validation): with vector: probs, route by the batch's degradation labels (one-hot "
                            "over the perceiver's classes) instead of the perceiver's predictions (teacher forcing)")
 
     @property

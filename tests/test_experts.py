@@ -99,8 +99,8 @@ def test_stage_on_one_degradation_trains_only_its_expert(tmp_path):
     spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "blurry"]}}],
             "backbone": {"type": "experts", "params": {"expert_params": TINY}},
             "condition": {"vector": "probs", "tokens": False, "teacher": True}, "losses": [{"type": "l1"}],
-            "data": {"train": [str(images)], "patch_size": 16, "batch_size": 4,
-                     "degradations": [{"type": "noise"}, {"type": "blur"}]},
+            "data": {"train": [str(images)], "val": [str(images)], "patch_size": 16, "batch_size": 4,
+                     "degradations": [{"type": "noise"}, {"type": "blur"}], "val_size": 16, "val_limit": 4},
             "train": {"iterations": 3, "lr": 1e-2, "save_every": 100,
                       "stages": [{"name": "blur", "target": "restorer", "degradations": ["blur"]}]}}
     trainer = Trainer(load_spec(spec), tmp_path / "run", progress=False)
@@ -109,6 +109,18 @@ def test_stage_on_one_degradation_trains_only_its_expert(tmp_path):
     after = trainer.pipeline.backbone.state_dict()
     changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"1"}  # only the blur expert (class "blurry") saw data
+    # validation routes by the labels too (the perceiver is untrained) and reports each degradation
+    val = trainer.last_val
+    assert {"psnr", "input_psnr", "psnr/noisy", "psnr/blurry"} <= val.keys()
+    assert abs(val["psnr"] - (val["psnr/noisy"] + val["psnr/blurry"]) / 2) < 1e-4  # 2 + 2 samples
+    with torch.no_grad():
+        trainer.pipeline.eval()
+        batch = next(iter(torch.utils.data.DataLoader(trainer.val_data, batch_size=4)))
+        from vlir.core.metrics import psnr_torch
+        out = torch.cat([trainer.pipeline.backbone.nets[d](batch["lq"][i:i + 1])
+                         for i, d in enumerate(batch["degradation"].tolist())]).clamp(0, 1)
+        noisy = psnr_torch(out, batch["gt"])[batch["degradation"] == 0].mean()
+    assert abs(float(noisy) - val["psnr/noisy"]) < 1e-3
 
     spec["train"]["stages"][0]["degradations"] = ["rain"]
     with pytest.raises(SpecError, match=r"train.stages\[0\].degradations: expected types of data.degradations "

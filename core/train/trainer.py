@@ -561,6 +561,7 @@ class Trainer:
         bs = min(8, self.data.batch_size) if self.data.val_size else 1
         dl = DataLoader(self.val_data, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # of the per-degradation values (the others count every sample)
         n = 0
         shown: list[torch.Tensor] = []
         steps = self.spec.eval.steps if self.spec.eval is not None else None
@@ -570,9 +571,15 @@ class Trainer:
             with self._autocast():
                 if stage.target == "restorer":
                     gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, 0x7A1, i))
-                    restored = self.pipeline(batch["lq"], steps=steps, generator=gen).float().clamp(0, 1)
+                    # as in training: teacher-forced routing (condition.teacher) comes from the labels
+                    cond, _ = self.pipeline.batch_condition(batch)
+                    restored = self.pipeline.run_backbone(batch["lq"], cond, steps, gen).float().clamp(0, 1)
                     parts = {"psnr": psnr_torch(restored, batch["gt"].float()),
                              "input_psnr": psnr_torch(batch["lq"].float(), batch["gt"].float())}
+                    for name in set(batch.get("degradation_name") or []):  # per degradation: psnr/noisy, ...
+                        mask = torch.tensor([d == name for d in batch["degradation_name"]], device=restored.device)
+                        parts[f"psnr/{name}"] = parts["psnr"][mask]
+                        counts[f"psnr/{name}"] = counts.get(f"psnr/{name}", 0) + int(mask.sum())
                     if len(shown) < self.cfg.images:
                         for k in range(min(b, self.cfg.images - len(shown))):
                             shown.append(torch.cat([batch["lq"][k].float(), restored[k], batch["gt"][k].float()], -1))
@@ -583,7 +590,7 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.float().sum())
             n += b
-        values = {k: v / max(1, n) for k, v in sums.items()}
+        values = {k: v / max(1, counts.get(k, n)) for k, v in sums.items()}
         grid = None
         if shown:
             h = max(x.shape[-2] for x in shown)
