@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Trains vlir's built-in default model (specs/default.yaml) and installs it in core/assets/default/.
-# The perceiver and restorer stages are independent (the restorer is routed by the degradation
-# labels while training: condition.teacher), so on a 2-core CPU they run as two one-thread
-# processes at once; then the trained perceiver joins the restorer's pipeline, saved in fp16.
+# The stages are independent enough to run as one-thread processes side by side on a 2-core CPU:
+#   1. `perceiver` and `restorer` at once (the restorer is routed by the degradation labels while
+#      training: condition.teacher), about 40 minutes;
+#   2. `noise` and `jpeg` at once, both starting from the restorer's weights; each trains only its
+#      own expert (stage.degradations), about 50 minutes.
+# Then the trained perceiver and the experts join one pipeline, saved in fp16.
+# (`vlir train specs/default.yaml` runs the same four stages one after another in one process.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-runs}
-vlir train specs/default.yaml --stages perceiver --out "$runs/default-perceiver" --threads 1 --quiet &
-vlir train specs/default.yaml --stages restorer --out "$runs/default-restorer" --threads 1 --quiet &
-wait %1 && wait %2
-python - "$runs" <<'PY'
-import sys
-from vlir.core import Pipeline
-runs = sys.argv[1]
-pipe = Pipeline.from_spec("specs/default.yaml", build_losses=False)
-pipe.backbone.load_weights(f"{runs}/default-restorer/pipeline/backbone.safetensors")
-pipe.perceivers["daclip"].load_weights(f"{runs}/default-perceiver/pipeline/perceiver.daclip.safetensors")
-pipe.half().save("core/assets/default")
-print("installed core/assets/default")
-PY
+train() {  # stage, extra args...
+    local stage=$1; shift
+    vlir train specs/default.yaml --stages "$stage" --out "$runs/default-$stage" --threads 1 --quiet "$@"
+}
+train perceiver & p1=$!
+train restorer & p2=$!
+wait $p1 && wait $p2
+init="backbone.weights=$runs/default-restorer/pipeline/backbone.safetensors"
+train noise --set "$init" & p1=$!
+train jpeg --set "$init" & p2=$!
+wait $p1 && wait $p2
+python tools/assemble_default.py "$runs" core/assets/default

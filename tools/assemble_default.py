@@ -1,0 +1,38 @@
+"""Join the runs of tools/train_default.sh into the default model's pipeline folder (fp16).
+
+    python tools/assemble_default.py RUNS OUT      # e.g. runs core/assets/default
+
+The perceiver comes from RUNS/default-perceiver, the experts from RUNS/default-restorer, except
+those that a later stage (noise, jpeg: stage.degradations) trained alone, which come from that
+stage's run.
+"""
+from __future__ import annotations
+
+import sys
+
+from vlir.core import Pipeline
+from vlir.core.io import load_checkpoint
+
+SPEC = "specs/default.yaml"
+EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed"}  # stage -> the class of the expert it trained
+
+
+def assemble(runs: str, out: str) -> None:
+    pipe = Pipeline.from_spec(SPEC, build_losses=False)
+    perceiver = pipe.perceivers["daclip"]
+    perceiver.load_weights(f"{runs}/default-perceiver/pipeline/perceiver.daclip.safetensors")
+    experts = pipe.backbone
+    experts.load_weights(f"{runs}/default-restorer/pipeline/backbone.safetensors")
+    for stage, word in EXPERT_STAGES.items():
+        k = perceiver.class_names.index(word)
+        sd = load_checkpoint(f"{runs}/default-{stage}/pipeline/backbone.safetensors")
+        prefix = f"nets.{k}."
+        experts.nets[k].load_state_dict({n[len(prefix):]: v for n, v in sd.items() if n.startswith(prefix)})
+    pipe.half().save(out)
+    print(f"assembled {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    assemble(sys.argv[1], sys.argv[2])
