@@ -126,3 +126,26 @@ def test_stage_on_one_degradation_trains_only_its_expert(tmp_path):
     with pytest.raises(SpecError, match=r"train.stages\[0\].degradations: expected types of data.degradations "
                                         r"\(noise, blur\)"):
         Trainer(load_spec(spec), tmp_path / "bad", progress=False)
+
+
+def test_overrides_give_one_expert_other_params():
+    import pytest
+
+    m = get_registry().build("backbone", "experts", params={"experts": 3, "expert_params": TINY,
+                                                            "overrides": {1: {"width": 16}}})
+    sizes = [sum(p.numel() for p in net.parameters()) for net in m.nets]
+    assert sizes[0] == sizes[2] < sizes[1]
+    x = torch.rand(3, 3, 20, 20)
+    assert m(x, Conditioning(vector=torch.eye(3))).shape == x.shape
+    with pytest.raises(ValueError, match=r"experts.overrides: expert indices \[3\] are not in 0..2"):
+        get_registry().build("backbone", "experts", params={"experts": 3, "expert_params": TINY,
+                                                            "overrides": {3: {"width": 16}}})
+
+
+def test_overrides_survive_a_pipeline_save_and_load(tmp_path):
+    spec = {"backbone": {"type": "experts", "params": {"experts": 2, "expert_params": TINY,
+                                                       "overrides": {1: {"width": 16}}}}}
+    Pipeline.from_spec(spec).save(tmp_path)
+    loaded = Pipeline.load(tmp_path)
+    assert loaded.backbone.params.overrides == {1: {"width": 16}}
+    assert loaded.backbone.nets[1].params.width == 16

@@ -24,6 +24,9 @@ class Experts(Backbone):
         experts: int = Field(6, ge=1, description="number of experts = degradation classes of the perceiver")
         expert: str = Field("nafnet", description="registered backbone used for every expert")
         expert_params: dict[str, Any] = Field(default_factory=dict, description="params of each expert")
+        overrides: dict[int, dict[str, Any]] = Field(
+            default_factory=dict, description="params merged over expert_params for some experts, by class "
+                                              "index, e.g. {1: {width: 32}}: a larger expert for class 1")
         routing: Literal["hard", "soft"] = "hard"
 
     multiple_of: ClassVar[int] = 1
@@ -40,8 +43,12 @@ class Experts(Backbone):
         reg = get_registry()
         if getattr(reg.load("backbone", p.expert), "diffusion", False):
             raise ValueError(f"experts: expert {p.expert!r} is a diffusion backbone; use a direct one")
-        self.nets = torch.nn.ModuleList(reg.build("backbone", p.expert, params=p.expert_params)
-                                        for _ in range(p.experts))
+        wrong = sorted(k for k in p.overrides if not 0 <= k < p.experts)
+        if wrong:
+            raise ValueError(f"experts.overrides: expert indices {wrong} are not in 0..{p.experts - 1}")
+        self.nets = torch.nn.ModuleList(
+            reg.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
+            for k in range(p.experts))
         self.multiple_of = getattr(self.nets[0], "multiple_of", 1)
 
     def weights(self, cond: Conditioning | None, batch: int) -> torch.Tensor | None:
