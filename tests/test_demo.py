@@ -95,3 +95,34 @@ def test_demo_output_is_a_file(tiny_pipeline, tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--out", str(blocker), "--pipeline", str(tiny_pipeline)]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
+    """tools/assemble_default.py: perceiver + restorer runs, and the experts the noise / jpeg stages trained."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import ROOT
+    from vlir.core.default import bundled_dir
+
+    shipped = bundled_dir()
+    backbone = {k: v.float() for k, v in load_file(str(shipped / "backbone.safetensors")).items()}
+    runs = tmp_path / "runs"
+    for stage in ("perceiver", "restorer", "noise", "jpeg"):
+        (runs / f"default-{stage}" / "pipeline").mkdir(parents=True)
+    perceiver = {k: v.float() for k, v in load_file(str(shipped / "perceiver.daclip.safetensors")).items()}
+    save_file(perceiver, str(runs / "default-perceiver/pipeline/perceiver.daclip.safetensors"))
+    save_file(backbone, str(runs / "default-restorer/pipeline/backbone.safetensors"))
+    for stage, trained in (("noise", 0), ("jpeg", 1)):  # a stage's run changes its own expert only
+        sd = {k: v + 0.125 if k.startswith(f"nets.{trained}.") else v for k, v in backbone.items()}
+        save_file(sd, str(runs / f"default-{stage}/pipeline/backbone.safetensors"))
+    out = tmp_path / "assembled"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "assemble_default.py"), str(runs), str(out)],
+                   check=True, cwd=tmp_path, capture_output=True)
+    got = load_file(str(out / "backbone.safetensors"))
+    for k, v in backbone.items():
+        shift = 0.125 if k.startswith(("nets.0.", "nets.1.")) else 0.0
+        torch.testing.assert_close(got[k].float(), (v + shift).half().float())
+    assert (out / "spec.yaml").is_file() and (out / "perceiver.daclip.safetensors").is_file()

@@ -9,11 +9,12 @@ stage's run.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from vlir.core import Pipeline
 from vlir.core.io import load_checkpoint
 
-SPEC = "specs/default.yaml"
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "default.yaml"
 EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed"}  # stage -> the class of the expert it trained
 
 
