@@ -129,7 +129,8 @@ class TrainSpec(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup: int = Field(0, ge=0, description="linear warm-up steps")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null: off")
-    ema: float | None = Field(None, ge=0, lt=1, description="EMA decay of the trained weights; null: off")
+    ema: float | None = Field(None, ge=0, lt=1, description="EMA decay of the trained weights, warmed up as "
+                                                             "min(ema, (1 + n) / (10 + n)) after n steps; null: off")
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="CUDA autocast: auto (bf16 where supported, else fp16) | bf16 | fp16 | off; never on CPU")
     stages: list[StageSpec] = Field(default_factory=list)

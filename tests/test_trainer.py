@@ -129,10 +129,18 @@ def test_ema_behaves():
     ema = EMA([("w", p)], decay=0.9)
     with torch.no_grad():
         p.fill_(1.0)
-    for _ in range(3):
+    expected = 0.0
+    for n in range(3):  # warm-up: decay min(0.9, (1 + n) / (10 + n)) = 0.1, 0.18, 0.25
+        assert ema.current_decay() == pytest.approx(min(0.9, (1 + n) / (10 + n)))
         ema.update()
-    expected = 1 - 0.9 ** 3
+        expected = expected * (1 + n) / (10 + n) + (1 - (1 + n) / (10 + n))
     assert torch.allclose(ema.shadow[0], torch.full((3,), expected))
+    plain = EMA([("w", torch.nn.Parameter(torch.zeros(3)))], decay=0.9, warmup=False)
+    with torch.no_grad():
+        plain.params[0].fill_(1.0)
+    for _ in range(3):
+        plain.update()
+    assert torch.allclose(plain.shadow[0], torch.full((3,), 1 - 0.9 ** 3))
     with ema.swapped():
         assert torch.allclose(p, torch.full((3,), expected))
     assert torch.equal(p.detach(), torch.ones(3))  # live weights are back

@@ -8,25 +8,36 @@ import torch
 
 
 class EMA:
-    """``shadow = decay * shadow + (1 - decay) * param`` after every optimiser step.
+    """``shadow = d * shadow + (1 - d) * param`` after every optimiser step.
 
-    ``params`` are ``(name, parameter)`` pairs; the shadow starts as a copy of them.
+    ``params`` are ``(name, parameter)`` pairs; the shadow starts as a copy of them. With
+    ``warmup`` (the default) the decay after ``n`` updates is ``d = min(decay, (1 + n) / (10 + n))``
+    (as TensorFlow's ExponentialMovingAverage with num_updates), so a run from scratch does not
+    keep a share of its random initial weights: with a plain 0.999, 8% of them would still be in
+    the average after 2500 steps.
     ``swapped()`` puts the averaged weights into the model for a while (validation, saving);
     ``copy_to()`` puts them there for good (end of a stage).
     """
 
-    def __init__(self, params: list[tuple[str, torch.nn.Parameter]], decay: float):
+    def __init__(self, params: list[tuple[str, torch.nn.Parameter]], decay: float, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
+        self.warmup = warmup
         self.names = [n for n, _ in params]
         self.params = [p for _, p in params]
         self.shadow = [p.detach().clone() for p in self.params]
         self.updates = 0
 
+    def current_decay(self) -> float:
+        """The decay of the next update."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self) -> None:
-        weight = 1.0 - self.decay
+        weight = 1.0 - self.current_decay()
         live = [p.detach() for p in self.params]
         if hasattr(torch, "_foreach_lerp_"):
             torch._foreach_lerp_(self.shadow, live, weight)
