@@ -284,3 +284,24 @@ def reporter(res: dict, machine: dict):
         return r
 
     return log, check
+
+
+def md_footer(res: dict[str, Any]) -> list[str]:
+    """Markdown lines for a result's errors and busy-machine warning (empty when there are none)."""
+    out: list[str] = []
+    if res["errors"]:
+        out += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
+    if "warning" in res:
+        out += [f"**Warning:** {res['warning']}.", ""]
+    return out
+
+
+def add_timing_arguments(ap: Any) -> None:
+    """``--warmup``, ``--device``, ``--threads`` and ``--timeout``, shared by the isolated benchmarks."""
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    ap.add_argument("--device", choices=["auto", "cpu"], default="auto",
+                    help="auto: CPU, and GPU too when torch.cuda.is_available()")
+    ap.add_argument("--threads", type=int,
+                    help="torch threads per measurement (default os.cpu_count(); 1 avoids thread thrashing "
+                         "on a busy machine)")
+    ap.add_argument("--timeout", type=float, help="seconds allowed per measurement (default 3600; quick 300)")

@@ -230,10 +230,7 @@ def _markdown(res: dict[str, Any]) -> str:
         out += [C.md_table(["what", "device", "size", "network calls", "s / image", "s / step", "how"], rows), ""]
         if sde.get("extrapolation"):
             out += [f"Extrapolated rows: {sde['extrapolation']}.", ""]
-    if res["errors"]:
-        out += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
-    if "warning" in res:
-        out += [f"**Warning:** {res['warning']}.", ""]
+    out += C.md_footer(res)
     return "\n".join(out).rstrip()
 
 
@@ -244,11 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny presets, small sizes, 1 repeat (smoke test)")
     ap.add_argument("--sizes", type=int, nargs="+", help="square input sizes (default 128 256; quick 32)")
     ap.add_argument("--repeat", type=int, help="timed calls per measurement (default 5; quick 1)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     ap.add_argument("--backbones", nargs="+", metavar="NAME",
                     help="only these (registry names or labels, e.g. nafnet, 'nafnet sidd-width32')")
-    ap.add_argument("--device", choices=["auto", "cpu"], default="auto",
-                    help="auto: CPU, and GPU too when torch.cuda.is_available()")
     ap.add_argument("--skip-tiled", action="store_true", help="skip tiled inference")
     ap.add_argument("--tiled-sizes", type=int, nargs="+", help="tiled image sizes (default 2048 4096; quick 128)")
     ap.add_argument("--tile", type=int, help="tile size (default 512; quick 64)")
@@ -258,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes where the official UNet's per-step time is measured on CPU (default 64 128; quick 32)")
     ap.add_argument("--sde-steps", type=int, help="timed sampler steps at each of those sizes (default 3; quick 1)")
     ap.add_argument("--sde-target", type=int, help="size the CPU per-step time is extrapolated to (default 256)")
-    ap.add_argument("--threads", type=int,
-                    help="torch threads per measurement (default os.cpu_count(); 1 avoids thread thrashing "
-                         "on a busy machine)")
-    ap.add_argument("--timeout", type=float, help="seconds allowed per measurement (default 3600; quick 300)")
+    C.add_timing_arguments(ap)
     args = ap.parse_args(argv)
 
     C.offline()

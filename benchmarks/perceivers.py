@@ -108,10 +108,7 @@ def _markdown(res: dict[str, Any]) -> str:
         out += ["## Skipped", ""] + skipped + [""]
     if "note" in res:
         out += [res["note"], ""]
-    if res["errors"]:
-        out += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
-    if "warning" in res:
-        out += [f"**Warning:** {res['warning']}.", ""]
+    out += C.md_footer(res)
     return "\n".join(out).rstrip()
 
 
@@ -122,14 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, help="image size (default 256; quick 64)")
     ap.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 8; quick 1 2)")
     ap.add_argument("--repeat", type=int, help="timed calls (default 5; quick 1)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     ap.add_argument("--perceivers", nargs="+", metavar="NAME", help=f"only these of {PERCEIVERS}")
-    ap.add_argument("--device", choices=["auto", "cpu"], default="auto",
-                    help="auto: CPU, and GPU too when torch.cuda.is_available()")
-    ap.add_argument("--threads", type=int,
-                    help="torch threads per measurement (default os.cpu_count(); 1 avoids thread thrashing "
-                         "on a busy machine)")
-    ap.add_argument("--timeout", type=float, help="seconds allowed per measurement (default 3600; quick 300)")
+    C.add_timing_arguments(ap)
     args = ap.parse_args(argv)
 
     C.offline()

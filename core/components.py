@@ -135,6 +135,15 @@ class Perceiver(Component):
     def forward(self, lq: torch.Tensor) -> "Perception":
         raise NotImplementedError
 
+    @staticmethod
+    def check_class_words(words: list[str]) -> list[str]:
+        """Validator of a ``degradations`` param: at least one class word, none twice."""
+        if not words:
+            raise ValueError("degradations: give at least one degradation word")
+        if len(set(words)) != len(words):
+            raise ValueError(f"degradations: duplicate words in {words}")
+        return words
+
     @classmethod
     def output_dims(cls, params: Params) -> tuple[int | None, int | None]:
         """(degradation vector dim, content token dim) this perceiver produces, from params alone."""

@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
 
 
+def imports_torch(*modules: str) -> bool:
+    """Whether importing ``modules`` in a fresh interpreter imports torch (or a torch submodule)."""
+    code = (f"import sys, {', '.join(modules)}; "
+            "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip() == "True"
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test when shared/ is absent (a user's checkout)."""
     p = SHARED.joinpath(*parts)

@@ -304,14 +304,9 @@ def test_classify_text_and_no_perceivers(tiny_pipeline, tmp_path, capsys):
 
 
 def test_restore_module_imports_no_torch():
-    import subprocess
-    import sys
+    from conftest import imports_torch
 
-    code = ("import sys, vlir.core.restore, vlir.core.demo, vlir.core.default; "
-            "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert not imports_torch("vlir.core.restore", "vlir.core.demo", "vlir.core.default")
 
 
 # -- classical baselines --------------------------------------------------------------------------

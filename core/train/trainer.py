@@ -561,8 +561,7 @@ class Trainer:
         bs = min(8, self.data.batch_size) if self.data.val_size else 1
         dl = DataLoader(self.val_data, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
         sums: dict[str, float] = {}
-        counts: dict[str, int] = {}  # of the per-degradation values (the others count every sample)
-        n = 0
+        counts: dict[str, int] = {}  # samples behind each value (per-degradation values: that degradation's)
         shown: list[torch.Tensor] = []
         steps = self.spec.eval.steps if self.spec.eval is not None else None
         for i, raw in enumerate(dl):
@@ -579,7 +578,6 @@ class Trainer:
                     for name in set(batch.get("degradation_name") or []):  # per degradation: psnr/noisy, ...
                         mask = torch.tensor([d == name for d in batch["degradation_name"]], device=restored.device)
                         parts[f"psnr/{name}"] = parts["psnr"][mask]
-                        counts[f"psnr/{name}"] = counts.get(f"psnr/{name}", 0) + int(mask.sum())
                     if len(shown) < self.cfg.images:
                         for k in range(min(b, self.cfg.images - len(shown))):
                             shown.append(torch.cat([batch["lq"][k].float(), restored[k], batch["gt"][k].float()], -1))
@@ -589,8 +587,8 @@ class Trainer:
                              if isinstance(v, torch.Tensor) and v.numel() == 1}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.float().sum())
-            n += b
-        values = {k: v / max(1, counts.get(k, n)) for k, v in sums.items()}
+                counts[k] = counts.get(k, 0) + v.numel()
+        values = {k: v / max(1, counts[k]) for k, v in sums.items()}
         grid = None
         if shown:
             h = max(x.shape[-2] for x in shown)

@@ -94,14 +94,7 @@ class DACLIP(Perceiver):
                 raise ValueError(f"prompt: expected one '{{}}' for the degradation word, got {v!r}")
             return v
 
-        @field_validator("degradations")
-        @classmethod
-        def _nonempty(cls, v: list[str]) -> list[str]:
-            if not v:
-                raise ValueError("degradations: give at least one degradation word")
-            if len(set(v)) != len(v):
-                raise ValueError(f"degradations: duplicate words in {v}")
-            return v
+        _classes = field_validator("degradations")(Perceiver.check_class_words)
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)

@@ -90,14 +90,7 @@ class LoraCaptionAligner(Perceiver):
         w_degradation: float = Field(1.0, ge=0.0)  # cross-entropy of the degradation class
         w_orthogonal: float = Field(1.0, ge=0.0)  # cos(degradation part, clean part)^2
 
-        @field_validator("degradations")
-        @classmethod
-        def _classes(cls, v: list[str]) -> list[str]:
-            if not v:
-                raise ValueError("degradations: give at least one degradation word")
-            if len(set(v)) != len(v):
-                raise ValueError(f"degradations: duplicate words in {v}")
-            return v
+        _classes = field_validator("degradations")(Perceiver.check_class_words)
 
         @field_validator("lora_targets")
         @classmethod
