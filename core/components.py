@@ -109,6 +109,14 @@ class Backbone(Component):
 
     # image sides are padded internally to a multiple of this (informative; used by tiling)
     multiple_of: ClassVar[int] = 1
+    # tiled inference runs the tiles this many extra times so that the backbone's reductions over
+    # the image (vlir.core.tiling.global_sum) see the whole image, not one tile
+    tile_passes: ClassVar[int] = 0
+
+    @property
+    def pad_mode(self) -> str:
+        """How the backbone pads a side to ``multiple_of`` (tiling pads the whole image alike)."""
+        return getattr(self.params, "pad_mode", "reflect")
 
     @classmethod
     def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:

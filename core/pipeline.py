@@ -189,8 +189,10 @@ class Pipeline(torch.nn.Module):
         else:
             from .tiling import tiled_forward
 
+            b = self.backbone
             out = tiled_forward(lambda x: self.run_backbone(x, cond, steps, generator), lq, tile=tile,
-                                overlap=overlap, multiple_of=getattr(self.backbone, "multiple_of", 1))
+                                overlap=overlap, multiple_of=getattr(b, "multiple_of", 1),
+                                passes=getattr(b, "tile_passes", 0), pad_mode=getattr(b, "pad_mode", "reflect"))
         return out.clamp(0, 1), perceptions
 
     # -- training -------------------------------------------------------------------------------

@@ -149,3 +149,30 @@ def test_overrides_survive_a_pipeline_save_and_load(tmp_path):
     loaded = Pipeline.load(tmp_path)
     assert loaded.backbone.params.overrides == {1: {"width": 16}}
     assert loaded.backbone.nets[1].params.width == 16
+
+
+def test_tiled_restore_shares_the_routed_experts_global_pooling():
+    # experts share NAFNet's channel pooling across tiles: a tiled restore through the pipeline
+    # matches the whole-image one
+    import math
+
+    spec = {"backbone": {"type": "experts", "params": {"experts": 2, "expert_params": TINY,
+                                                       "overrides": {1: {"width": 16}}}}}
+    torch.manual_seed(0)
+    pipe = Pipeline.from_spec(spec).eval()
+    with torch.no_grad():
+        for p in pipe.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = pipe.backbone
+    assert (b.multiple_of, b.tile_passes, b.pad_mode) == (2, 1, "reflect")
+    x = torch.rand(1, 3, 75, 90)
+    whole, _ = pipe.restore(x)
+    tiled, _ = pipe.restore(x, tile=40, overlap=16)
+    mse = (whole.double() - tiled.double()).pow(2).mean().item()
+    assert 10 * math.log10(1 / mse) >= 50
+
+
+def test_experts_of_different_depths_tile_at_the_deepest_unit():
+    m = get_registry().build("backbone", "experts", params={
+        "experts": 2, "expert_params": TINY, "overrides": {1: {"enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}}})
+    assert (m.nets[0].multiple_of, m.nets[1].multiple_of, m.multiple_of) == (2, 4, 4)

@@ -1,4 +1,4 @@
-"""Layers shared by the convolutional backbones: channel LayerNorm, conditioning, padding.
+"""Layers shared by the convolutional backbones: channel LayerNorm, conditioning.
 
 Conditioning layers are zero-initialised so that a pretrained backbone with conditioning
 switched on computes exactly its unconditioned output until it is trained.
@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vlir.core.tiling import pad_to_multiple  # noqa: F401  (re-exported for the backbones)
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -130,28 +132,6 @@ def read_cond(cond: Any, batch: int, cond_dim: int | None, context_dim: int | No
             raise ValueError(f"{owner}: cond.tokens must be [B={batch}, N, context_dim={context_dim}], "
                              f"got {list(tokens.shape)}")
     return vector, tokens
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
-    """Pad the bottom and right of ``x`` so both sides are multiples of ``multiple``.
-
-    ``mode``: ``reflect``, ``replicate`` or ``zeros``. Reflect needs the pad to be smaller
-    than the side; where it is not (tiny images), that side is padded by replication.
-    """
-    if mode not in ("reflect", "replicate", "zeros"):
-        raise ValueError(f"pad mode must be 'reflect', 'replicate' or 'zeros', got {mode!r}")
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    if mode == "zeros":
-        return F.pad(x, (0, pw, 0, ph))
-    if mode == "reflect" and ph < h and pw < w:
-        return F.pad(x, (0, pw, 0, ph), mode="reflect")
-    if mode == "reflect":  # per side: reflect where possible, replicate elsewhere
-        x = F.pad(x, (0, 0, 0, ph), mode="reflect" if ph < h else "replicate") if ph else x
-        return F.pad(x, (0, pw, 0, 0), mode="reflect" if pw < w else "replicate") if pw else x
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
 def example_cond(batch: int, cond_dim: int | None, context_dim: int | None):

@@ -11,6 +11,7 @@ Small blind all-in-one models confuse tasks; knowing the degradation is worth se
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,6 +31,7 @@ class Experts(Backbone):
         routing: Literal["hard", "soft"] = "hard"
 
     multiple_of: ClassVar[int] = 1
+    tile_passes: ClassVar[int] = 0
 
     @classmethod
     def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
@@ -49,7 +51,14 @@ class Experts(Backbone):
         self.nets = torch.nn.ModuleList(
             reg.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
             for k in range(p.experts))
-        self.multiple_of = getattr(self.nets[0], "multiple_of", 1)
+        # tiling aligns to the deepest expert; a shallower one then sees a wider padded border than
+        # it gives itself on a whole image, so its tiled pooling differs slightly at that border
+        self.multiple_of = math.lcm(*(getattr(n, "multiple_of", 1) for n in self.nets))
+        self.tile_passes = max(getattr(n, "tile_passes", 0) for n in self.nets)
+
+    @property
+    def pad_mode(self) -> str:
+        return self.nets[0].pad_mode
 
     def weights(self, cond: Conditioning | None, batch: int) -> torch.Tensor | None:
         if cond is None or cond.vector is None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vlir.core.components import Backbone
+from vlir.core.tiling import global_sum
 
 from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
 
@@ -21,6 +22,16 @@ from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d,
 def _gate(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=1)
     return a * b
+
+
+class GlobalPool(nn.Module):
+    """Mean over H and W (``AdaptiveAvgPool2d(1)``), shared across tiles by tiled inference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        total, n = global_sum(lambda rows, cols: (x[..., rows, cols].sum((-2, -1), keepdim=True),
+                                                  x.new_tensor(x[0, 0, rows, cols].numel())), (h, w))
+        return total / n
 
 
 class NAFBlock(nn.Module):
@@ -33,7 +44,7 @@ class NAFBlock(nn.Module):
         self.conv1 = nn.Conv2d(c, dw, 1)
         self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
         self.conv3 = nn.Conv2d(dw // 2, c, 1)
-        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.sca = nn.Sequential(GlobalPool(), nn.Conv2d(dw // 2, dw // 2, 1))
         self.conv4 = nn.Conv2d(c, 2 * c, 1)
         self.conv5 = nn.Conv2d(c, c, 1)
         self.norm1 = LayerNorm2d(c)
@@ -72,6 +83,7 @@ class NAFNet(Backbone):
     """
 
     multiple_of = 16  # default config; instances set 2 ** len(enc_blk_nums)
+    tile_passes = 1  # channel attention pools over the image
 
     class Params(Backbone.Params):
         img_channel: int = 3

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlir.core.components import Backbone
+from vlir.core.tiling import global_sum, sharing_sums
 
 from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
 
@@ -44,11 +45,28 @@ class MDTA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv_dwconv(self.qkv(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature.to(q.dtype)
-        out = attn.softmax(dim=-1) @ v
+        if sharing_sums():  # tiled inference: q k^T and the norms are sums over the whole image
+            attn = self._shared_attention(q, k, (h, w))
+        else:
+            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        out = (attn * self.temperature.to(q.dtype)).softmax(dim=-1) @ v
         return self.project_out(out.reshape(b, c, h, w))
+
+    @staticmethod
+    def _shared_attention(q: torch.Tensor, k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """normalize(q) @ normalize(k)^T (L2 over all pixels) from image-wide sums, in float32."""
+        dtype = q.dtype
+        with torch.autocast(q.device.type, enabled=False):
+            q, k = q.float(), k.float()
+
+            def sums(rows: slice, cols: slice):
+                qw, kw = (t.unflatten(-1, size)[..., rows, cols].flatten(-2) for t in (q, k))
+                return qw @ kw.transpose(-2, -1), qw.square().sum(-1), kw.square().sum(-1)
+
+            gram, qq, kk = global_sum(sums, size)
+            eps = 1e-12  # F.normalize's
+            attn = gram / (qq.sqrt().clamp_min(eps)[..., :, None] * kk.sqrt().clamp_min(eps)[..., None, :])
+        return attn.to(dtype)
 
 
 class GDFN(nn.Module):
@@ -129,6 +147,7 @@ class Restormer(Backbone):
     """
 
     multiple_of: ClassVar[int] = 8
+    tile_passes: ClassVar[int] = 1  # channel attention reduces over the image
 
     class Params(Backbone.Params):
         inp_channels: int = 3
