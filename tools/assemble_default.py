@@ -23,10 +23,14 @@ def assemble(runs: str, out: str) -> None:
     perceiver = pipe.perceivers["daclip"]
     perceiver.load_weights(f"{runs}/default-perceiver/pipeline/perceiver.daclip.safetensors")
     experts = pipe.backbone
-    experts.load_weights(f"{runs}/default-restorer/pipeline/backbone.safetensors")
+    source = {k: f"{runs}/default-restorer" for k in range(len(experts.nets))}
     for stage, word in EXPERT_STAGES.items():
-        k = perceiver.class_names.index(word)
-        sd = load_checkpoint(f"{runs}/default-{stage}/pipeline/backbone.safetensors")
+        source[perceiver.class_names.index(word)] = f"{runs}/default-{stage}"
+    files: dict[str, dict] = {}
+    for k, run in source.items():  # each expert from the run that trained it last
+        if run not in files:
+            files[run] = load_checkpoint(f"{run}/pipeline/backbone.safetensors")
+        sd = files[run]
         prefix = f"nets.{k}."
         experts.nets[k].load_state_dict({n[len(prefix):]: v for n, v in sd.items() if n.startswith(prefix)})
     pipe.half().save(out)
