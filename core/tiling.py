@@ -183,10 +183,12 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
         raise ValueError(f"tiled_forward: tile must be >= 1, got {tile}")
     if passes < 0:
         raise ValueError(f"tiled_forward: passes must be >= 0, got {passes}")
-    if passes:
+    asked = overlap
+    if passes:  # tiles must start on the model's padding grid
         overlap = -(-overlap // multiple_of) * multiple_of
     if not 0 <= overlap < tile:
-        raise ValueError(f"tiled_forward: overlap must be in [0, tile={tile}), got {overlap}")
+        rounded = f" (rounded up to a multiple of {multiple_of}: {overlap})" if overlap != asked else ""
+        raise ValueError(f"tiled_forward: overlap must be in [0, tile={tile}), got {asked}{rounded}")
     b, _, h, w = x.shape
     if h <= tile and w <= tile:
         return fn(x)

@@ -222,6 +222,8 @@ def test_global_sum_needs_aligned_tiles():
 
     with pytest.raises(ValueError, match="does not divide the tile"):
         tiled_forward(net, torch.rand(1, 3, 40, 40), 16, 8, passes=1)
+    with pytest.raises(ValueError, match=r"got 60 \(rounded up to a multiple of 16: 64\)"):
+        tiled_forward(net, torch.rand(1, 3, 80, 80), 64, 60, multiple_of=16, passes=1)
 
 
 def test_restormer_tile_fits_whole():
