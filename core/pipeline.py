@@ -189,10 +189,10 @@ class Pipeline(torch.nn.Module):
         else:
             from .tiling import tiled_forward
 
-            b = self.backbone
+            b = self.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
             out = tiled_forward(lambda x: self.run_backbone(x, cond, steps, generator), lq, tile=tile,
-                                overlap=overlap, multiple_of=getattr(b, "multiple_of", 1),
-                                passes=getattr(b, "tile_passes", 0), pad_mode=getattr(b, "pad_mode", "reflect"))
+                                overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes,
+                                pad_mode=b.pad_mode)
         return out.clamp(0, 1), perceptions
 
     # -- training -------------------------------------------------------------------------------

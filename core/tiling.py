@@ -232,8 +232,9 @@ def _tiles(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: in
         norm_x[s:s + tw] += v
 
     grid = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
-    unit = math.gcd(th, tw, *ys, *xs) if run is not None else 1
-    cy, cx = _cores(ys, th, h, unit), _cores(xs, tw, w, unit)
+    if run is not None:  # each pixel's reductions count in one tile: its core
+        unit = math.gcd(th, tw, *ys, *xs)
+        cy, cx = _cores(ys, th, h, unit), _cores(xs, tw, w, unit)
     out = None
     for k in range(0, len(grid), batch_tiles):
         chunk = grid[k:k + batch_tiles]

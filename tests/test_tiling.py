@@ -124,6 +124,11 @@ def test_bad_arguments():
         tiled_forward(lambda t: t, x[0], tile=16, overlap=4)
     with pytest.raises(ValueError, match="spatial size"):
         tiled_forward(lambda t: t[..., :-1], x, tile=16, overlap=4)
+    with pytest.raises(ValueError, match="passes must be >= 0, got -1"):
+        tiled_forward(lambda t: t, x, tile=16, overlap=4, passes=-1)
+    with pytest.raises(ValueError, match="pad mode must be"):
+        tiled_forward(lambda t: t, torch.rand(1, 3, 41, 41), tile=16, overlap=4, multiple_of=8, passes=1,
+                      pad_mode="wrap")
 
 
 # -- real backbones (tiny, with non-zero residual scales so every block acts) -------------------

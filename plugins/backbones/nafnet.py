@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlir.core.components import Backbone
-from vlir.core.tiling import global_sum
+from vlir.core.tiling import global_sum, sharing_sums
 
 from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
 
@@ -28,9 +28,14 @@ class GlobalPool(nn.Module):
     """Mean over H and W (``AdaptiveAvgPool2d(1)``), shared across tiles by tiled inference."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        total, n = global_sum(lambda rows, cols: (x[..., rows, cols].sum((-2, -1), keepdim=True),
-                                                  x.new_tensor(x[0, 0, rows, cols].numel())), (h, w))
+        if not sharing_sums():
+            return x.mean((-2, -1), keepdim=True)
+
+        def window(rows: slice, cols: slice):
+            part = x[..., rows, cols]
+            return part.sum((-2, -1), keepdim=True), x.new_tensor(part.shape[-2] * part.shape[-1])
+
+        total, n = global_sum(window, x.shape[-2:])
         return total / n
 
 
