@@ -42,6 +42,24 @@ class DegradationSpec(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class Augment(Section):
+    """Random augmentations of training crops (validation crops are never augmented)."""
+
+    rot90: bool = Field(False, description="random quarter turns (with the flips: all 8 symmetries of the square)")
+    channels: bool = Field(False, description="random order of the colour channels")
+    scale: tuple[float, float] = Field(
+        (1.0, 1.0), description="synthetic data: crops show a region patch/s wide shrunk to the patch, "
+                                "s drawn from [lo, hi] (0 < lo <= hi <= 1); (1, 1): off")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {list(v)}")
+        return v
+
+
 class DataSpec(Section):
     """Where training and validation images come from.
 
@@ -58,6 +76,7 @@ class DataSpec(Section):
     captions: str | None = Field(None, description="DA-CLIP caption CSV (filepath<TAB>caption: degradation)")
     patch_size: int = Field(64, ge=8, description="square training crop")
     batch_size: int = Field(8, ge=1, description="global batch (all processes together)")
+    augment: Augment = Field(default_factory=Augment, description="augmentations of training crops (flips always)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process")
     seed: int = Field(0, description="seed of the data order, crops and degradations")
     val_size: int | None = Field(128, ge=8, description="centre crop of validation images; null: whole images")
@@ -93,6 +112,7 @@ class StageSpec(Section):
     ema: float | None = Field(None, ge=0, lt=1, description="unset: the train section's value; 0: off")
     batch_size: int | None = Field(None, ge=1, description="global batch of this stage")
     patch_size: int | None = Field(None, ge=8, description="training crop of this stage")
+    augment: Augment | None = Field(None, description="augmentations of this stage's training crops")
     degradations: list[str] | None = Field(
         None, description="synthetic data: train on these of data.degradations only (by type), e.g. [noise]; "
                           "labels keep their class words, so routing and classification stay the same")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vlir.core.data.datasets import (MediumQuality, PairedFolders, SyntheticDegradations, cross_fit_medium,
-                                     fold_indices)
+from vlir.core.data.datasets import (MediumQuality, PairedFolders, SyntheticDegradations, crop_flip,
+                                     cross_fit_medium, fold_indices)
 from vlir.core.data.images import ImageError, read_image, write_image
 from vlir.plugins.degradations.haze import Haze
 from vlir.plugins.degradations.jpeg import JPEG
@@ -254,6 +254,76 @@ def test_paired_mismatch_names_folder(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="no <degradation>/LQ"):
         PairedFolders(tmp_path / "x")
+
+
+# -- augmentations --------------------------------------------------------------------------------
+def _symmetries(x):
+    """The eight symmetries of a square image."""
+    out = []
+    for k in range(4):
+        r = torch.rot90(x, k, (-2, -1))
+        out += [r, r.flip(-1)]
+    return out
+
+
+def test_rot90_and_channel_orders_are_symmetries_of_a_crop():
+    img = torch.rand(3, 40, 52, generator=torch.Generator().manual_seed(0))
+    seen_turns, seen_orders = set(), set()
+    for seed in range(40):
+        (y,) = crop_flip([img], 16, torch.Generator().manual_seed(seed), rot90=True, channels=True)
+        match = None
+        for t in range(40 - 15):
+            for l in range(52 - 15):
+                crop = img[:, t:t + 16, l:l + 16]
+                for order in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]:
+                    for k, sym in enumerate(_symmetries(crop[list(order)])):
+                        if torch.equal(sym, y):
+                            match = (k, order)
+        assert match is not None, f"seed {seed}: not a symmetry of a crop"
+        seen_turns.add(match[0])
+        seen_orders.add(match[1])
+    assert len(seen_turns) == 8 and len(seen_orders) == 6
+    # aligned pairs get the same transform
+    lq, gt = crop_flip([img, 1 - img], 16, torch.Generator().manual_seed(3), rot90=True, channels=True)
+    assert torch.equal(lq, 1 - gt)
+
+
+def test_scale_shows_a_wider_region_shrunk_to_the_patch():
+    ramp = torch.linspace(0, 1, 200).expand(3, 120, 200)  # value = column / 199
+    g = torch.Generator().manual_seed(0)
+    (same,) = crop_flip([ramp], 32, g, flips=False)
+    (half,) = crop_flip([ramp], 32, g, flips=False, scale=(0.5, 0.5))
+    assert same.shape == half.shape == (3, 32, 32)
+    width = lambda y: float(y[0, 16, -2] - y[0, 16, 1]) * 199  # columns spanned by 29 output pixels
+    assert width(same) == pytest.approx(29, abs=1e-3)
+    assert width(half) == pytest.approx(58, abs=1.0)
+    # a factor the image cannot hold is capped at the image: the whole 120-high region at most
+    (tiny,) = crop_flip([ramp], 32, g, flips=False, scale=(0.1, 0.1))
+    assert width(tiny) == pytest.approx(29 * 120 / 32, abs=2.0)
+    assert 0 <= float(tiny.min()) and float(tiny.max()) <= 1
+
+
+def test_augment_spec_reaches_training_data_only(tmp_path, caplog):
+    from vlir.core.sections import Augment, DataSpec
+    from vlir.core.spec import SpecError
+    from vlir.core.train.data import build_dataset
+
+    for i in range(3):
+        Image.fromarray(rgb(i, 64, 64)).save(tmp_path / f"{i}.png")
+    data = DataSpec(train=[str(tmp_path)], val=[str(tmp_path)], degradations=[{"type": "noise"}],
+                    augment={"rot90": True, "channels": True, "scale": [0.5, 1.0]})
+    train = build_dataset(data, "train", 32)
+    assert train.augment == {"rot90": True, "channels": True, "scale": (0.5, 1.0)}
+    val = build_dataset(data, "val", 32)
+    assert val.augment == {"rot90": False, "channels": False, "scale": (1.0, 1.0)} and not val.flips
+    with pytest.raises(ValueError, match="scale must be"):
+        DataSpec(train=[str(tmp_path)], augment={"scale": [0.5, 1.5]})
+    make_paired(tmp_path / "paired")
+    paired = DataSpec(train=[str(tmp_path / "paired")], layout="paired", augment={"scale": [0.5, 1.0]})
+    with pytest.raises(SpecError, match="data.augment.scale: scale augmentation is for synthetic data"):
+        build_dataset(paired, "train", 32)
+    ok = build_dataset(paired.model_copy(update={"augment": Augment(rot90=True)}), "train", 32)
+    assert ok.augment == {"rot90": True, "channels": False}
 
 
 # -- medium quality -------------------------------------------------------------------------------

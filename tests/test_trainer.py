@@ -323,6 +323,22 @@ def test_errors_name_the_spec_field(tmp_path, images):
         Trainer(load_spec(raw), tmp_path / "z", progress=False)
 
 
+def test_a_stage_sees_its_own_degradations_and_augmentations(tmp_path, images):
+    raw = tiny_spec(images)
+    raw["data"]["degradations"] = [{"type": "noise"}, {"type": "blur"}]
+    raw["data"]["augment"] = {"channels": True}
+    raw["train"]["stages"] = [{"target": "restorer"},
+                              {"target": "restorer", "degradations": ["blur"], "augment": {"rot90": True}}]
+    trainer = Trainer(load_spec(raw), tmp_path / "r", progress=False)
+    first, second = (trainer._stage_data(s) for s in trainer.stages)
+    assert [d.type for d in first.degradations] == ["noise", "blur"] and first.augment.channels
+    assert [d.type for d in second.degradations] == ["blur"]
+    assert second.augment.rot90 and not second.augment.channels  # the stage's augment replaces the data's
+    raw["train"]["stages"][1]["augment"] = {"flips": False}
+    with pytest.raises(SpecError, match=r"train.stages\[1\].augment.flips"):
+        load_spec(raw)
+
+
 def test_cli_train_then_eval_writes_a_report(tmp_path, images):
     from vlir.core.cli import main
 

@@ -134,23 +134,52 @@ def scan_images(paths: Sequence[PathLike], min_size: int = 1, what: str = "image
 
 
 def crop_flip(images: Sequence[torch.Tensor], patch: int | None, generator: torch.Generator,
-              flips: bool = True) -> list[torch.Tensor]:
-    """The same random ``patch`` x ``patch`` crop and flips of images of equal size."""
+              flips: bool = True, rot90: bool = False, channels: bool = False,
+              scale: tuple[float, float] = (1.0, 1.0)) -> list[torch.Tensor]:
+    """The same random ``patch`` x ``patch`` crop and augmentations of images of equal size.
+
+    ``flips``: random horizontal and vertical flips; ``rot90``: then a random quarter turn (with
+    flips: all eight symmetries of the square); ``channels``: a random order of the colour
+    channels; ``scale`` (lo, hi): the crop shows a region ``patch / s`` wide, ``s`` drawn uniformly
+    from the range, shrunk to ``patch`` (antialiased bicubic; ``s`` is capped so the region fits
+    the image). Random numbers are drawn only for the augmentations in use.
+    """
     h, w = images[0].shape[-2:]
     out = list(images)
     if patch is not None:
         if h < patch or w < patch:
             raise ValueError(f"image {w}x{h} is smaller than patch {patch}")
-        top = int(torch.randint(0, h - patch + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - patch + 1, (1,), generator=generator))
-        out = [x[..., top:top + patch, left:left + patch] for x in out]
+        size = patch
+        if scale != (1.0, 1.0):
+            lo, hi = scale
+            s = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+            size = min(h, w, max(patch, round(patch / s)))
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+        out = [x[..., top:top + size, left:left + size] for x in out]
+        if size != patch:
+            out = [_shrink(x, patch) for x in out]
     if flips:
         hf, vf = (torch.rand(2, generator=generator) < 0.5).tolist()
         if hf:
             out = [x.flip(-1) for x in out]
         if vf:
             out = [x.flip(-2) for x in out]
+    if rot90:
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        out = [torch.rot90(x, k, (-2, -1)) for x in out]
+    if channels and out[0].shape[-3] > 1:
+        order = torch.randperm(out[0].shape[-3], generator=generator)
+        out = [x[..., order, :, :] for x in out]
     return [x.contiguous() for x in out]
+
+
+def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A square image [C, S, S] resized to ``size`` (antialiased bicubic, clamped to [0, 1])."""
+    import torch.nn.functional as F
+
+    y = F.interpolate(x[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return y[0].clamp(0, 1).to(x.dtype)
 
 
 # -- degradations -------------------------------------------------------------------------------
@@ -197,13 +226,15 @@ class SyntheticDegradations(_Epoch, Dataset):
     items holds each degradation once; otherwise the degradation is drawn at random. Images
     are visited in a fresh random order each round of ``len(images)`` items. ``length``
     defaults to ``len(images) * K``. Each item is a random ``patch_size`` crop (``None``: the
-    whole image) with random flips; the degradation runs on the crop.
+    whole image) with random flips and the augmentations of :func:`crop_flip` asked for
+    (``rot90``, ``channels``, ``scale``); the degradation runs on the augmented clean crop.
     """
 
     def __init__(self, roots: PathLike | Iterable[PathLike], degradations: Sequence[Any],
                  patch_size: int | None = 64, length: int | None = None, seed: int = 0, balanced: bool = True,
                  captions: Any = None, flips: bool = True, scan: bool = True, cache: bool = False,
-                 recursive: bool = True):
+                 recursive: bool = True, rot90: bool = False, channels: bool = False,
+                 scale: tuple[float, float] = (1.0, 1.0)):
         if not degradations:
             raise ValueError("SyntheticDegradations needs at least one degradation")
         files = list_images(roots, recursive=recursive)
@@ -220,6 +251,7 @@ class SyntheticDegradations(_Epoch, Dataset):
         self.balanced = balanced
         self.captions = captions
         self.flips = flips
+        self.augment = {"rot90": rot90, "channels": channels, "scale": tuple(scale)}
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._bad: set[int] = set()
 
@@ -266,7 +298,7 @@ class SyntheticDegradations(_Epoch, Dataset):
             j = (j + 1) % n
         else:
             raise RuntimeError(f"no readable image left among {n} files (see the vlir.data warnings)")
-        (gt,) = crop_flip([img], self.patch_size, g, self.flips)
+        (gt,) = crop_flip([img], self.patch_size, g, self.flips, **self.augment)
         module = self.degradations[d]
         with torch.no_grad():
             lq = module(gt[None], generator=g)[0]
@@ -295,14 +327,14 @@ class PairedFolders(_Epoch, Dataset):
     ``names`` picks and orders the degradation folders (their index is the class index);
     by default every sub-folder holding ``LQ`` and ``GT``, sorted. Without ``patch_size`` items
     are whole images, in order, without flips (evaluation); with it, aligned random crops and
-    flips. ``balanced`` makes item ``i`` come from degradation ``i % K`` (``length`` defaults to
+    flips (and quarter turns / channel orders with ``rot90`` / ``channels``). ``balanced`` makes item ``i`` come from degradation ``i % K`` (``length`` defaults to
     ``K * largest folder``; empty folders are left out with a warning); otherwise items enumerate all pairs. ``path`` is the LQ file,
     ``gt_path`` the GT file; captions are looked up by the LQ path (as in DA-CLIP's CSV), then the GT path.
     """
 
     def __init__(self, root: PathLike, names: Sequence[str] | None = None, patch_size: int | None = None,
                  balanced: bool = False, length: int | None = None, seed: int = 0, captions: Any = None,
-                 flips: bool | None = None, scan: bool = True):
+                 flips: bool | None = None, scan: bool = True, rot90: bool = False, channels: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"paired dataset folder {root} does not exist")
@@ -326,6 +358,7 @@ class PairedFolders(_Epoch, Dataset):
         self.patch_size = patch_size
         self.balanced = balanced
         self.flips = (patch_size is not None) if flips is None else flips
+        self.augment = {"rot90": rot90, "channels": channels}
         self.seed = seed
         self.captions = captions
         if length is None:
@@ -407,7 +440,7 @@ class PairedFolders(_Epoch, Dataset):
         else:
             raise RuntimeError(f"no readable pair left in {self.root / self.names[k]} (see the vlir.data warnings)")
         g = item_generator(self.seed, self.epoch, i)
-        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips)
+        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips, **self.augment)
         caption = _caption(self.captions, a, b)
         return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k], "caption": caption,
                 "lq_caption": lq_caption(caption, self.names[k]), "path": str(a), "gt_path": str(b)}

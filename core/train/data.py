@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ..sections import DataSpec
+from ..sections import Augment, DataSpec
 from ..spec import SpecError
 
 
@@ -98,15 +98,21 @@ def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: in
         if not data.degradations:
             raise SpecError([("data.degradations", "synthetic data needs at least one degradation, "
                                                    "e.g. [{type: noise}, {type: jpeg}]")])
+        aug = data.augment if train else Augment()
         ds: Dataset = SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
                                             seed=data.seed + (0 if train else 1), balanced=True,
-                                            captions=captions, flips=train)
+                                            captions=captions, flips=train, rot90=aug.rot90,
+                                            channels=aug.channels, scale=aug.scale)
     else:
+        aug = data.augment if train else Augment()
+        if aug.scale != (1.0, 1.0):
+            raise SpecError([("data.augment.scale", "scale augmentation is for synthetic data (it would resample "
+                                                    "the LQ image's degradation); use rot90 and channels")])
         parts = []
         names = None
         for root in roots:
             p = PairedFolders(root, names=names, patch_size=patch_size, balanced=True, seed=data.seed,
-                              captions=captions, flips=train)
+                              captions=captions, flips=train, rot90=aug.rot90, channels=aug.channels)
             names = p.names
             parts.append(p)
         ds = parts[0] if len(parts) == 1 else Concat(parts)

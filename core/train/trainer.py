@@ -178,11 +178,13 @@ class Trainer:
             raise SpecError(errors)
 
     def _stage_data(self, stage: StageSpec) -> DataSpec:
-        """The data section as a stage sees it (``degradations``: a subset of the synthetic ones)."""
-        if stage.degradations is None:
-            return self.data
-        return self.data.model_copy(update={"degradations": [d for d in self.data.degradations
-                                                             if d.type in stage.degradations]})
+        """The data section as a stage sees it (``degradations``: a subset of the synthetic ones; ``augment``)."""
+        update: dict[str, Any] = {}
+        if stage.degradations is not None:
+            update["degradations"] = [d for d in self.data.degradations if d.type in stage.degradations]
+        if stage.augment is not None:
+            update["augment"] = stage.augment
+        return self.data.model_copy(update=update) if update else self.data
 
     def _load_proxy(self, path: str) -> Pipeline:
         p = Pipeline.load(Path(path).expanduser(), self.registry).to(self.device).eval()
