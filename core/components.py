@@ -216,6 +216,12 @@ class Loss(Component):
     def forward(self, **inputs: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_pair(self, restored: torch.Tensor, gt: torch.Tensor) -> None:
+        """Raise a ValueError naming this loss when ``restored`` and ``gt`` differ in shape."""
+        if restored.shape != gt.shape:
+            raise ValueError(f"{self.name or type(self).__name__}: restored {tuple(restored.shape)} and "
+                             f"gt {tuple(gt.shape)} differ in shape")
+
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 2) -> dict[str, Any]:
         g = torch.Generator().manual_seed(0)
         return {k: torch.rand(batch, 3, *size, generator=g) for k in self.inputs if k in ("restored", "gt", "lq")}

@@ -21,6 +21,8 @@ from vlir.plugins.losses.daclip_contrastive import DACLIPContrastive
 from vlir.plugins.losses.degradation_contrastive import DegradationContrastive
 from vlir.plugins.losses.difficulty_adaptive_perceptual import DifficultyAdaptivePerceptual
 from vlir.plugins.losses.l1 import L1
+from vlir.plugins.losses.mse import MSE
+from vlir.plugins.losses.psnr import PSNR
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
@@ -67,11 +69,6 @@ def test_l1_value_and_gradient():
     assert torch.allclose(r.grad.flatten(), torch.tensor([-0.25, 0.25, -0.25, -0.25]))
 
 
-def test_l1_shape_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="differ in shape"):
-        L1()(restored=torch.zeros(1, 3, 4, 4), gt=torch.zeros(1, 3, 4, 5))
-
-
 def test_charbonnier_value_and_gradient():
     loss = Charbonnier()
     assert loss.params.eps == 1e-3
@@ -92,6 +89,43 @@ def test_charbonnier_value_and_gradient():
 def test_charbonnier_rejects_bad_eps():
     with pytest.raises(Exception, match="eps"):
         Charbonnier(eps=0.0)
+
+
+# -- mse / psnr --------------------------------------------------------------------------
+
+def test_mse_value_and_gradient():
+    r = torch.tensor([0.0, 1.0, 0.4, 0.25]).view(1, 1, 2, 2).requires_grad_()
+    g = torch.tensor([0.5, 0.5, 0.5, 1.0]).view(1, 1, 2, 2)
+    loss = MSE()(restored=r, gt=g)
+    assert loss.item() == pytest.approx((0.25 + 0.25 + 0.01 + 0.5625) / 4)
+    loss.backward()
+    # d/dr mean (r - g)^2 = 2 (r - g) / N
+    assert torch.allclose(r.grad.flatten(), torch.tensor([-0.25, 0.25, -0.05, -0.375]))
+
+
+def test_psnr_loss_is_minus_the_mean_psnr():
+    g = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    r = (g + torch.tensor([0.1, 0.02, 0.3]).view(3, 1, 1, 1)).requires_grad_()
+    loss = PSNR()(restored=r, gt=g)
+    # per-image PSNR (peak 1) of errors 0.1, 0.02, 0.3: 20, 33.98, 10.46 dB
+    psnr = [10 * math.log10(1 / e ** 2) for e in (0.1, 0.02, 0.3)]
+    assert loss.item() == pytest.approx(-sum(psnr) / 3, abs=1e-4)
+    loss.backward()
+    # d/dr 10/ln10 * ln(mse_i) / B = 10/ln10 * 2 (r - g) / (N_i mse_i) / B: each image the same total pull
+    per_image = r.grad.flatten(1).sum(1)
+    expected = 10 / math.log(10) * 2 / torch.tensor([0.1, 0.02, 0.3]) / 3
+    assert torch.allclose(per_image, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss", [L1(), Charbonnier(), MSE(), PSNR()], ids=lambda x: type(x).__name__)
+def test_pixel_losses_name_themselves_on_a_shape_mismatch(loss):
+    with pytest.raises(ValueError, match=f"{loss.name or type(loss).__name__}: restored .* differ in shape"):
+        loss(restored=torch.zeros(1, 3, 4, 4), gt=torch.zeros(1, 3, 4, 5))
+
+
+def test_psnr_rejects_bad_eps():
+    with pytest.raises(Exception, match="eps"):
+        PSNR(eps=-1.0)
 
 
 # -- degradation contrastive (SupCon) ----------------------------------------------------

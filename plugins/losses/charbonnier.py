@@ -18,8 +18,6 @@ class Charbonnier(Loss):
         eps: float = Field(1e-3, gt=0)
 
     def forward(self, restored: torch.Tensor, gt: torch.Tensor, **_) -> torch.Tensor:
-        if restored.shape != gt.shape:
-            raise ValueError(
-                f"charbonnier: restored {tuple(restored.shape)} and gt {tuple(gt.shape)} differ in shape")
+        self.check_pair(restored, gt)
         eps = self.params.eps
         return torch.sqrt((restored - gt) ** 2 + eps * eps).mean()

@@ -17,6 +17,5 @@ class L1(Loss):
         pass
 
     def forward(self, restored: torch.Tensor, gt: torch.Tensor, **_) -> torch.Tensor:
-        if restored.shape != gt.shape:
-            raise ValueError(f"l1: restored {tuple(restored.shape)} and gt {tuple(gt.shape)} differ in shape")
+        self.check_pair(restored, gt)
         return (restored - gt).abs().mean()
