@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-others", type=int, default=20, help="images for each other degradation (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, help="restore on tiles of this size")
+    p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and quarter turns averaged)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "default_model.json"), help="JSON output (markdown beside it)")
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     lq = deg(gt, generator=torch.Generator().manual_seed(args.seed * 100003 + i)).clamp(0, 1)
             gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
             out, perceptions = pipe.restore(lq.to(device), tile=args.tile,
-                                            overlap=min(32, (args.tile or 128) // 4), generator=gen)
+                                            overlap=min(32, (args.tile or 128) // 4), generator=gen,
+                                            ensemble=args.ensemble)
             out = out.float().cpu()
             s = summarize(perceptions)
             if "degradation" in s:
@@ -156,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": str(args.data),
         "seed": args.seed,
         "tile": args.tile,
+        "ensemble": args.ensemble,
         "metric": "PSNR (dB) / SSIM on RGB, 8-bit, no border crop (BasicSR)",
         "rows": rows,
         "classification_accuracy": (round(sum(r["accuracy"] * r["images"] for r in labelled) / total, 4)
@@ -169,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     head = ["degradation", "params", "n", "input", "default model", "classical baselines", "accuracy"]
     lines = [f"Default model `{result['pipeline_name'] or result['pipeline']}` on `{Path(result['data']).name}`"
-             f" (seed {result['seed']}); PSNR dB / SSIM, RGB, 8-bit.", "",
+             f" (seed {result['seed']}{', x8 self-ensemble' if result.get('ensemble') else ''});"
+             f" PSNR dB / SSIM, RGB, 8-bit.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(v):

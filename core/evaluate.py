@@ -172,7 +172,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, crop_border: int = 0,
              tile: int | None = None, steps: int | None = None, seed: int = 0, crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
-             name: str | None = None) -> dict[str, Any]:
+             name: str | None = None, ensemble: bool = False) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results."""
     import torch
     from tqdm.auto import tqdm
@@ -203,7 +203,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 _sync(device)
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    restored, perceptions = pipeline.restore(lq, tile=tile, steps=steps, generator=gen)
+                    restored, perceptions = pipeline.restore(lq, tile=tile, steps=steps, generator=gen,
+                                                                ensemble=ensemble)
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -272,7 +273,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
 
     results = {
         "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
-        "tile": tile, "steps": steps, "headline": "psnr_y" if headline_y else "psnr",
+        "tile": tile, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
         "overall": _summary(per_image), "per_degradation": per_deg, "sets": sets_out,
         "classification": classification,
         "speed": {"images": n_images, "seconds": restore_time,
@@ -341,6 +342,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
+    p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and quarter turns averaged)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")
@@ -389,7 +391,8 @@ def run_eval(args: argparse.Namespace) -> int:
                        tile=args.tile if args.tile is not None else ev.tile,
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed,
                        crops=ev.crops if args.crops is None else args.crops,
-                       headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source))
+                       headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
+                       ensemble=args.ensemble)
     key = results["headline"]
     skey = "ssim_y" if key == "psnr_y" else "ssim"
     w = max([len(k) for k in results["per_degradation"]] + [11])

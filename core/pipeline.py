@@ -177,23 +177,38 @@ class Pipeline(torch.nn.Module):
 
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, tile: int | None = None, overlap: int = 32, steps: int | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Perception]]:
+                generator: torch.Generator | None = None, ensemble: bool = False
+                ) -> tuple[torch.Tensor, dict[str, Perception]]:
         """Restore a batch; perceivers see whole images, the backbone runs on tiles when ``tile`` is set.
 
+        ``ensemble``: x8 self-ensemble (EDSR's "+"): the backbone restores the eight flips and
+        quarter turns of the image and the outputs, turned back, are averaged (8x the time); the
+        perceivers see the image once and condition every pass.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
         """
         perceptions = self.perceive(lq)
         cond = self.condition(perceptions)
-        if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
-            out = self.run_backbone(lq, cond, steps, generator)
-        else:
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
+                return self.run_backbone(x, cond, steps, generator)
             from .tiling import tiled_forward
 
             b = self.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
-            out = tiled_forward(lambda x: self.run_backbone(x, cond, steps, generator), lq, tile=tile,
-                                overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes,
-                                pad_mode=b.pad_mode)
-        return out.clamp(0, 1), perceptions
+            return tiled_forward(lambda t: self.run_backbone(t, cond, steps, generator), x, tile=tile,
+                                 overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes,
+                                 pad_mode=b.pad_mode)
+
+        if not ensemble:
+            return run(lq).clamp(0, 1), perceptions
+        total = None  # float32 running sum: memory for two images, not eight
+        for k in range(8):  # k % 4 quarter turns, after a horizontal flip for k >= 4
+            x = lq.flip(-1) if k >= 4 else lq
+            y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
+            y = y.flip(-1) if k >= 4 else y
+            dtype = y.dtype
+            total = y.float() if total is None else total.add_(y.float())
+        return (total / 8).to(dtype).clamp(0, 1), perceptions
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

@@ -264,6 +264,8 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, metavar="N", help="run the backbone on N x N tiles (large images, low memory)")
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
+    p.add_argument("--ensemble", action="store_true",
+                   help="x8 self-ensemble: average over flips and quarter turns (8x slower, usually a little better)")
     p.add_argument("--suffix", default="", metavar="S", help="added to each output file's stem, e.g. _restored")
     p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG/WebP output quality (default 95)")
     p.add_argument("--seed", type=int, default=0, help="seed of diffusion sampling (per image)")
@@ -326,7 +328,7 @@ def _restore(args: argparse.Namespace) -> int:
             img, info = read_image(job.src)
             gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
             restored, perceptions = pipe.restore(img[None].to(device), tile=tile, overlap=overlap,
-                                                 steps=args.steps, generator=gen)
+                                                 steps=args.steps, generator=gen, ensemble=args.ensemble)
             depth = info["bit_depth"] if dst.suffix.lower() in SIXTEEN_BIT else 8
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_image(dst, restored[0].float().cpu(), bit_depth=depth, quality=args.quality)

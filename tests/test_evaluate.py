@@ -120,5 +120,11 @@ def test_eval_command_on_a_spec_file(tmp_path, images):
     assert main(["eval", str(spec), "--degradations", "noise", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["crop_border"] == 4 and res["overall"]["n"] == 1 and res["classification"] is None
+    assert res["ensemble"] is False
+    assert main(["eval", str(spec), "--degradations", "noise", "--out", str(tmp_path / "e"), "--quiet",
+                 "--ensemble"]) == 0
+    res8 = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res8["ensemble"] is True and res8["overall"]["psnr"] != res["overall"]["psnr"]
+    assert "x8 self-ensemble" in (tmp_path / "e" / "report.html").read_text()
     assert main(["eval", str(spec), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p"),
                  "--quiet"]) == 2

@@ -143,3 +143,41 @@ def test_example_backbone_installed_like_a_user_would(tmp_path):
     assert "COND_DIM 32" in r.stdout and "SAME True" in r.stdout
     r = run_python("from vlir.core.cli import main; main(['components', 'tiny*'])", site)
     assert "tinyres" in r.stdout and "vlir-example-backbone" in r.stdout
+
+
+def _symmetries(x: torch.Tensor) -> list[tuple]:
+    """The eight flips / quarter turns as (forward, inverse) pairs, written independently."""
+    pairs = []
+    for flip in (False, True):
+        for k in range(4):
+            fwd = (lambda t, k=k, flip=flip: torch.rot90(t.flip(-1) if flip else t, k, (2, 3)))
+            inv = (lambda t, k=k, flip=flip: (lambda u: u.flip(-1) if flip else u)(torch.rot90(t, -k, (2, 3))))
+            pairs.append((fwd, inv))
+    return pairs
+
+
+def test_self_ensemble_averages_the_eight_symmetries():
+    from vlir.core.metrics import psnr
+
+    torch.manual_seed(0)
+    pipe = Pipeline.from_spec({"perceivers": [{"type": "daclip", "preset": "tiny"}],
+                               "backbone": {"type": "nafnet", "preset": "tiny"}}).eval()
+    with torch.no_grad():
+        for p in pipe.backbone.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # not equivariant: the eight passes differ
+    calls = []
+    pipe.perceivers["daclip"].register_forward_hook(lambda *a: calls.append(1))
+    lq = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond = pipe.condition(pipe.perceive(lq))
+        outs = [inv(pipe.backbone(fwd(lq), cond)) for fwd, inv in _symmetries(lq)]
+    calls.clear()
+    plain, _ = pipe.restore(lq)
+    ens, perceptions = pipe.restore(lq, ensemble=True)
+    assert len(calls) == 2  # the perceiver saw each image once, not once per symmetry
+    assert set(perceptions) == {"daclip"} and ens.shape == lq.shape
+    assert torch.allclose(ens, torch.stack(outs).mean(0).clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(ens, plain, atol=1e-3)
+    assert torch.equal(plain, outs[0].clamp(0, 1))
+    tiled, _ = pipe.restore(lq, ensemble=True, tile=32, overlap=8)  # tiling inside each pass
+    assert psnr(tiled[0], ens[0]) >= 50

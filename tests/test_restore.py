@@ -144,6 +144,19 @@ def test_restore_large_image_with_tiles(tiny_pipeline, tmp_path, capsys):
     assert not (tmp_path / "out2").exists()
 
 
+def test_restore_self_ensemble(tiny_pipeline, tmp_path, capsys):
+    from vlir.core.data.images import read_image
+    from vlir.core.pipeline import Pipeline
+
+    img = _save(tmp_path / "a.png", _rgb(40, 56))
+    rc = restore(img, "-o", tmp_path / "x8", "--ensemble", "--pipeline", tiny_pipeline)
+    assert rc == 0, capsys.readouterr().err
+    out, _ = read_image(tmp_path / "x8" / "a.png")
+    pipe = Pipeline.load(tiny_pipeline).eval()
+    expected, _ = pipe.restore(read_image(img)[0][None], ensemble=True)
+    assert (out - expected[0]).abs().max() <= 0.5 / 255 + 1e-6  # the same image, up to 8-bit rounding
+
+
 # -- restore: failures --------------------------------------------------------------------------
 def test_bad_files_are_reported_and_the_rest_go_on(tiny_pipeline, tmp_path, capsys):
     src = tmp_path / "in"
@@ -378,6 +391,6 @@ def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
     assert set(rows["noise"]["baselines"]) == {"gaussian", "median", "bilateral"}
     assert rows["noise"]["accuracy"] in (0.0, 1.0)  # "noisy" is one of the tiny perceiver's classes
     assert rows["clean"]["input"]["psnr"] is None and rows["clean"]["accuracy"] is None
-    assert 0 <= doc["classification_accuracy"] <= 1
+    assert 0 <= doc["classification_accuracy"] <= 1 and doc["ensemble"] is False
     md = out.with_suffix(".md").read_text()
     assert "| noise | sigma=25.0 | 1 |" in md and "dark_channel_prior" in md
