@@ -57,16 +57,21 @@ def dap(shared_dap):
     return shared_dap
 
 
-# -- l1 / charbonnier --------------------------------------------------------------------
+# -- l1 / mse / charbonnier / psnr ------------------------------------------------------
 
-def test_l1_value_and_gradient():
+@pytest.mark.parametrize("loss, value, grad", [
+    # d/dr mean|r - g| = sign(r - g) / N
+    (L1(), (0.5 + 0.5 + 0.1 + 0.75) / 4, [-0.25, 0.25, -0.25, -0.25]),
+    # d/dr mean (r - g)^2 = 2 (r - g) / N
+    (MSE(), (0.25 + 0.25 + 0.01 + 0.5625) / 4, [-0.25, 0.25, -0.05, -0.375]),
+], ids=["l1", "mse"])
+def test_l1_and_mse_value_and_gradient(loss, value, grad):
     r = torch.tensor([0.0, 1.0, 0.4, 0.25]).view(1, 1, 2, 2).requires_grad_()
     g = torch.tensor([0.5, 0.5, 0.5, 1.0]).view(1, 1, 2, 2)
-    loss = L1()(restored=r, gt=g)
-    assert loss.item() == pytest.approx((0.5 + 0.5 + 0.1 + 0.75) / 4)
-    loss.backward()
-    # d/dr mean|r - g| = sign(r - g) / N
-    assert torch.allclose(r.grad.flatten(), torch.tensor([-0.25, 0.25, -0.25, -0.25]))
+    out = loss(restored=r, gt=g)
+    assert out.item() == pytest.approx(value)
+    out.backward()
+    assert torch.allclose(r.grad.flatten(), torch.tensor(grad))
 
 
 def test_charbonnier_value_and_gradient():
@@ -89,19 +94,6 @@ def test_charbonnier_value_and_gradient():
 def test_charbonnier_rejects_bad_eps():
     with pytest.raises(Exception, match="eps"):
         Charbonnier(eps=0.0)
-
-
-# -- mse / psnr --------------------------------------------------------------------------
-
-def test_mse_value_and_gradient():
-    r = torch.tensor([0.0, 1.0, 0.4, 0.25]).view(1, 1, 2, 2).requires_grad_()
-    g = torch.tensor([0.5, 0.5, 0.5, 1.0]).view(1, 1, 2, 2)
-    loss = MSE()(restored=r, gt=g)
-    assert loss.item() == pytest.approx((0.25 + 0.25 + 0.01 + 0.5625) / 4)
-    loss.backward()
-    # d/dr mean (r - g)^2 = 2 (r - g) / N
-    assert torch.allclose(r.grad.flatten(), torch.tensor([-0.25, 0.25, -0.05, -0.375]))
-
 
 def test_psnr_loss_is_minus_the_mean_psnr():
     g = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
