@@ -72,7 +72,15 @@ def cmd_components(args: argparse.Namespace) -> int:
             flag = "  [CONFLICT: provided twice]" if (e.kind, e.name) in conflicts else ""
             print(f"{e.kind:<11} {e.name:<{w}}  {e.provider} {e.version}".rstrip() + f"  {e.summary}{flag}")
     else:
-        print(f"no components match {args.pattern!r}" + (f" in kind {args.kind!r}" if args.kind else ""))
+        msg = f"no components match {args.pattern!r}" + (f" in kind {args.kind!r}" if args.kind else "")
+        if args.pattern and not any(c in args.pattern for c in "*?["):
+            import difflib
+
+            names = sorted({e.name for e in reg.list(args.kind)})
+            close = difflib.get_close_matches(args.pattern, names, n=3, cutoff=0.5)
+            if close:
+                msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        print(msg)
     for err in reg.errors:
         print(f"plugin load error: {err}", file=sys.stderr)
     return 0

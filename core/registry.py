@@ -229,7 +229,7 @@ class Registry:
         broken = [e for e in self.errors if e.name == name]
         if broken:
             msg += f"; a plugin of that name failed to load: {broken[0]}"
-        msg += (f". Known {PLURAL[kind]}: {', '.join(names) or 'none'}. If it comes from another package, install it "
+        msg += (f"{' ' if msg.endswith('?') else '. '}Known {PLURAL[kind]}: {', '.join(names) or 'none'}. If it comes from another package, install it "
                 f"(pip install <package>); the package must declare an entry point in group '{GROUPS[kind]}'.")
         if not self.autoload:
             msg += " Third-party plugins are disabled (VLIR_DISABLE_PLUGIN_AUTOLOAD=1)."

@@ -43,6 +43,8 @@ def test_inspect_with_set_and_text_output(capsys):
 def test_inspect_errors_are_clear(capsys):
     assert main(["inspect", "backbone", "nafnt"]) == 2
     assert "did you mean 'nafnet'" in capsys.readouterr().err
+    assert main(["components", "--kind", "backbone", "nafnt"]) == 0
+    assert capsys.readouterr().out.strip() == "no components match 'nafnt' in kind 'backbone'; did you mean 'nafnet'?"
 
 
 def test_spec_validate_and_schema(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_unknown_name_suggests_and_hints_install():
     with pytest.raises(UnknownComponentError) as info:
         reg.get("backbone", "nafnt")
     msg = str(info.value)
-    assert "backbone registry" in msg and "did you mean 'nafnet'" in msg
+    assert "backbone registry" in msg and "did you mean 'nafnet'? Known backbones:" in msg
     assert "pip install" in msg and "vlir.backbones" in msg
     with pytest.raises(UnknownComponentError, match="is a perceiver"):
         reg.get("backbone", "daclip")
