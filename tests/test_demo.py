@@ -47,6 +47,7 @@ def test_demo_writes_grid_and_numbers(tiny_pipeline, tmp_path, capsys):
     assert rc == 0, captured.err
     doc = json.loads((out / "demo.json").read_text())
     rows = doc["rows"]
+    assert doc["image"] == "bundled: vlir/core/assets/demo.png"  # no machine-specific path
     assert [r["degradation"] for r in rows] == ["noise", "haze", "rain"]
     for r in rows:
         assert r["detected_class"] in ("noisy", "hazy", "rainy")
