@@ -157,6 +157,21 @@ def test_restore_self_ensemble(tiny_pipeline, tmp_path, capsys):
     assert (out - expected[0]).abs().max() <= 0.5 / 255 + 1e-6  # the same image, up to 8-bit rounding
 
 
+def test_threads_option(tiny_pipeline, tmp_path, capsys):
+    img = _save(tmp_path / "a.png", _rgb(16, 16))
+    before = torch.get_num_threads()
+    try:
+        assert restore(img, "-o", tmp_path / "t1", "--threads", "1", "--pipeline", tiny_pipeline) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert restore(img, "-o", tmp_path / "t0", "--threads", "0", "--pipeline", tiny_pipeline) == 2
+    assert "--threads 0: expected a positive number of CPU threads" in capsys.readouterr().err
+    assert not (tmp_path / "t0").exists()
+    assert main(["classify", "--no-progress", str(img), "--threads", "-1", "--pipeline", str(tiny_pipeline)]) == 2
+    assert "--threads -1: expected a positive number" in capsys.readouterr().err
+
+
 # -- restore: failures --------------------------------------------------------------------------
 def test_bad_files_are_reported_and_the_rest_go_on(tiny_pipeline, tmp_path, capsys):
     src = tmp_path / "in"
