@@ -129,3 +129,23 @@ def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
         shift = 0.125 if k.startswith(("nets.0.", "nets.1.")) else 0.0
         torch.testing.assert_close(got[k].float(), (v + shift).half().float())
     assert (out / "spec.yaml").is_file() and (out / "perceiver.daclip.safetensors").is_file()
+
+
+def test_extra_images_tool_copies_lossless_photos(tmp_path):
+    """tools/extra_images.py: scikit-image's PNG photos, readable by vlir's data loader, no JPEG sources."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from vlir.core.data.datasets import list_images
+    from vlir.core.data.images import read_image
+
+    pytest.importorskip("skimage")
+    out = tmp_path / "extra"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "extra_images.py"), str(out)], check=True,
+                   capture_output=True)
+    files = list_images(out, recursive=False)
+    assert len(files) == 9 and all(f.suffix == ".png" for f in files)
+    assert "coffee.png" not in {f.name for f in files}  # the demo image's source stays held out
+    img, _ = read_image(out / "astronaut.png")
+    assert img.shape == (3, 512, 512)
