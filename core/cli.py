@@ -55,7 +55,7 @@ def _size(text: str) -> tuple[int, int]:
 
 # -- components -------------------------------------------------------------------------------
 def cmd_components(args: argparse.Namespace) -> int:
-    from .registry import get_registry
+    from .registry import did_you_mean, get_registry
 
     reg = get_registry()
     entries = reg.list(args.kind, args.pattern)
@@ -74,12 +74,7 @@ def cmd_components(args: argparse.Namespace) -> int:
     else:
         msg = f"no components match {args.pattern!r}" + (f" in kind {args.kind!r}" if args.kind else "")
         if args.pattern and not any(c in args.pattern for c in "*?["):
-            import difflib
-
-            names = sorted({e.name for e in reg.list(args.kind)})
-            close = difflib.get_close_matches(args.pattern, names, n=3, cutoff=0.5)
-            if close:
-                msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+            msg += did_you_mean(args.pattern, {e.name for e in reg.list(args.kind)})
         print(msg)
     for err in reg.errors:
         print(f"plugin load error: {err}", file=sys.stderr)

@@ -169,8 +169,8 @@ def _demo(args: argparse.Namespace) -> int:
         with atomic_path(out / "grid.png") as tmp:
             grid.save(tmp, format="PNG")
         summary = [{k: v for k, v in r.items() if k not in ("lq", "restored")} for r in rows]
-        atomic_write_text(out / "demo.json", json.dumps({"image": str(image) if args.image else "bundled: vlir/core/assets/demo.png",
-                                                            "rows": summary}, indent=2) + "\n")
+        shown = str(image) if args.image else "bundled: vlir/core/assets/demo.png"  # no machine-specific path
+        atomic_write_text(out / "demo.json", json.dumps({"image": shown, "rows": summary}, indent=2) + "\n")
     except OSError as e:
         raise RestoreError(f"cannot write to {out}: {e.strerror or e}") from e
     print(f"wrote {out / 'grid.png'} and {out / 'demo.json'}")

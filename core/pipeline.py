@@ -206,9 +206,8 @@ class Pipeline(torch.nn.Module):
             x = lq.flip(-1) if k >= 4 else lq
             y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
             y = y.flip(-1) if k >= 4 else y
-            dtype = y.dtype
             total = y.float() if total is None else total.add_(y.float())
-        return (total / 8).to(dtype).clamp(0, 1), perceptions
+        return (total / 8).to(y.dtype).clamp(0, 1), perceptions
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

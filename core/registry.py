@@ -79,6 +79,12 @@ class PluginError:
         return f"{self.group}:{self.name} from {self.provider}: {self.error}"
 
 
+def did_you_mean(name: str, names: "list[str] | set[str]") -> str:
+    """``"; did you mean 'a', 'b'?"`` for up to three of ``names`` close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def normalise_kind(kind: str) -> str:
     k = _PLURALS.get(kind, kind)
     if k not in KINDS:
@@ -220,9 +226,7 @@ class Registry:
     def _unknown_message(self, kind: str, name: str) -> str:
         names = self.names(kind)
         msg = f"unknown {kind} {name!r} in the vlir {kind} registry"
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        if close:
-            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        msg += did_you_mean(name, names)
         elsewhere = [k for k in KINDS if k != kind and (k, name) in self._entries]
         if elsewhere:
             msg += f" ({name!r} is a {elsewhere[0]}, not a {kind})"
