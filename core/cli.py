@@ -53,6 +53,17 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--size expects HxW such as 256x256, got {text!r}") from None
 
 
+def threads(text: str) -> int:
+    """``--threads N`` of every subcommand: a positive number of CPU threads for torch."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of CPU threads, got {text!r}")
+    return n
+
+
 # -- components -------------------------------------------------------------------------------
 def cmd_components(args: argparse.Namespace) -> int:
     from .registry import did_you_mean, get_registry

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .cli import threads
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -349,7 +351,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crops", type=int, metavar="N", help="example crops per set in the report")
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch")
+    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

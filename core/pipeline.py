@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import ComponentSpec, PipelineSpec
 
 SPEC_FILE = "spec.yaml"
+ENSEMBLE_GRID = 16  # self-ensemble padding: JPEG's largest block (a 4:2:0 chroma unit is 16x16 pixels)
 
 
 def _unique_roles(names: list[str]) -> list[str]:
@@ -183,7 +184,10 @@ class Pipeline(torch.nn.Module):
 
         ``ensemble``: x8 self-ensemble (EDSR's "+"): the backbone restores the eight flips and
         quarter turns of the image and the outputs, turned back, are averaged (8x the time); the
-        perceivers see the image once and condition every pass.
+        perceivers see the image once and condition every pass. The image is first padded (edge
+        replicated, as a JPEG encoder does) to a multiple of ``ENSEMBLE_GRID`` pixels, so that every
+        flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping a
+        481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
         """
         perceptions = self.perceive(lq)
@@ -201,13 +205,16 @@ class Pipeline(torch.nn.Module):
 
         if not ensemble:
             return run(lq).clamp(0, 1), perceptions
+        h, w = lq.shape[-2:]
+        g = ENSEMBLE_GRID
+        padded = torch.nn.functional.pad(lq, (0, -w % g, 0, -h % g), mode="replicate")
         total = None  # float32 running sum: memory for two images, not eight
         for k in range(8):  # k % 4 quarter turns, after a horizontal flip for k >= 4
-            x = lq.flip(-1) if k >= 4 else lq
+            x = padded.flip(-1) if k >= 4 else padded
             y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
             y = y.flip(-1) if k >= 4 else y
             total = y.float() if total is None else total.add_(y.float())
-        return (total / 8).to(y.dtype).clamp(0, 1), perceptions
+        return (total[..., :h, :w] / 8).to(y.dtype).clamp(0, 1), perceptions
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli import threads
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -192,7 +194,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline", metavar="DIR", help="saved pipeline folder (default: the built-in default model)")
     g.add_argument("--spec", metavar="FILE", help="spec file (components built from it, weights from its 'weights:')")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
+    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
 
 
 def resolve_device(name: str) -> str:
@@ -215,28 +217,17 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None) -> "Pipel
     """The pipeline of ``--pipeline`` / ``--spec``, else the default model, in eval mode."""
     from .default import open_pipeline
 
-    threads = _threads(args)
-    if threads is not None:
+    if getattr(args, "threads", None):
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(args.threads)
     return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None),
                          device or resolve_device(args.device))
 
 
-def _threads(args: argparse.Namespace) -> int | None:
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise RestoreError(f"--threads {threads}: expected a positive number of CPU threads")
-    return threads
-
-
 def check_model_source(args: argparse.Namespace) -> None:
-    """Cheap checks before any work: --threads, the pipeline folder / spec file exists, or the
-    default model."""
+    """Cheap checks before any work: the pipeline folder / spec file exists, or the default model."""
     from .default import default_dir
-
-    _threads(args)
 
     pipeline, spec = getattr(args, "pipeline", None), getattr(args, "spec", None)
     if pipeline and not Path(pipeline).expanduser().exists():

@@ -165,19 +165,25 @@ def test_self_ensemble_averages_the_eight_symmetries():
     with torch.no_grad():
         for p in pipe.backbone.parameters():
             p.add_(0.02 * torch.randn_like(p))  # not equivariant: the eight passes differ
-    calls = []
+    calls, shapes = [], []
     pipe.perceivers["daclip"].register_forward_hook(lambda *a: calls.append(1))
+    pipe.backbone.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape[-2:])))
     lq = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(1))
+    # edge-replicated to 48 x 64: every flip and turn keeps 16-pixel (JPEG block) boundaries on the grid
+    padded = torch.cat([lq, lq[..., -1:].expand(-1, -1, -1, 11)], -1)
+    padded = torch.cat([padded, padded[..., -1:, :].expand(-1, -1, 11, -1)], -2)
     with torch.no_grad():
         cond = pipe.condition(pipe.perceive(lq))
-        outs = [inv(pipe.backbone(fwd(lq), cond)) for fwd, inv in _symmetries(lq)]
-    calls.clear()
+        outs = [inv(pipe.backbone(fwd(padded), cond))[..., :37, :53] for fwd, inv in _symmetries(lq)]
+    calls.clear(), shapes.clear()
     plain, _ = pipe.restore(lq)
     ens, perceptions = pipe.restore(lq, ensemble=True)
     assert len(calls) == 2  # the perceiver saw each image once, not once per symmetry
+    assert shapes == [(37, 53)] + [(48, 64), (64, 48)] * 4
     assert set(perceptions) == {"daclip"} and ens.shape == lq.shape
     assert torch.allclose(ens, torch.stack(outs).mean(0).clamp(0, 1), atol=1e-5)
     assert not torch.allclose(ens, plain, atol=1e-3)
-    assert torch.equal(plain, outs[0].clamp(0, 1))
+    with torch.no_grad():
+        assert torch.equal(plain, pipe.backbone(lq, cond).clamp(0, 1))  # without ensemble: no padding
     tiled, _ = pipe.restore(lq, ensemble=True, tile=32, overlap=8)  # tiling inside each pass
     assert psnr(tiled[0], ens[0]) >= 50

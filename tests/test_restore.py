@@ -165,11 +165,19 @@ def test_threads_option(tiny_pipeline, tmp_path, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    assert restore(img, "-o", tmp_path / "t0", "--threads", "0", "--pipeline", tiny_pipeline) == 2
-    assert "--threads 0: expected a positive number of CPU threads" in capsys.readouterr().err
-    assert not (tmp_path / "t0").exists()
-    assert main(["classify", "--no-progress", str(img), "--threads", "-1", "--pipeline", str(tiny_pipeline)]) == 2
-    assert "--threads -1: expected a positive number" in capsys.readouterr().err
+    capsys.readouterr()
+    commands = {"restore": [str(img), "-o", str(tmp_path / "t0"), "--pipeline", str(tiny_pipeline)],
+                "classify": [str(img), "--pipeline", str(tiny_pipeline)], "demo": ["-o", str(tmp_path / "d0")],
+                "eval": [str(tiny_pipeline), "--out", str(tmp_path / "e0")], "train": ["--out", str(tmp_path / "r0")]}
+    for command, rest in commands.items():  # every subcommand refuses before doing anything
+        for bad in ("0", "-1", "two"):
+            with pytest.raises(SystemExit) as e:
+                main([command, *rest, "--threads", bad])
+            assert e.value.code == 2
+            err = capsys.readouterr().err
+            assert f"vlir {command}: error: argument --threads: expected a positive number of CPU threads, " \
+                   f"got '{bad}'" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "t1"]  # nothing of the refused runs
 
 
 # -- restore: failures --------------------------------------------------------------------------

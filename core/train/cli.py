@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import threads
+
 RUN_SPEC = "run.yaml"  # as vlir.core.train.trainer.RUN_SPEC (kept here: this module does not import torch)
 
 
@@ -79,7 +81,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
+    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--stages", metavar="NAMES", help="run only these stages of train.stages (comma-separated "
                                                      "names), e.g. to train independent stages as parallel runs")
