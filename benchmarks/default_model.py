@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-others", type=int, default=20, help="images for each other degradation (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, help="restore on tiles of this size")
-    p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and quarter turns averaged)")
+    p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "default_model.json"), help="JSON output (markdown beside it)")
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     head = ["degradation", "params", "n", "input", "default model", "classical baselines", "accuracy"]
     lines = [f"Default model `{result['pipeline_name'] or result['pipeline']}` on `{Path(result['data']).name}`"
-             f" (seed {result['seed']}{', x8 self-ensemble' if result.get('ensemble') else ''});"
+             f" (seed {result['seed']}{', self-ensemble' if result.get('ensemble') else ''});"
              f" PSNR dB / SSIM, RGB, 8-bit.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 

@@ -245,14 +245,27 @@ class Process(Component):
         raise NotImplementedError
 
 
+# Flips and quarter turns of an image, as indices k of the self-ensemble: k % 4 quarter turns after
+# a horizontal flip for k >= 4 (0 identity, 2 half turn, 4 horizontal flip, 6 vertical flip).
+SYMMETRIES: dict[str, tuple[int, ...]] = {
+    "dihedral": tuple(range(8)),  # all eight: the degradation has no preferred direction
+    "flips": (0, 2, 4, 6),        # up stays vertical (near-vertical rain streaks)
+    "mirror": (0, 4),             # up stays up (haze: far at the top)
+}
+
+
 class Degradation(Component):
     """A seeded image corruption: ``forward(img, generator) -> degraded`` on [0, 1] images.
 
     ``label`` is the degradation class word (DA-CLIP's vocabulary where it exists).
+    ``symmetry`` (a key of ``SYMMETRIES``) names the flips and quarter turns that leave the
+    degradation's distribution unchanged: the self-ensemble of ``Pipeline.restore`` uses only those
+    for images of this class (a turned rain image has horizontal streaks no expert has seen).
     """
 
     kind: ClassVar[str] = "degradation"
     label: ClassVar[str] = ""
+    symmetry: ClassVar[str] = "dihedral"
 
     class Params(Params):
         pass

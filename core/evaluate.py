@@ -344,7 +344,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
-    p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (flips and quarter turns averaged)")
+    p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")

@@ -182,12 +182,13 @@ class Pipeline(torch.nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, Perception]]:
         """Restore a batch; perceivers see whole images, the backbone runs on tiles when ``tile`` is set.
 
-        ``ensemble``: x8 self-ensemble (EDSR's "+"): the backbone restores the eight flips and
-        quarter turns of the image and the outputs, turned back, are averaged (8x the time); the
-        perceivers see the image once and condition every pass. The image is first padded (edge
-        replicated, as a JPEG encoder does) to a multiple of ``ENSEMBLE_GRID`` pixels, so that every
-        flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping a
-        481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
+        ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
+        the image and the outputs, turned back, are averaged; the perceivers see the image once and
+        condition every pass. It uses the symmetries of :meth:`ensemble_symmetries` (all eight
+        unless the degradation has a direction, as rain and haze have) and pads the image
+        (edge replicated, as a JPEG encoder does) to a multiple of ``ENSEMBLE_GRID`` pixels, so that
+        every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
+        a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
         """
         perceptions = self.perceive(lq)
@@ -208,13 +209,39 @@ class Pipeline(torch.nn.Module):
         h, w = lq.shape[-2:]
         g = ENSEMBLE_GRID
         padded = torch.nn.functional.pad(lq, (0, -w % g, 0, -h % g), mode="replicate")
+        symmetries = self.ensemble_symmetries(perceptions)
         total = None  # float32 running sum: memory for two images, not eight
-        for k in range(8):  # k % 4 quarter turns, after a horizontal flip for k >= 4
+        for k in symmetries:  # k % 4 quarter turns, after a horizontal flip for k >= 4
             x = padded.flip(-1) if k >= 4 else padded
             y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
             y = y.flip(-1) if k >= 4 else y
             total = y.float() if total is None else total.add_(y.float())
-        return (total[..., :h, :w] / 8).to(y.dtype).clamp(0, 1), perceptions
+        return (total[..., :h, :w] / len(symmetries)).to(y.dtype).clamp(0, 1), perceptions
+
+    def ensemble_symmetries(self, perceptions: dict[str, Perception]) -> tuple[int, ...]:
+        """The flips and quarter turns (indices of ``vlir.core.components.SYMMETRIES``) that the
+        self-ensemble averages: those under which the degradation looks the same (its
+        ``Degradation.symmetry``). The degradation is the perceived class of each image in the
+        batch when a perceiver classifies into registered degradation labels, else every
+        degradation of the spec's ``data.degradations``; all eight when neither is known.
+        """
+        from .components import SYMMETRIES
+
+        by_label: dict[str, tuple[int, ...]] = {}
+        for entry in self.registry.list("degradation"):
+            cls = self.registry.load("degradation", entry.name)
+            if cls.symmetry not in SYMMETRIES:
+                raise ValueError(f"degradation {entry.name!r} ({entry.provider}): symmetry {cls.symmetry!r} "
+                                 f"is not one of {', '.join(SYMMETRIES)}")
+            by_label[cls.label or entry.name] = by_label[entry.name] = SYMMETRIES[cls.symmetry]
+        predicted = {name for p in perceptions.values() for name, _ in p.top()}
+        if predicted and predicted <= by_label.keys():
+            groups = [by_label[n] for n in predicted]
+        elif self.spec.data is not None and self.spec.data.degradations:
+            groups = [by_label.get(d.type, SYMMETRIES["dihedral"]) for d in self.spec.data.degradations]
+        else:
+            groups = [SYMMETRIES["dihedral"]]
+        return tuple(k for k in range(8) if all(k in g for g in groups))
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

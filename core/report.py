@@ -127,7 +127,7 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
     parts.append(f"<h1>vlir evaluation: {html.escape(str(r.get('pipeline', '')))}</h1>")
     meta = [["pipeline", r.get("pipeline")], ["device", r.get("device")], ["seed", r.get("seed")],
             ["crop border", r.get("crop_border")], ["tile", r.get("tile")],
-            ["x8 self-ensemble", r.get("ensemble", False)], ["images", r.get("speed", {}).get("images")],
+            ["self-ensemble", r.get("ensemble", False)], ["images", r.get("speed", {}).get("images")],
             ["images / s", r.get("speed", {}).get("images_per_second")], ["vlir", r.get("vlir")]]
     parts.append("<table class='meta'>" + "".join(f"<tr><th class='l'>{html.escape(k)}</th><td>{_fmt(v, 3)}</td></tr>"
                                                   for k, v in meta) + "</table>")

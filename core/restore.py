@@ -272,7 +272,8 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
     p.add_argument("--ensemble", action="store_true",
-                   help="x8 self-ensemble: average over flips and quarter turns (8x slower, usually a little better)")
+                   help="self-ensemble: average over the flips and quarter turns the degradation allows "
+                        "(up to 8x slower, usually a little better)")
     p.add_argument("--suffix", default="", metavar="S", help="added to each output file's stem, e.g. _restored")
     p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG/WebP output quality (default 95)")
     p.add_argument("--seed", type=int, default=0, help="seed of diffusion sampling (per image)")

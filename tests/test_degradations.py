@@ -171,3 +171,18 @@ def test_registry_builds_degradations():
     for name, cls in [("jpeg", JPEG), ("blur", GaussianBlur), ("motion_blur", MotionBlur), ("low_light", LowLight),
                       ("haze", Haze), ("rain", Rain), ("inpainting", Inpainting)]:
         assert reg.load("degradation", name) is cls
+
+
+def test_declared_symmetries_match_what_the_degradations_do():
+    """Rain and haze have a direction, so the self-ensemble must not turn them (SYMMETRIES)."""
+    from vlir.core.components import SYMMETRIES
+
+    assert all(cls.symmetry in SYMMETRIES for cls in ALL)
+    assert {cls.__name__ for cls in ALL if cls.symmetry != "dihedral"} == {"Rain", "Haze"}
+    flat = torch.full((4, 3, 64, 64), 0.3)
+    streaks = Rain()(flat, generator=seeded(0)) - flat
+    across, along = streaks.diff(dim=-1).abs().mean(), streaks.diff(dim=-2).abs().mean()
+    assert across > 1.5 * along  # near-vertical streaks; a quarter turn (not in "flips") swaps the two
+    hazy = Haze()(flat, generator=seeded(0))
+    assert hazy[..., :32, :].mean() > hazy[..., 32:, :].mean() + 0.02  # far at the top: only "mirror" keeps it
+    assert set(SYMMETRIES[Rain.symmetry]) == {0, 2, 4, 6} and set(SYMMETRIES[Haze.symmetry]) == {0, 4}

@@ -179,6 +179,7 @@ def test_self_ensemble_averages_the_eight_symmetries():
     plain, _ = pipe.restore(lq)
     ens, perceptions = pipe.restore(lq, ensemble=True)
     assert len(calls) == 2  # the perceiver saw each image once, not once per symmetry
+    assert pipe.ensemble_symmetries(perceptions) == tuple(range(8))  # its random guess has no direction
     assert shapes == [(37, 53)] + [(48, 64), (64, 48)] * 4
     assert set(perceptions) == {"daclip"} and ens.shape == lq.shape
     assert torch.allclose(ens, torch.stack(outs).mean(0).clamp(0, 1), atol=1e-5)
@@ -187,3 +188,34 @@ def test_self_ensemble_averages_the_eight_symmetries():
         assert torch.equal(plain, pipe.backbone(lq, cond).clamp(0, 1))  # without ensemble: no padding
     tiled, _ = pipe.restore(lq, ensemble=True, tile=32, overlap=8)  # tiling inside each pass
     assert psnr(tiled[0], ens[0]) >= 50
+
+
+def test_self_ensemble_keeps_the_direction_of_rain_and_haze():
+    from vlir.core.conditioning import Perception
+
+    def seen(names, probs):
+        return {"p": Perception(class_names=names, class_probs=torch.tensor(probs))}
+
+    names = ["noisy", "rainy", "hazy", "snowy"]  # snowy: no registered degradation has that label
+    pipe = Pipeline.from_spec({"backbone": {"type": "nafnet", "preset": "tiny"}}).eval()
+    assert pipe.ensemble_symmetries(seen(names, [[0.7, 0.1, 0.1, 0.1]])) == tuple(range(8))
+    assert pipe.ensemble_symmetries(seen(names, [[0.1, 0.7, 0.1, 0.1]])) == (0, 2, 4, 6)  # flips, no turns
+    assert pipe.ensemble_symmetries(seen(names, [[0.1, 0.1, 0.7, 0.1]])) == (0, 4)  # left-right mirror only
+    assert pipe.ensemble_symmetries(seen(names, [[0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1]])) == (0, 4)
+    assert pipe.ensemble_symmetries(seen(names, [[0.1, 0.1, 0.1, 0.7]])) == tuple(range(8))
+    assert pipe.ensemble_symmetries({}) == tuple(range(8))
+    # no classifier: the degradations the pipeline was trained on decide
+    trained = Pipeline.from_spec({"backbone": {"type": "nafnet", "preset": "tiny"},
+                                  "data": {"layout": "synthetic", "train": ["x"],
+                                           "degradations": [{"type": "noise"}, {"type": "rain"}]}}).eval()
+    assert trained.ensemble_symmetries({}) == (0, 2, 4, 6)
+
+    # a rain-trained pipeline restores the image, its half turn and its two flips, never a quarter turn
+    passes = []
+    trained.backbone.register_forward_hook(lambda m, args, out: passes.append(args[0].clone()))
+    lq = torch.rand(1, 3, 20, 40, generator=torch.Generator().manual_seed(2))
+    out, _ = trained.restore(lq, ensemble=True)
+    assert out.shape == lq.shape and [tuple(x.shape[-2:]) for x in passes] == [(32, 48)] * 4
+    padded = torch.nn.functional.pad(lq, (0, 8, 0, 12), mode="replicate")
+    for x, want in zip(passes, (padded, padded.flip(-1, -2), padded.flip(-1), padded.flip(-2))):
+        assert torch.equal(x, want)

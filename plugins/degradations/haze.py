@@ -16,6 +16,7 @@ class Haze(Degradation):
     """
 
     label = "hazy"
+    symmetry = "mirror"  # far (hazier) at the top: only a horizontal flip keeps that
 
     class Params(Degradation.Params):
         beta: FloatRange = (0.6, 1.8)

@@ -18,6 +18,7 @@ class Rain(Degradation):
     """
 
     label = "rainy"
+    symmetry = "flips"  # streaks near vertical: a quarter turn would make them horizontal
 
     class Params(Degradation.Params):
         density: FloatRange = (0.002, 0.008)
