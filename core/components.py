@@ -267,6 +267,12 @@ class Degradation(Component):
     label: ClassVar[str] = ""
     symmetry: ClassVar[str] = "dihedral"
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.symmetry not in SYMMETRIES:
+            raise TypeError(f"degradation {cls.__module__}.{cls.__qualname__}: symmetry {cls.symmetry!r} is not "
+                            f"one of {', '.join(SYMMETRIES)}")
+
     class Params(Params):
         pass
 

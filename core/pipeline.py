@@ -6,6 +6,7 @@ those files alone (no pickled code is ever executed).
 """
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,21 +228,24 @@ class Pipeline(torch.nn.Module):
         """
         from .components import SYMMETRIES
 
-        by_label: dict[str, tuple[int, ...]] = {}
-        for entry in self.registry.list("degradation"):
-            cls = self.registry.load("degradation", entry.name)
-            if cls.symmetry not in SYMMETRIES:
-                raise ValueError(f"degradation {entry.name!r} ({entry.provider}): symmetry {cls.symmetry!r} "
-                                 f"is not one of {', '.join(SYMMETRIES)}")
-            by_label[cls.label or entry.name] = by_label[entry.name] = SYMMETRIES[cls.symmetry]
+        by_label = self._symmetries_by_label
         predicted = {name for p in perceptions.values() for name, _ in p.top()}
         if predicted and predicted <= by_label.keys():
             groups = [by_label[n] for n in predicted]
         elif self.spec.data is not None and self.spec.data.degradations:
-            groups = [by_label.get(d.type, SYMMETRIES["dihedral"]) for d in self.spec.data.degradations]
+            groups = [SYMMETRIES[self.registry.load("degradation", d.type).symmetry]
+                      for d in self.spec.data.degradations]
         else:
             groups = [SYMMETRIES["dihedral"]]
         return tuple(k for k in range(8) if all(k in g for g in groups))
+
+    @functools.cached_property
+    def _symmetries_by_label(self) -> dict[str, tuple[int, ...]]:
+        """Class word (``Degradation.label``) -> symmetries of every registered degradation (imported once)."""
+        from .components import SYMMETRIES
+
+        classes = [self.registry.load("degradation", e.name) for e in self.registry.list("degradation")]
+        return {cls.label or cls.name: SYMMETRIES[cls.symmetry] for cls in classes}
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

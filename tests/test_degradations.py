@@ -186,3 +186,9 @@ def test_declared_symmetries_match_what_the_degradations_do():
     hazy = Haze()(flat, generator=seeded(0))
     assert hazy[..., :32, :].mean() > hazy[..., 32:, :].mean() + 0.02  # far at the top: only "mirror" keeps it
     assert set(SYMMETRIES[Rain.symmetry]) == {0, 2, 4, 6} and set(SYMMETRIES[Haze.symmetry]) == {0, 4}
+
+
+def test_unknown_symmetry_is_refused_when_the_class_is_defined():
+    with pytest.raises(TypeError, match=r"Sideways: symmetry 'diagonal' is not one of dihedral, flips, mirror"):
+        class Sideways(Degradation):
+            symmetry = "diagonal"
