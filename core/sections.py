@@ -152,7 +152,10 @@ class TrainSpec(Section):
     ema: float | None = Field(None, ge=0, lt=1, description="EMA decay of the trained weights, warmed up as "
                                                              "min(ema, (1 + n) / (10 + n)) after n steps; null: off")
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = Field(
-        "auto", description="CUDA autocast: auto (bf16 where supported, else fp16) | bf16 | fp16 | off; never on CPU")
+        "auto", description="autocast: auto (on CUDA: bf16 where supported, else fp16; off on a CPU) | bf16 "
+                            "(also on a CPU: about 2x faster with AVX512-BF16 or AMX) | fp16 (CUDA only) | off")
+    channels_last: bool = Field(False, description="keep convolution weights in channels-last memory format "
+                                                   "(faster convolutions on CPUs and tensor cores)")
     stages: list[StageSpec] = Field(default_factory=list)
     val_every: int = Field(500, ge=1, description="validate every N steps (and at the end)")
     save_every: int = Field(500, ge=1, description="write a checkpoint every N steps (and at the end)")

@@ -104,3 +104,19 @@ def test_peak_rss_sees_an_allocation():
         del block
     assert m.reset
     assert 90 * C.MiB <= m.delta <= 160 * C.MiB
+
+
+def test_train_throughput_compares_precisions_and_layouts(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, str(BENCH / "train_throughput.py"), "--seconds", "0.01", "--warmup", "1", "--batch", "1",
+           "--patch", "32", "--threads", "1", "--device", "cpu", "--configs", "nafnet",
+           "--variants", "fp32,bf16+cl", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["variant"], r["amp"], r["channels_last"]) for r in rows] == [("fp32", None, False),
+                                                                          ("bf16+cl", "bfloat16", True)]
+    assert all(r["steps"] >= 3 and r["it_per_s"] > 0 for r in rows)
+    bad = subprocess.run(cmd[:-4] + ["--variants", "fp8", "--out", str(out)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--variants: unknown fp8; expected some of: auto, fp32, bf16" in bad.stderr

@@ -218,6 +218,38 @@ def test_ema_weights_are_the_final_weights(tmp_path, images):
     assert any(not torch.equal(s, v) for s, v in zip(seen["shadow"], seen["live"]))
 
 
+@pytest.mark.parametrize("amp, channels_last, dtype", [("auto", False, torch.float32),
+                                                      ("bf16", True, torch.bfloat16)])
+def test_cpu_autocast_and_channels_last(tmp_path, images, amp, channels_last, dtype):
+    """On a CPU, amp=auto trains in float32; amp=bf16 autocasts the convolutions, channels_last keeps
+    their weights channels-last while training, and the saved pipeline is ordinary (contiguous) files."""
+    from vlir.core import Pipeline
+
+    seen: dict = {}
+
+    def grab(trainer, step, logs):
+        if step == 1:
+            convs = [m for m in trainer.pipeline.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+            seen["layouts"] = {c.weight.is_contiguous(memory_format=torch.channels_last)  # (size-1 dims: both)
+                               for c in convs if c.kernel_size != (1, 1) and c.weight.shape[1] > 1}
+            convs[0].register_forward_hook(lambda m, i, o: seen.setdefault("dtypes", set()).add(o.dtype))
+    with Hook(grab):
+        out = Trainer(load_spec(tiny_spec(images, iterations=3, amp=amp, channels_last=channels_last)),
+                      tmp_path / "r", progress=False).fit()
+    assert seen["layouts"] == {channels_last}
+    assert seen["dtypes"] == {dtype}  # steps 2-3 and validation
+    saved = weights(out)
+    assert all(v.is_contiguous() and torch.isfinite(v).all() for v in saved.values())
+    back = Pipeline.load(out).eval()
+    assert_same({f"backbone/{k}": v for k, v in back.backbone.state_dict().items()},
+                {k: v for k, v in saved.items() if k.startswith("backbone/")})
+
+
+def test_fp16_autocast_is_refused_on_a_cpu(tmp_path, images):
+    with pytest.raises(SpecError, match=r"train\.amp.*fp16 autocast needs a CUDA device.*use bf16"):
+        Trainer(load_spec(tiny_spec(images, amp="fp16")), tmp_path / "r", progress=False)
+
+
 def test_stages_train_a_perceiver_then_the_restorer(tmp_path, images):
     raw = tiny_spec(images, iterations=2, ema=None)
     raw["perceivers"] = [{"type": "daclip", "preset": "tiny",
