@@ -64,8 +64,7 @@ def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a ``train.amp`` setting (None: full precision).
 
     On CUDA, ``auto``/``true`` picks bf16 where supported, else fp16. On a CPU only an explicit ``bf16``
-    turns autocast on (about twice as fast for convolutions on CPUs with AVX512-BF16 or AMX); ``fp16`` is
-    refused there.
+    turns autocast on (worth it on CPUs with AVX512-BF16 or AMX); ``fp16`` is refused there.
     """
     if setting in (False, "off"):
         return None
@@ -117,6 +116,7 @@ class Trainer:
         self.dist = ddp.setup(device)
         self.device = self.dist.device
         try:
+            self.amp = amp_dtype(self.cfg.amp, self.device)
             seed_everything(self.cfg.seed)
             self.pipeline = Pipeline(spec, registry).to(self.device)
             if self.cfg.channels_last:  # 4-D weights only; saved files are written contiguous (io.save_safetensors)
@@ -136,7 +136,6 @@ class Trainer:
             self.val_data = None
             if self.data.val:
                 self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit)
-            self.amp = amp_dtype(self.cfg.amp, self.device)
             self.writer = None
             self.stage: StageSpec | None = None  # the stage being trained
             self.ema: EMA | None = None  # its EMA, if on
