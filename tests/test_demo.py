@@ -149,3 +149,47 @@ def test_extra_images_tool_copies_lossless_photos(tmp_path):
     assert "coffee.png" not in {f.name for f in files}  # the demo image's source stays held out
     img, _ = read_image(out / "astronaut.png")
     assert img.shape == (3, 512, 512)
+
+
+def test_grow_tool_adds_identity_blocks_and_refuses_to_shrink(tmp_path):
+    """tools/grow.py: a NAFNet grown with more blocks computes what the source did; no other changes."""
+    import importlib.util
+
+    import yaml
+
+    from conftest import ROOT
+    from vlir.core.io import CheckpointError, load_checkpoint, save_safetensors
+    from vlir.core.pipeline import Pipeline
+
+    spec_file = importlib.util.spec_from_file_location("grow_tool", ROOT / "tools" / "grow.py")
+    tool = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(tool)
+
+    def spec(name, **params):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"backbone": {"type": "nafnet", "params": {
+            "width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1], **params}}}))
+        return path
+
+    torch.manual_seed(0)
+    small = Pipeline.from_spec(spec("small"), build_losses=False).backbone.eval()
+    with torch.no_grad():  # a trained network: its blocks are no longer the identity
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_safetensors(small.state_dict(), tmp_path / "small.safetensors")
+    deep = spec("deep", enc_blk_nums=[1, 2], middle_blk_num=2, dec_blk_nums=[2, 1])
+    new = tool.grow(tmp_path / "small.safetensors", deep, tmp_path / "deep.safetensors")
+    assert new and all(k.startswith(("encoders.1.1.", "middle_blks.1.", "decoders.0.1.")) for k in new)
+    grown = Pipeline.from_spec(deep, build_losses=False).backbone.eval()
+    grown.load_state_dict(load_checkpoint(str(tmp_path / "deep.safetensors")))
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in small.parameters())
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), small(x), rtol=0, atol=1e-6)
+
+    with pytest.raises(CheckpointError, match="not in the new backbone: decoders.0.1.beta"):
+        tool.grow(tmp_path / "deep.safetensors", spec("shallow"), tmp_path / "back.safetensors")
+    wide = r"wide.yaml .*other shapes: decoders.0.0.beta \(1, 16, 1, 1\) -> \(1, 32, 1, 1\)"
+    with pytest.raises(CheckpointError, match=wide):
+        tool.grow(tmp_path / "small.safetensors", spec("wide", width=16), tmp_path / "wide.safetensors")
+    assert not (tmp_path / "back.safetensors").exists() and not (tmp_path / "wide.safetensors").exists()
