@@ -39,7 +39,7 @@ CONFIGS = {
     "nafnet+daclip": ("nafnet", "tiny", "daclip"),
     "restormer": ("restormer", "tiny", None),
     "restormer+daclip": ("restormer", "tiny", "daclip"),
-    "jpeg-expert": ("nafnet", EXPERT, None),  # the shape of the default model's JPEG expert (4.4M)
+    "jpeg-expert": ("nafnet", EXPERT, None),  # the default JPEG expert before tools/grow.py (4.4M)
 }
 VARIANTS = {"auto": ("auto", False), "fp32": ("off", False), "bf16": ("bf16", False),
             "auto+cl": ("auto", True), "fp32+cl": ("off", True), "bf16+cl": ("bf16", True)}

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from vlir.core import Pipeline
 from vlir.core.io import CheckpointError, load_checkpoint, save_safetensors
 
