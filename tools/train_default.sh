@@ -4,7 +4,8 @@
 #   1. `perceiver` and `restorer` at once (the restorer is routed by the degradation labels while
 #      training: condition.teacher), about 40 minutes;
 #   2. `noise` and `jpeg` at once, both starting from the restorer's weights; each trains only its
-#      own expert (stage.degradations): about 55 minutes for noise, 2 hours for the width-32 JPEG expert.
+#      own expert (stage.degradations): about 55 minutes for noise; the JPEG expert
+#      took 2 hours at its earlier 4.4M shape and takes longer at 7.0M.
 # Then the trained perceiver and the experts join one pipeline, saved in fp16.
 # (`vlir train specs/default.yaml` runs the same four stages one after another in one process.)
 set -euo pipefail
