@@ -40,7 +40,7 @@ def grow(src: str | Path, spec: str | Path, out: str | Path) -> list[str]:
     if found:
         raise CheckpointError(f"{src} cannot grow into the backbone of {spec} (growing only adds whole "
                               f"blocks): " + "; ".join(found))
-    backbone.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in old.items()}})
+    backbone.load_state_dict({**own, **old})  # copied in the backbone's dtype
     save_safetensors(backbone.state_dict(), out)
     return new
 
