@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -241,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import SpecError
 
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone early (`vlir classify --json | head`) fails here, not at exit
+        return rc
+    except BrokenPipeError:  # stop quietly, as cat and git do; nothing more goes to the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except (SpecError, RegistryError, CheckpointError, CLIError, FileNotFoundError) as e:
         print(f"vlir {args.command}: error: {e}", file=sys.stderr)
         return 2

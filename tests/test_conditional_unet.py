@@ -1,16 +1,15 @@
 """DA-CLIP conditional UNet: official layout, checkpoint loading, conditioning, odd sizes."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import SHARED
 from vlir.core.conditioning import Conditioning
 from vlir.plugins.backbones.conditional_unet import ConditionalUNet
 
 TINY = {"nf": 32, "ch_mult": [1, 1, 1, 2]}
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "daclip_conditional_unet_keys.txt"
+KEYS = SHARED / "reference" / "daclip_conditional_unet_keys.txt"
 
 
 pytestmark = pytest.mark.usefixtures("no_mkldnn")

@@ -1,7 +1,6 @@
 """DA-CLIP perceiver and the shared CLIP helpers (tiny open_clip config, CPU)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,11 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
+from conftest import SHARED  # noqa: E402
 from vlir.core.io import CheckpointError  # noqa: E402
 from vlir.plugins.perceivers import _clip  # noqa: E402
 from vlir.plugins.perceivers.daclip import DACLIP, DEGRADATIONS  # noqa: E402
 
-SHARED = Path(os.environ.get("VLIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 TINY = {"model": "vlir-tiny", "pretrained": None}
 
 

@@ -103,7 +103,7 @@ def test_stage_on_one_degradation_trains_only_its_expert(tmp_path):
                      "degradations": [{"type": "noise"}, {"type": "blur"}], "val_size": 16, "val_limit": 4},
             "train": {"iterations": 3, "lr": 1e-2, "save_every": 100,
                       "stages": [{"name": "blur", "target": "restorer", "degradations": ["blur"]}]}}
-    trainer = Trainer(load_spec(spec), tmp_path / "run", progress=False)
+    trainer = Trainer(load_spec(spec), tmp_path / "run", device="cpu", progress=False)
     before = {k: v.clone() for k, v in trainer.pipeline.backbone.state_dict().items()}
     trainer.fit()
     after = trainer.pipeline.backbone.state_dict()

@@ -1,16 +1,13 @@
 """PSNR / SSIM wrappers equal BasicSR's numbers on real images; the fast torch PSNR agrees."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED
 from vlir.core.metrics import mean_finite, psnr, psnr_torch, rgb_to_y, ssim
 
-SHARED = Path(os.environ.get("VLIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def set5_pair(name="butterfly_GT.bmp", size=96, sigma=20.0):

@@ -149,7 +149,7 @@ def test_restore_self_ensemble(tiny_pipeline, tmp_path, capsys):
     from vlir.core.pipeline import Pipeline
 
     img = _save(tmp_path / "a.png", _rgb(40, 56))
-    rc = restore(img, "-o", tmp_path / "x8", "--ensemble", "--pipeline", tiny_pipeline)
+    rc = restore(img, "-o", tmp_path / "x8", "--ensemble", "--pipeline", tiny_pipeline, "--device", "cpu")  # as below
     assert rc == 0, capsys.readouterr().err
     out, _ = read_image(tmp_path / "x8" / "a.png")
     pipe = Pipeline.load(tiny_pipeline).eval()
@@ -324,6 +324,21 @@ def test_classify_json(tiny_pipeline, tmp_path, capsys):
         assert r["degradation"] == max(probs, key=probs.get)
         assert r["confidence"] == pytest.approx(max(probs.values()))
         assert r["perceivers"]["daclip"]["degradation"] == probs
+
+
+def test_classify_into_a_closed_pipe_stops_quietly(tiny_pipeline, tmp_path):
+    """`vlir classify --json | head -c 100`: the reader goes away early; no traceback, exit 141."""
+    import subprocess
+    import sys
+
+    img = _save(tmp_path / "a.png", _rgb(40, 40))
+    p = subprocess.Popen([sys.executable, "-m", "vlir.core.cli", "classify", "--no-progress", "--json", str(img),
+                          "--pipeline", str(tiny_pipeline), "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_classify_text_and_no_perceivers(tiny_pipeline, tmp_path, capsys):

@@ -7,12 +7,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import SHARED
 from vlir.core.conditioning import Conditioning
 from vlir.core.io import CheckpointError
 from vlir.plugins.backbones.nafnet import NAFNet
 from vlir.plugins.backbones.restormer import Restormer
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = SHARED / "reference"
 TINY = {
     Restormer: dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2]),
     NAFNet: dict(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]),

@@ -206,8 +206,8 @@ def test_ema_weights_are_the_final_weights(tmp_path, images):
 
     def grab(trainer, step, logs):
         if step == 4:
-            seen["shadow"] = [s.clone() for s in trainer.ema.shadow]
-            seen["live"] = [p.detach().clone() for p in trainer.ema.params]
+            seen["shadow"] = [s.cpu().clone() for s in trainer.ema.shadow]  # CUDA when present
+            seen["live"] = [p.detach().cpu().clone() for p in trainer.ema.params]
             seen["names"] = list(trainer.ema.names)
     with Hook(grab):
         out = Trainer(load_spec(tiny_spec(images, iterations=4, ema=0.7)), tmp_path / "r", progress=False).fit()
@@ -235,7 +235,7 @@ def test_cpu_autocast_and_channels_last(tmp_path, images, amp, channels_last, dt
             convs[0].register_forward_hook(lambda m, i, o: seen.setdefault("dtypes", set()).add(o.dtype))
     with Hook(grab):
         out = Trainer(load_spec(tiny_spec(images, iterations=3, amp=amp, channels_last=channels_last)),
-                      tmp_path / "r", progress=False).fit()
+                      tmp_path / "r", device="cpu", progress=False).fit()
     assert seen["layouts"] == {channels_last}
     assert seen["dtypes"] == {dtype}  # steps 2-3 and validation
     saved = weights(out)
@@ -247,7 +247,7 @@ def test_cpu_autocast_and_channels_last(tmp_path, images, amp, channels_last, dt
 
 def test_fp16_autocast_is_refused_on_a_cpu(tmp_path, images):
     with pytest.raises(SpecError, match=r"train\.amp.*fp16 autocast needs a CUDA device.*use bf16"):
-        Trainer(load_spec(tiny_spec(images, amp="fp16")), tmp_path / "r", progress=False)
+        Trainer(load_spec(tiny_spec(images, amp="fp16")), tmp_path / "r", device="cpu", progress=False)
 
 
 def test_stages_train_a_perceiver_then_the_restorer(tmp_path, images):
@@ -260,7 +260,7 @@ def test_stages_train_a_perceiver_then_the_restorer(tmp_path, images):
         {"name": "perceiver", "target": "perceiver:daclip", "iterations": 30, "lr": 2e-3},
         {"name": "restorer", "target": "restorer", "iterations": 2}])
     spec = load_spec(raw)
-    trainer = Trainer(spec, tmp_path / "r", progress=False)
+    trainer = Trainer(spec, tmp_path / "r", device="cpu", progress=False)  # the fixed batches below are CPU tensors
     pipe = trainer.pipeline
     per = pipe.perceivers["daclip"]
     from vlir.core.train.data import build_dataset, collate
@@ -326,7 +326,7 @@ def test_two_processes_match_one(tmp_path, images):
     import yaml
 
     spec_file.write_text(yaml.safe_dump(raw))
-    one = Trainer(load_spec(raw), tmp_path / "one", progress=False).fit()
+    one = Trainer(load_spec(raw), tmp_path / "one", device="cpu", progress=False).fit()  # as the two below
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
