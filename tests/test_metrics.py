@@ -9,7 +9,6 @@ from conftest import SHARED
 from vlir.core.metrics import mean_finite, psnr, psnr_torch, rgb_to_y, ssim
 
 
-
 def set5_pair(name="butterfly_GT.bmp", size=96, sigma=20.0):
     """(clean uint8 BGR, noisy uint8 BGR) crops of a Set5 image, read with OpenCV as BasicSR does."""
     import cv2

@@ -149,7 +149,7 @@ def test_restore_self_ensemble(tiny_pipeline, tmp_path, capsys):
     from vlir.core.pipeline import Pipeline
 
     img = _save(tmp_path / "a.png", _rgb(40, 56))
-    rc = restore(img, "-o", tmp_path / "x8", "--ensemble", "--pipeline", tiny_pipeline, "--device", "cpu")  # as below
+    rc = restore(img, "-o", tmp_path / "x8", "--ensemble", "--pipeline", tiny_pipeline, "--device", "cpu")
     assert rc == 0, capsys.readouterr().err
     out, _ = read_image(tmp_path / "x8" / "a.png")
     pipe = Pipeline.load(tiny_pipeline).eval()
