@@ -245,6 +245,10 @@ class Process(Component):
         raise NotImplementedError
 
 
+# JPEG's largest block, a 4:2:0 chroma unit (16x16 pixels): crops at offsets and pads to sizes that
+# are multiples of it keep an image's JPEG blocks on their grid (the self-ensemble, perceiver views).
+BLOCK_GRID = 16
+
 # Flips and quarter turns of an image, as indices k of the self-ensemble: k % 4 quarter turns after
 # a horizontal flip for k >= 4 (0 identity, 2 half turn, 4 horizontal flip, 6 vertical flip).
 SYMMETRIES: dict[str, tuple[int, ...]] = {

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .components import BLOCK_GRID
 from .conditioning import Conditioning, Perception
 from .io import atomic_write_text, load_checkpoint, load_state_dict_checked, save_safetensors
 from .spec import SpecError, load_spec, read_yaml
@@ -22,7 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import ComponentSpec, PipelineSpec
 
 SPEC_FILE = "spec.yaml"
-ENSEMBLE_GRID = 16  # self-ensemble padding: JPEG's largest block (a 4:2:0 chroma unit is 16x16 pixels)
 
 
 def _unique_roles(names: list[str]) -> list[str]:
@@ -187,7 +187,7 @@ class Pipeline(torch.nn.Module):
         the image and the outputs, turned back, are averaged; the perceivers see the image once and
         condition every pass. It uses the symmetries of :meth:`ensemble_symmetries` (all eight
         unless the degradation has a direction, as rain and haze have) and pads the image
-        (edge replicated, as a JPEG encoder does) to a multiple of ``ENSEMBLE_GRID`` pixels, so that
+        (edge replicated, as a JPEG encoder does) to a multiple of ``BLOCK_GRID`` pixels, so that
         every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
         a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
@@ -208,7 +208,7 @@ class Pipeline(torch.nn.Module):
         if not ensemble:
             return run(lq).clamp(0, 1), perceptions
         h, w = lq.shape[-2:]
-        g = ENSEMBLE_GRID
+        g = BLOCK_GRID
         padded = torch.nn.functional.pad(lq, (0, -w % g, 0, -h % g), mode="replicate")
         symmetries = self.ensemble_symmetries(perceptions)
         total = None  # float32 running sum: memory for two images, not eight

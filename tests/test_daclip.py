@@ -348,3 +348,36 @@ def test_native_resolution_crop_keeps_pixels():
     torch.testing.assert_close(out, x[..., 4:36, 9:41])
     small = _clip.preprocess(torch.rand(1, 3, 20, 30), 32, resize=False)  # too small: resized up
     assert small.shape == (1, 3, 32, 32)
+
+
+def test_views_are_crops_on_the_block_grid():
+    x = torch.rand(2, 3, 100, 130)
+    out = _clip.preprocess(x, 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=False, views=3)
+    assert out.shape == (20, 3, 32, 32)  # per image: the centre crop, then a 3x3 grid
+    torch.testing.assert_close(out[0], x[0, :, 34:66, 49:81])  # open_clip's centre crop, as views=1
+    corners = [(t, l) for t in (0, 32, 64) for l in (0, 48, 96)]  # linspace(0, 68 / 98, 3) rounded down to 16
+    for v, (t, l) in enumerate(corners, start=1):
+        torch.testing.assert_close(out[v], x[0, :, t:t + 32, l:l + 32])
+        torch.testing.assert_close(out[10 + v], x[1, :, t:t + 32, l:l + 32])
+    same = torch.rand(1, 3, 32, 32)  # one position only: one view
+    assert _clip.preprocess(same, 32, resize=False, views=4).shape == (1, 3, 32, 32)
+
+
+def test_views_average_logits_and_embeddings():
+    m = tiny(resize=False, views=2).eval()
+    perturb(m)
+    x = images(b=2, h=48, w=64)
+    crops = [(8, 16), (0, 0), (0, 32), (16, 0), (16, 32)]  # centre, then the 2x2 grid
+    with torch.no_grad():
+        p = m(x)
+        m.params.views = 1
+        for b in range(2):
+            each = m(torch.cat([x[b:b + 1, :, t:t + 32, l:l + 32] for t, l in crops]))
+            logits = each.extras["degradation_logits"].mean(0)
+            torch.testing.assert_close(p.extras["degradation_logits"][b], logits)
+            torch.testing.assert_close(p.class_probs[b], logits.softmax(-1))
+            torch.testing.assert_close(p.degradation[b], each.degradation.mean(0))
+            torch.testing.assert_close(p.content[b], each.content.mean(0))
+    assert p.class_probs.shape == (2, len(DEGRADATIONS)) and p.content.shape == (2, 32)
+    with pytest.raises(Exception, match="views"):
+        tiny(views=0)

@@ -11,8 +11,9 @@ Stable API (used by ``daclip``, ``lora_caption_aligner`` and ``quality_perceiver
   CLIP; ``pretrained`` is an open_clip tag, a local checkpoint file, or None (random init);
   ``device`` defaults to torch's default device (so ``with torch.device('meta')`` works).
 - ``preprocess_cfg(clip) -> (image_size, mean, std)``: the eval preprocessing of a built model.
-- ``preprocess(images, image_size, mean, std) -> Tensor``: open_clip's eval transform on batched
-  tensors in [0, 1] (resize shorter side, bicubic with antialias; centre crop; normalise).
+- ``preprocess(images, image_size, mean, std, resize=True, views=1) -> Tensor``: open_clip's eval
+  transform on batched tensors in [0, 1] (resize shorter side, bicubic with antialias; centre crop;
+  normalise); ``views``: more crops per image spread over it.
 - ``encode_image(clip, images, normalize=False)``: preprocess + ``clip.encode_image``.
 - ``tokenize(tokenizer, texts, device=None)`` / ``encode_text(clip, tokenizer, texts, device=None,
   normalize=False)``.
@@ -34,6 +35,8 @@ from typing import Any, Iterator, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
+
+from vlir.core.components import BLOCK_GRID
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -193,7 +196,7 @@ def preprocess_cfg(clip: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple
 
 def preprocess(images: torch.Tensor, image_size: int,
                mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD,
-               resize: bool = True) -> torch.Tensor:
+               resize: bool = True, views: int = 1) -> torch.Tensor:
     """open_clip's eval transform on a batch ``[B, 3, H, W]`` in [0, 1], on its device.
 
     Resize the shorter side to ``image_size`` (bicubic, antialias, like torchvision's ``Resize``
@@ -201,6 +204,11 @@ def preprocess(images: torch.Tensor, image_size: int,
     pipeline does) and normalise. ``resize=False`` keeps the native resolution where the image
     is large enough (only smaller images are resized up): pixel-level degradations such as noise
     and JPEG blocks stay as they are, which helps small perceivers trained from scratch.
+
+    ``views`` > 1: besides the centre crop, a ``views`` x ``views`` grid of crops spread evenly
+    from corner to corner (offsets rounded down to multiples of ``BLOCK_GRID``, so JPEG's blocks
+    and the patch grid keep their alignment; repeated positions are dropped). Returns
+    ``[B * V, 3, S, S]``, the ``V`` views of image ``b`` at rows ``b * V`` to ``b * V + V - 1``.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"CLIP preprocess expects images [B, 3, H, W], got {tuple(images.shape)}")
@@ -213,9 +221,17 @@ def preprocess(images: torch.Tensor, image_size: int,
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
         x = x.clamp(0.0, 1.0)
         h, w = size
-    if h != image_size or w != image_size:
-        top = int(round((h - image_size) / 2.0))
-        left = int(round((w - image_size) / 2.0))
+    corners = [(int(round((h - image_size) / 2.0)), int(round((w - image_size) / 2.0)))]
+    if views > 1:
+        def spread(n: int) -> list[int]:
+            return [int(v) // BLOCK_GRID * BLOCK_GRID for v in torch.linspace(0, n - image_size, views)]
+
+        corners += [(t, l) for t in spread(h) for l in spread(w)]
+        corners = list(dict.fromkeys(corners))
+    if len(corners) > 1:
+        x = torch.stack([x[..., t:t + image_size, l:l + image_size] for t, l in corners], dim=1).flatten(0, 1)
+    elif h != image_size or w != image_size:
+        (top, left), = corners
         x = x[..., top:top + image_size, left:left + image_size]
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -86,6 +86,7 @@ class DACLIP(Perceiver):
         objective: Literal["contrastive", "cross_entropy"] = "contrastive"
         normalize: bool = False  # return L2-normalised embeddings (DA-CLIP feeds them unnormalised)
         resize: bool = True  # open_clip's resize; False: centre crop at native resolution (see _clip.preprocess)
+        views: int = Field(1, ge=1, le=8)  # >1: also a views x views grid of crops; their logits and embeddings averaged
 
         @field_validator("prompt")
         @classmethod
@@ -144,10 +145,11 @@ class DACLIP(Perceiver):
         super()._load_from_state_dict(*args, **kwargs)
 
     # -- encoders --------------------------------------------------------------------------
-    def encode(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(content, degradation) embeddings ``[B, D]`` (unnormalised) of images in [0, 1]."""
+    def encode(self, lq: torch.Tensor, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content, degradation) embeddings ``[B * V, D]`` (unnormalised) of images in [0, 1]:
+        ``V`` crops of each image for ``views`` > 1 (see ``_clip.preprocess``), else one."""
         size, mean, std = _clip.preprocess_cfg(self.clip)
-        x = _clip.preprocess(lq, size, mean, std, resize=self.params.resize)
+        x = _clip.preprocess(lq, size, mean, std, resize=self.params.resize, views=views)
         x = x.to(self.visual_control.conv1.weight.dtype)
         frozen = self.clip.visual
         ctrl, hiddens = self.visual_control.transformer(self.visual_control._embeds(x))
@@ -185,8 +187,14 @@ class DACLIP(Perceiver):
 
     # -- perceiver API ---------------------------------------------------------------------
     def forward(self, lq: torch.Tensor) -> Perception:
-        content, degradation = self.encode(lq)
+        """Embeddings and class probabilities of a batch; with ``views`` > 1 the mean over each
+        image's crops of their embeddings and of their class logits (a degradation seen in a few
+        crops, such as sparse rain, still counts; training always sees one crop)."""
+        content, degradation = self.encode(lq, self.params.views)
         logits = self.scale() * F.normalize(degradation, dim=-1) @ self.degradation_text().t()
+        if content.shape[0] != lq.shape[0]:
+            content, degradation, logits = (t.unflatten(0, (lq.shape[0], -1)).mean(1)
+                                            for t in (content, degradation, logits))
         if self.params.normalize:
             content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
         return Perception(content=content, degradation=degradation, class_names=self.class_names,
