@@ -7,7 +7,8 @@ is trained on McMaster, Set14 and Val20), with a fixed seed per image:
   and each classical baseline of ``vlir.core.baselines`` suited to the degradation;
 - degradation classification accuracy of the pipeline's perceiver (predicted class word vs
   the degradation's label) and the confusion counts;
-- a "clean" row: what the model does to undegraded images (it should leave them alone).
+- a "clean" row: what the model does to undegraded images (it should leave them alone; with a
+  perceiver class "clean" its accuracy too, and how many images came back unchanged).
 
 Gaussian noise is at sigma 25 on all CBSD68 images (the field's CBSD68 sigma 25 protocol); the
 other degradations use the fixed settings of ``vlir demo`` on the first ``--limit-others``
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not files:
         raise SystemExit(f"no images in {args.data}")
     trained = [d.type for d in pipe.spec.data.degradations] if pipe.spec.data is not None else []
-    types = args.degradations or trained or list(settings())
+    types = [t for t in (args.degradations or trained or list(settings())) if t != "clean"]  # the last row
     if "noise" in types:  # the headline row first
         types = ["noise"] + [t for t in types if t != "noise"]
     reg = get_registry()
@@ -95,9 +96,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def evaluate(name: str, params: dict[str, Any] | None, images: list[Path]) -> dict[str, Any]:
         deg = reg.build("degradation", name, params=params) if name != "clean" else None
-        label = getattr(deg, "label", "") if deg is not None else ""
+        label = getattr(deg, "label", "") if deg is not None else "clean"  # a perceiver may have a clean class
         fns = baselines.baselines_for(name) if (deg is not None and not args.no_baselines) else {}
         acc: dict[str, list[float]] = {"in_psnr": [], "in_ssim": [], "psnr": [], "ssim": []}
+        unchanged = 0  # outputs equal to their input (routed to no restoration)
         for b in fns:
             acc[f"{b}_psnr"], acc[f"{b}_ssim"] = [], []
         predicted: dict[str, int] = {}
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             overlap=min(32, (args.tile or 128) // 4), generator=gen,
                                             ensemble=args.ensemble)
             out = out.float().cpu()
+            unchanged += int(torch.equal(out, lq.float()))
             s = summarize(perceptions)
             if "degradation" in s:
                 predicted[s["degradation"]] = predicted.get(s["degradation"], 0) + 1
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {
             "degradation": name, "params": params or {}, "label": label or None, "images": len(images),
             "input": {"psnr": _mean(acc["in_psnr"]), "ssim": _mean(acc["in_ssim"])},
-            "model": {"psnr": _mean(acc["psnr"]), "ssim": _mean(acc["ssim"])},
+            "model": {"psnr": _mean(acc["psnr"]), "ssim": _mean(acc["ssim"])}, "unchanged": unchanged,
             "baselines": {b: {"psnr": _mean(acc[f"{b}_psnr"]), "ssim": _mean(acc[f"{b}_ssim"])} for b in fns},
             "predicted": dict(sorted(predicted.items(), key=lambda kv: -kv[1])),
             "accuracy": (round(correct / len(images), 4) if predicted and classes and label in classes else None),
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         images = files[:args.limit] if name == "noise" else files[:args.limit_others]
         rows.append(evaluate(name, settings().get(name, {}), images))
     rows.append(evaluate("clean", None, files[:args.limit_others]))
-    labelled = [r for r in rows if r["accuracy"] is not None]
+    labelled = [r for r in rows if r["accuracy"] is not None and r["degradation"] != "clean"]
     total = sum(r["images"] for r in labelled)
     return {
         "pipeline": str(folder),
@@ -186,7 +189,12 @@ def markdown(result: dict[str, Any]) -> str:
         if r["degradation"] == "clean":
             params = "none"
         acc = f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "–"
-        cells = [r["degradation"], params, str(r["images"]), cell(r["input"]), cell(r["model"]),
+        model, u, n = cell(r["model"]), r.get("unchanged", 0), r["images"]
+        if u and r["degradation"] == "clean":  # unchanged clean images have no finite PSNR
+            model = "identical" if u == n else f"{u} of {n} unchanged<br>the others: {model}"
+        elif u:
+            model += f"<br>{u} of {n} unchanged"
+        cells = [r["degradation"], params, str(n), cell(r["input"]), model,
                  "<br>".join(f"{b}: {cell(v)}" for b, v in r["baselines"].items()) or "–", acc]
         lines.append("| " + " | ".join(cells) + " |")
     if result["classification_accuracy"] is not None:

@@ -40,7 +40,7 @@ def demo_image() -> Path:
 
 def demo_degradations(pipe: "Pipeline | None" = None) -> list[tuple[str, dict[str, Any]]]:
     """(type, params) per row: the pipeline's training degradations when its spec lists them
-    (with the demo settings for known types), else every demo degradation."""
+    (with the demo settings for known types; not ``clean``, the identity), else every demo degradation."""
     from .registry import get_registry
 
     reg = get_registry()
@@ -49,7 +49,7 @@ def demo_degradations(pipe: "Pipeline | None" = None) -> list[tuple[str, dict[st
     rows: list[tuple[str, dict[str, Any]]] = []
     if data is not None and data.degradations:
         for d in data.degradations:
-            if d.type in known and d.type not in [r[0] for r in rows]:
+            if d.type in known and d.type != "clean" and d.type not in [r[0] for r in rows]:  # clean: nothing to show
                 rows.append((d.type, DEMO_DEGRADATIONS.get(d.type, dict(d.params))))
     if not rows:
         rows = [(t, p) for t, p in DEMO_DEGRADATIONS.items() if t in known]

@@ -192,3 +192,17 @@ def test_unknown_symmetry_is_refused_when_the_class_is_defined():
     with pytest.raises(TypeError, match=r"Sideways: symmetry 'diagonal' is not one of dihedral, flips, mirror"):
         class Sideways(Degradation):
             symmetry = "diagonal"
+
+
+def test_clean_is_the_identity_with_its_own_label():
+    from vlir.core.registry import get_registry
+    from vlir.plugins.degradations.clean import Clean
+
+    d = get_registry().build("degradation", "clean")
+    assert isinstance(d, Clean) and d.label == "clean"
+    x = textured()
+    assert torch.equal(d(x, generator=seeded(1)), x) and torch.equal(d(x), x)
+    assert d(x.half()).dtype == torch.float16
+    assert torch.equal(d(torch.full((1, 3, 4, 4), 1.5)), torch.ones(1, 3, 4, 4))  # clamped like the others
+    with pytest.raises(ValueError, match="clean: expected images"):
+        d(torch.rand(3, 4, 4))

@@ -193,3 +193,12 @@ def test_grow_tool_adds_identity_blocks_and_refuses_to_shrink(tmp_path):
     with pytest.raises(CheckpointError, match=wide):
         tool.grow(tmp_path / "small.safetensors", spec("wide", width=16), tmp_path / "wide.safetensors")
     assert not (tmp_path / "back.safetensors").exists() and not (tmp_path / "wide.safetensors").exists()
+
+
+def test_demo_leaves_out_the_clean_class():
+    from types import SimpleNamespace as NS
+
+    from vlir.core.demo import demo_degradations
+
+    data = NS(degradations=[NS(type="noise", params={}), NS(type="clean", params={})])
+    assert [n for n, _ in demo_degradations(NS(spec=NS(data=data)))] == ["noise"]

@@ -176,3 +176,33 @@ def test_experts_of_different_depths_tile_at_the_deepest_unit():
     m = get_registry().build("backbone", "experts", params={
         "experts": 2, "expert_params": TINY, "overrides": {1: {"enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}}})
     assert (m.nets[0].multiple_of, m.nets[1].multiple_of, m.multiple_of) == (2, 4, 4)
+
+
+def test_identity_classes_pass_images_unchanged_and_train_the_rest():
+    import pytest
+
+    torch.manual_seed(0)
+    m = get_registry().build("backbone", "experts", params={"experts": 3, "expert_params": TINY, "identity": [0]})
+    assert isinstance(m.nets[0], torch.nn.Identity) and not any(k.startswith("nets.0.") for k in m.state_dict())
+    assert m.pad_mode == m.nets[1].pad_mode
+    x = torch.rand(3, 3, 16, 16)
+    out = m(x, Conditioning(vector=torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.1, 0.3]])))
+    assert torch.equal(out[0], x[0]) and torch.equal(out[2], x[2])
+    out.mean().backward()  # the routed expert still learns
+    assert all(p.grad is not None for p in m.nets[1].parameters())
+    for params, match in [({"identity": [3]}, r"experts.identity: expert indices \[3\] are not in 0..2"),
+                          ({"identity": [1], "overrides": {1: {"width": 16}}}, r"classes \[1\] are in both"),
+                          ({"identity": [0, 1, 2]}, "keep at least one expert")]:
+        with pytest.raises(ValueError, match=match):
+            get_registry().build("backbone", "experts", params={"experts": 3, "expert_params": TINY, **params})
+
+
+def test_identity_class_survives_a_pipeline_save_and_load(tmp_path):
+    spec = {"backbone": {"type": "experts", "params": {"experts": 2, "expert_params": TINY, "identity": [1]}}}
+    pipe = Pipeline.from_spec(spec)
+    pipe.save(tmp_path)
+    loaded = Pipeline.load(tmp_path)
+    assert isinstance(loaded.backbone.nets[1], torch.nn.Identity)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.backbone(x, Conditioning(vector=torch.tensor([[0.0, 1.0]]))), x)

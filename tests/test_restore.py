@@ -432,3 +432,49 @@ def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
     assert 0 <= doc["classification_accuracy"] <= 1 and doc["ensemble"] is False
     md = out.with_suffix(".md").read_text()
     assert "| noise | sigma=25.0 | 1 |" in md and "dark_channel_prior" in md
+
+
+def test_default_model_benchmark_with_a_clean_class(tmp_path, capsys):
+    """A perceiver with a "clean" class: the clean row gets an accuracy, every row counts the images
+    that came back unchanged (routed to an identity), and the degraded-rows accuracy leaves clean out."""
+    import importlib.util
+    import shutil
+
+    from vlir.core.demo import demo_image
+    from vlir.core.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    folder = tmp_path / "pipeline"
+    # the tiny random perceiver calls the demo image "noisy" whatever its degradation: make that class
+    # the identity, so that the clean row's images come back unchanged
+    Pipeline.from_spec({
+        "perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "clean"]}}],
+        "backbone": {"type": "experts", "params": {"expert": "nafnet", "identity": [0], "expert_params": {
+            "width": 8, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]}}},
+        "condition": {"vector": "probs", "tokens": False},
+        "data": {"degradations": [{"type": "noise"}, {"type": "clean"}]},
+    }).save(folder)
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_default_model", root / "benchmarks" / "default_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = tmp_path / "clean"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(demo_image(), data / name)
+    out = tmp_path / "dm.json"
+    assert bench.main(["--pipeline", str(folder), "--data", str(data), "--out", str(out), "--no-baselines"]) == 0, \
+        capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    rows = {r["degradation"]: r for r in doc["rows"]}
+    assert list(rows) == ["noise", "clean"]  # the trained "clean" type is the clean row, not a second one
+    clean, noise = rows["clean"], rows["noise"]
+    assert clean["predicted"] == {"noisy": 2} and noise["predicted"] == {"noisy": 2}
+    assert clean["label"] == "clean" and clean["accuracy"] == 0.0
+    assert clean["unchanged"] == 2 and clean["model"]["psnr"] is None  # identical: no finite PSNR
+    assert noise["unchanged"] == 2 and noise["model"] == noise["input"]  # returned as they came
+    assert doc["classification_accuracy"] == noise["accuracy"] == 1.0
+    md = out.with_suffix(".md").read_text()
+    assert "| clean | none | 2 | identical | identical |" in md
+    assert f"| noise | sigma=25.0 | 2 | {noise['input']['psnr']:.2f} / {noise['input']['ssim']:.4f} | " \
+           f"{noise['model']['psnr']:.2f} / {noise['model']['ssim']:.4f}<br>2 of 2 unchanged |" in md

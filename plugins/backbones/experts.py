@@ -1,7 +1,8 @@
 """A mixture of restoration experts routed by a perceiver (the built-in default model's backbone).
 
 ``experts`` copies of one registered backbone (``expert`` + ``expert_params``), one per
-degradation class. The conditioning vector is read as class probabilities (spec:
+degradation class; classes listed in ``identity`` get none (their images pass unchanged, as a
+"clean" class should). The conditioning vector is read as class probabilities (spec:
 ``condition: {vector: probs}``): ``hard`` routing sends each image through its most likely
 expert only (one network's cost per image, in training too), ``soft`` mixes every expert's
 output by the probabilities. Without a vector the experts' outputs are averaged.
@@ -28,6 +29,9 @@ class Experts(Backbone):
         overrides: dict[int, dict[str, Any]] = Field(
             default_factory=dict, description="params merged over expert_params for some experts, by class "
                                               "index, e.g. {1: {width: 32}}: a larger expert for class 1")
+        identity: list[int] = Field(
+            default_factory=list, description="class indices with no expert: their images pass through unchanged, "
+                                              "e.g. [6] for a perceiver's 'clean' class")
         routing: Literal["hard", "soft"] = "hard"
 
     multiple_of: ClassVar[int] = 1
@@ -45,11 +49,18 @@ class Experts(Backbone):
         reg = get_registry()
         if getattr(reg.load("backbone", p.expert), "diffusion", False):
             raise ValueError(f"experts: expert {p.expert!r} is a diffusion backbone; use a direct one")
-        wrong = sorted(k for k in p.overrides if not 0 <= k < p.experts)
-        if wrong:
-            raise ValueError(f"experts.overrides: expert indices {wrong} are not in 0..{p.experts - 1}")
+        for field, keys in (("overrides", p.overrides), ("identity", p.identity)):
+            wrong = sorted(k for k in keys if not 0 <= k < p.experts)
+            if wrong:
+                raise ValueError(f"experts.{field}: expert indices {wrong} are not in 0..{p.experts - 1}")
+        both = sorted(set(p.overrides) & set(p.identity))
+        if both:
+            raise ValueError(f"experts: classes {both} are in both overrides and identity (an identity has no params)")
+        if len(set(p.identity)) == p.experts:
+            raise ValueError(f"experts.identity: all {p.experts} classes are identities; keep at least one expert")
         self.nets = torch.nn.ModuleList(
-            reg.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
+            torch.nn.Identity() if k in p.identity
+            else reg.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
             for k in range(p.experts))
         # tiling aligns to the deepest expert; a shallower one then sees a wider padded border than
         # it gives itself on a whole image, so its tiled pooling differs slightly at that border
@@ -58,7 +69,7 @@ class Experts(Backbone):
 
     @property
     def pad_mode(self) -> str:
-        return self.nets[0].pad_mode
+        return next(n for n in self.nets if not isinstance(n, torch.nn.Identity)).pad_mode
 
     def weights(self, cond: Conditioning | None, batch: int) -> torch.Tensor | None:
         if cond is None or cond.vector is None:
