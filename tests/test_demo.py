@@ -99,7 +99,7 @@ def test_demo_output_is_a_file(tiny_pipeline, tmp_path, capsys):
 
 
 def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
-    """tools/assemble_default.py: perceiver + restorer runs, and the experts the noise / jpeg stages trained."""
+    """tools/assemble_default.py: perceiver + restorer runs, and the experts the noise / jpeg / haze stages trained."""
     import subprocess
     import sys
 
@@ -111,14 +111,14 @@ def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
     shipped = bundled_dir()
     backbone = {k: v.float() for k, v in load_file(str(shipped / "backbone.safetensors")).items()}
     runs = tmp_path / "runs"
-    for stage in ("perceiver", "restorer", "noise", "jpeg"):
+    for stage in ("perceiver", "restorer", "noise", "jpeg", "haze"):
         (runs / f"default-{stage}" / "pipeline").mkdir(parents=True)
     perceiver = {k: v.float() for k, v in load_file(str(shipped / "perceiver.daclip.safetensors")).items()}
     save_file(perceiver, str(runs / "default-perceiver/pipeline/perceiver.daclip.safetensors"))
     # the restorer run's JPEG expert may have another shape (a later stage replaced it): never read
     stale = {k: torch.zeros(1) if k.startswith("nets.1.") else v for k, v in backbone.items()}
     save_file(stale, str(runs / "default-restorer/pipeline/backbone.safetensors"))
-    for stage, trained in (("noise", 0), ("jpeg", 1)):  # a stage's run changes its own expert only
+    for stage, trained in (("noise", 0), ("jpeg", 1), ("haze", 4)):  # a stage's run changes its own expert only
         sd = {k: v + 0.125 if k.startswith(f"nets.{trained}.") else v for k, v in backbone.items()}
         save_file(sd, str(runs / f"default-{stage}/pipeline/backbone.safetensors"))
     out = tmp_path / "assembled"
@@ -126,7 +126,7 @@ def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
                    check=True, cwd=tmp_path, capture_output=True)
     got = load_file(str(out / "backbone.safetensors"))
     for k, v in backbone.items():
-        shift = 0.125 if k.startswith(("nets.0.", "nets.1.")) else 0.0
+        shift = 0.125 if k.startswith(("nets.0.", "nets.1.", "nets.4.")) else 0.0
         torch.testing.assert_close(got[k].float(), (v + shift).half().float())
     assert (out / "spec.yaml").is_file() and (out / "perceiver.daclip.safetensors").is_file()
 

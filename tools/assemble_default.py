@@ -3,7 +3,7 @@
     python tools/assemble_default.py RUNS OUT      # e.g. runs core/assets/default
 
 The perceiver comes from RUNS/default-perceiver, the experts from RUNS/default-restorer, except
-those that a later stage (noise, jpeg: stage.degradations) trained alone, which come from that
+those that a later stage (noise, jpeg, haze: stage.degradations) trained alone, which come from that
 stage's run.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from vlir.core import Pipeline
 from vlir.core.io import load_checkpoint
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "default.yaml"
-EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed"}  # stage -> the class of the expert it trained
+EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed", "haze": "hazy"}  # stage -> the class of the expert it trained
 
 
 def assemble(runs: str, out: str) -> None:
