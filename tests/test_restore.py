@@ -405,7 +405,8 @@ def test_baseline_shapes_and_ranges():
 
 
 # -- benchmark script -------------------------------------------------------------------------------
-def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
+def _benchmark(tmp_path: Path, images: int):
+    """benchmarks/default_model.py as a module, and a folder of ``images`` copies of the demo image."""
     import importlib.util
     import shutil
 
@@ -417,7 +418,13 @@ def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
     spec.loader.exec_module(bench)
     data = tmp_path / "clean"
     data.mkdir()
-    shutil.copy(demo_image(), data / "tiger.png")
+    for i in range(images):
+        shutil.copy(demo_image(), data / f"tiger{i}.png")
+    return bench, data
+
+
+def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
+    bench, data = _benchmark(tmp_path, 1)
     out = tmp_path / "res" / "dm.json"
     rc = bench.main(["--pipeline", str(tiny_pipeline), "--data", str(data), "--degradations", "noise", "haze",
                      "--out", str(out)])
@@ -437,10 +444,6 @@ def test_default_model_benchmark_script(tiny_pipeline, tmp_path, capsys):
 def test_default_model_benchmark_with_a_clean_class(tmp_path, capsys):
     """A perceiver with a "clean" class: the clean row gets an accuracy, every row counts the images
     that came back unchanged (routed to an identity), and the degraded-rows accuracy leaves clean out."""
-    import importlib.util
-    import shutil
-
-    from vlir.core.demo import demo_image
     from vlir.core.pipeline import Pipeline
 
     torch.manual_seed(0)
@@ -454,14 +457,7 @@ def test_default_model_benchmark_with_a_clean_class(tmp_path, capsys):
         "condition": {"vector": "probs", "tokens": False},
         "data": {"degradations": [{"type": "noise"}, {"type": "clean"}]},
     }).save(folder)
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_default_model", root / "benchmarks" / "default_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    data = tmp_path / "clean"
-    data.mkdir()
-    for name in ("a.png", "b.png"):
-        shutil.copy(demo_image(), data / name)
+    bench, data = _benchmark(tmp_path, 2)
     out = tmp_path / "dm.json"
     assert bench.main(["--pipeline", str(folder), "--data", str(data), "--out", str(out), "--no-baselines"]) == 0, \
         capsys.readouterr().err
