@@ -228,11 +228,8 @@ def preprocess(images: torch.Tensor, image_size: int,
 
         corners += [(t, l) for t in spread(h) for l in spread(w)]
         corners = list(dict.fromkeys(corners))
-    if len(corners) > 1:
+    if len(corners) > 1 or h != image_size or w != image_size:
         x = torch.stack([x[..., t:t + image_size, l:l + image_size] for t, l in corners], dim=1).flatten(0, 1)
-    elif h != image_size or w != image_size:
-        (top, left), = corners
-        x = x[..., top:top + image_size, left:left + image_size]
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
