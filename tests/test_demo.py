@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,7 +100,8 @@ def test_demo_output_is_a_file(tiny_pipeline, tmp_path, capsys):
 
 
 def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
-    """tools/assemble_default.py: perceiver + restorer runs, and the experts the noise / jpeg / haze stages trained."""
+    """tools/assemble_default.py: perceiver + restorer runs, the experts the noise / jpeg / haze stages trained,
+    and the JPEG expert's CBSD432 fine-tune where there is one."""
     import subprocess
     import sys
 
@@ -130,6 +132,17 @@ def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
         torch.testing.assert_close(got[k].float(), (v + shift).half().float())
     assert (out / "spec.yaml").is_file() and (out / "perceiver.daclip.safetensors").is_file()
 
+    # a CBSD432 fine-tune of the JPEG expert (default-jpeg-bsd), where one was run, replaces the jpeg stage's
+    (runs / "default-jpeg-bsd" / "pipeline").mkdir(parents=True)
+    sd = {k: v - 0.25 if k.startswith("nets.1.") else v for k, v in backbone.items()}
+    save_file(sd, str(runs / "default-jpeg-bsd/pipeline/backbone.safetensors"))
+    subprocess.run([sys.executable, str(ROOT / "tools" / "assemble_default.py"), str(runs), str(out)],
+                   check=True, cwd=tmp_path, capture_output=True)
+    got = load_file(str(out / "backbone.safetensors"))
+    for k, v in backbone.items():
+        shift = -0.25 if k.startswith("nets.1.") else 0.125 if k.startswith(("nets.0.", "nets.4.")) else 0.0
+        torch.testing.assert_close(got[k].float(), (v + shift).half().float())
+
 
 def test_extra_images_tool_copies_lossless_photos(tmp_path):
     """tools/extra_images.py: scikit-image's PNG photos, readable by vlir's data loader, no JPEG sources."""
@@ -151,19 +164,57 @@ def test_extra_images_tool_copies_lossless_photos(tmp_path):
     assert img.shape == (3, 512, 512)
 
 
-def test_grow_tool_adds_identity_blocks_and_refuses_to_shrink(tmp_path):
-    """tools/grow.py: a NAFNet grown with more blocks computes what the source did; no other changes."""
+def _tool(name):
+    """Import tools/NAME.py (a script folder, not a package)."""
     import importlib.util
 
+    from conftest import ROOT
+
+    spec_file = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(tool)
+    return tool
+
+
+def test_cbsd432_tool_copies_the_first_images_and_refuses_test_images(tmp_path, capsys):
+    """tools/cbsd432.py: the first N by name; a test image (same name, or the same picture under another
+    name, format and orientation) is an error and nothing is copied."""
+    from PIL import Image
+
+    tool = _tool("cbsd432")
+    rng = np.random.default_rng(0)
+
+    def photo():  # smooth random picture, 60x40
+        small = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((60, 40), Image.Resampling.BICUBIC)
+
+    test, src = tmp_path / "test", tmp_path / "src"
+    test.mkdir(), src.mkdir()
+    shown = photo()
+    shown.save(test / "101085.png")
+    photo().save(test / "101087.png")
+    for name in ("100007", "100039", "100075"):
+        photo().save(src / f"{name}.jpg", quality=95)
+    assert tool.main([str(src), str(tmp_path / "out"), "--count", "2", "--test", str(test)]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["100007.jpg", "100039.jpg"]
+
+    shown.transpose(Image.Transpose.ROTATE_270).save(src / "0001.jpg", quality=95)  # first by name
+    photo().save(src / "101087.bmp")
+    assert tool.main([str(src), str(tmp_path / "bad"), "--count", "10", "--test", str(test)]) == 1
+    err = capsys.readouterr().err
+    assert "0001.jpg looks like test image 101085.png" in err
+    assert "101087.bmp has the name of test image 101087.png" in err
+    assert "100007.jpg" not in err and not (tmp_path / "bad").exists()
+
+
+def test_grow_tool_adds_identity_blocks_and_refuses_to_shrink(tmp_path):
+    """tools/grow.py: a NAFNet grown with more blocks computes what the source did; no other changes."""
     import yaml
 
-    from conftest import ROOT
     from vlir.core.io import CheckpointError, load_checkpoint, save_safetensors
     from vlir.core.pipeline import Pipeline
 
-    spec_file = importlib.util.spec_from_file_location("grow_tool", ROOT / "tools" / "grow.py")
-    tool = importlib.util.module_from_spec(spec_file)
-    spec_file.loader.exec_module(tool)
+    tool = _tool("grow")
 
     def spec(name, **params):
         path = tmp_path / f"{name}.yaml"

@@ -4,7 +4,8 @@
 
 The perceiver comes from RUNS/default-perceiver, the experts from RUNS/default-restorer, except
 those that a later stage (noise, jpeg, haze: stage.degradations) trained alone, which come from that
-stage's run.
+stage's run; the JPEG expert from RUNS/default-jpeg-bsd instead when that run exists (its fine-tune on
+CBSD432, tools/train_default.sh with CBSD432 set).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from vlir.core import Pipeline
 from vlir.core.io import load_checkpoint
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "default.yaml"
-EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed", "haze": "hazy"}  # stage -> the class of the expert it trained
+# run -> the class of the expert it trained; a later run replaces an earlier one's expert
+EXPERT_STAGES = {"noise": "noisy", "jpeg": "jpeg-compressed", "haze": "hazy", "jpeg-bsd": "jpeg-compressed"}
+OPTIONAL = {"jpeg-bsd"}  # needs data that ../shared lacks (tools/cbsd432.py)
 
 
 def assemble(runs: str, out: str) -> None:
@@ -25,6 +28,8 @@ def assemble(runs: str, out: str) -> None:
     experts = pipe.backbone
     source = {k: f"{runs}/default-restorer" for k in range(len(experts.nets))}
     for stage, word in EXPERT_STAGES.items():
+        if stage in OPTIONAL and not Path(f"{runs}/default-{stage}").is_dir():
+            continue
         source[perceiver.class_names.index(word)] = f"{runs}/default-{stage}"
     files: dict[str, dict] = {}
     for k, run in source.items():  # each expert from the run that trained it last
