@@ -21,14 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+from vlir.core.data.datasets import list_images
+
 NEAR = 2.0  # grey levels: the nearest distinct CBSD432 / CBSD68 pair is about 10 apart
-
-
-def images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise SystemExit(f"{folder}: not a folder of images")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
 
 
 def thumbnail(path: Path) -> np.ndarray:
@@ -64,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/CBSD68",
                     help="test images that must not be trained on (default ../shared/data/CBSD68)")
     args = ap.parse_args(argv)
-    chosen = images(args.src)[:args.count]
+    try:
+        chosen = list_images(args.src, recursive=False)[:args.count]
+        test = list_images(args.test, recursive=False)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     if not chosen:
-        raise SystemExit(f"{args.src}: no images ({', '.join(sorted(SUFFIXES))})")
-    found = overlaps(chosen, images(args.test))
+        raise SystemExit(f"{args.src}: no images")
+    found = overlaps(chosen, test)
     if found:
         print(f"{len(found)} of the images are test images of {args.test}; nothing copied:", file=sys.stderr)
         print("\n".join("  " + f for f in found), file=sys.stderr)
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for p in chosen:
         shutil.copyfile(p, args.out / p.name)
-    print(f"copied {len(chosen)} images to {args.out}; none is one of the {len(images(args.test))} in {args.test}")
+    print(f"copied {len(chosen)} images to {args.out}; none is one of the {len(test)} in {args.test}")
     return 0
 
 
