@@ -100,7 +100,14 @@ class Pipeline(torch.nn.Module):
                     raise FileNotFoundError(f"{path}: missing {file.name} for component {name!r}")
                 continue
             load_state_dict_checked(module, load_checkpoint(file), source=str(file))
-        return pipe.to(map_location)
+        return pipe.to(map_location).eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "default", **kw: Any) -> "Pipeline":
+        """``vlir.load``: "default", a pipeline folder, a spec file or a Hugging Face repository id."""
+        from .api import load
+
+        return load(name_or_path, **kw)
 
     @classmethod
     def open(cls, path: str | Path, registry: "Registry | None" = None, **kw: Any) -> "Pipeline":
@@ -173,14 +180,13 @@ class Pipeline(torch.nn.Module):
             return self.process.sample(self.backbone, lq, cond, steps=steps, generator=generator)
         return self.backbone(lq, cond)
 
-    def forward(self, lq: torch.Tensor, steps: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.run_backbone(lq, self.condition(self.perceive(lq)), steps, generator)
+    def forward(self, lq: Any, steps: int | None = None, generator: torch.Generator | None = None) -> Any:
+        """``pipe(image)``: the restored image (see :meth:`restore`), without its perceptions."""
+        return self.restore(lq, steps=steps, generator=generator)[0]
 
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, tile: int | None = None, overlap: int = 32, steps: int | None = None,
+    def restore(self, lq: Any, tile: int | None = None, overlap: int = 32, steps: int | None = None,
                 generator: torch.Generator | None = None, ensemble: bool = False
-                ) -> tuple[torch.Tensor, dict[str, Perception]]:
+                ) -> tuple[Any, dict[str, Perception]]:
         """Restore a batch; perceivers see whole images, the backbone runs on tiles when ``tile`` is set.
 
         ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
@@ -191,7 +197,20 @@ class Pipeline(torch.nn.Module):
         every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
         a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
+
+        ``lq`` may also be a PIL image, a numpy array, a uint8 / uint16 / float tensor of any
+        dtype or device, or a list of those (sizes may differ): the result has the input's type
+        (``vlir.core.api``), and a list gives lists of results and perceptions.
         """
+        from .api import is_batch, pipeline_dtype, plain, restore_any
+
+        if not torch.is_inference_mode_enabled():  # results come back as plain tensors (in-place ops work)
+            with torch.inference_mode():
+                out, perceptions = self.restore(lq, tile, overlap, steps, generator, ensemble)
+            return plain(out), perceptions
+        device, dtype = self.device, pipeline_dtype(self)
+        if not is_batch(lq, device, dtype):
+            return restore_any(lq, device, dtype, lambda x: self.restore(x, tile, overlap, steps, generator, ensemble))
         perceptions = self.perceive(lq)
         cond = self.condition(perceptions)
 
