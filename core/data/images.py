@@ -105,12 +105,13 @@ def check_pixels(path: str | os.PathLike, width: int, height: int, limit: int) -
 
 
 @contextlib.contextmanager
-def _pillow_limit(limit: int) -> Iterator[None]:
-    """Let vlir's own limit decide instead of Pillow's bomb check (it is checked right after opening)."""
+def _own_limit() -> Iterator[None]:
+    """Let vlir's own limit decide instead of Pillow's bomb check: ``read_image`` checks the size right
+    after opening, before anything is decoded (Pillow's check is off meanwhile, and only then)."""
     from PIL import Image
 
     old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit or None
+    Image.MAX_IMAGE_PIXELS = None
     try:
         yield
     finally:
@@ -265,15 +266,35 @@ def _tiff_page(path: Path, limit: int):
     return tf, page, n
 
 
-def _metadata(im) -> tuple[bytes | None, bytes | None]:
-    """(EXIF with the orientation reset to 1, ICC profile) of an open Pillow image."""
+def _metadata(im) -> tuple[bytes | None, bytes | None, list[str]]:
+    """(EXIF with the orientation reset to 1, ICC profile, what cannot be carried) of an open Pillow image.
+
+    TIFFs hold EXIF as tags of the image itself: their descriptive tags (make, model, date, ...)
+    are carried over, an EXIF sub-IFD is not.
+    """
+    from PIL import Image
+
     icc = im.info.get("icc_profile") or None
-    if not im.info.get("exif"):
-        return None, icc
-    exif = im.getexif()
+    exif, lost = Image.Exif(), []
+    if im.format == "TIFF":
+        tags = im.getexif()
+        for k in _TIFF_DESCRIPTIVE:
+            if k in tags:
+                exif[k] = tags[k]
+        if 0x8769 in tags or 0x8825 in tags:
+            lost.append("EXIF sub-IFD of the TIFF not kept")
+    elif im.info.get("exif"):
+        exif.load(im.info["exif"])
+    if not len(exif):
+        return None, icc, lost
     if exif.get(0x0112, 1) != 1:
         exif[0x0112] = 1  # applied to the pixels
-    return exif.tobytes(), icc
+    return exif.tobytes(), icc, lost
+
+
+# TIFF tags that are EXIF-like descriptions rather than the image's layout: description, make,
+# model, software, date and time, artist, copyright
+_TIFF_DESCRIPTIVE = (270, 271, 272, 305, 306, 315, 33432)
 
 
 def read_image(path: str | os.PathLike, alpha: Literal["white", "black", "drop"] = "white",
@@ -308,14 +329,14 @@ def read_image(path: str | os.PathLike, alpha: Literal["white", "black", "drop"]
             note = _join(note, _alpha_note(has_alpha, alpha), _frames_note(frames),
                          "EXIF not kept (TIFF above 8 bits)" if 34665 in page.tags else None)
         else:
-            with _pillow_limit(limit), Image.open(path) as im:
+            with _own_limit(), Image.open(path) as im:
                 check_pixels(path, im.width, im.height, limit)
                 fmt, mode = im.format, im.mode
                 frames = int(getattr(im, "n_frames", 1))
                 depth = _bit_depth(path, im)
                 im.load()  # full decode: truncation and corruption surface here
-                exif, icc = _metadata(im)
                 orientation = im.getexif().get(0x0112, 1)
+                exif, icc, lost = _metadata(im)
                 oriented = "EXIF orientation applied" if orientation != 1 else None
                 arr = None
                 if depth > 8 and mode not in ("P", "1"):
@@ -329,7 +350,7 @@ def read_image(path: str | os.PathLike, alpha: Literal["white", "black", "drop"]
                         im = ImageOps.exif_transpose(im)
                     arr, has_alpha, depth, note = _pil_to_rgb(path, im, alpha)
                     note = _join(note, oriented)
-                note = _join(note, _frames_note(frames))
+                note = _join(note, _frames_note(frames), *lost)
     except ImageError:
         raise
     except UnidentifiedImageError:
