@@ -56,6 +56,11 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
     are left to validation, which reports them with their paths.
     """
     backbone = spec.get("backbone")
+    if isinstance(backbone, dict) and (backbone.get("type") == "auto" or backbone.get("type") == "spandrel" and
+                                       backbone.get("weights") and not (backbone.get("params") or {}).get("arch")):
+        from vlir.plugins.backbones.auto import resolve  # the type and its sizes read from the weights file
+
+        resolve(backbone, registry=registry)
     perceiver = _feeding_perceiver(spec)
     if not isinstance(backbone, dict) or perceiver is None:
         return

@@ -132,7 +132,17 @@ def inspect_component(kind: str, name: str, preset: str | None = None, params: d
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .registry import normalise_kind
 
-    info = inspect_component(normalise_kind(args.kind), args.name, args.preset, _nested(args.set or []), args.size)
+    kind, name, params = args.kind, args.name, _nested(args.set or [])
+    if args.weights:  # the backbone and its sizes detected from a checkpoint (type: auto)
+        from vlir.plugins.backbones.auto import describe
+
+        found = describe(args.weights)
+        kind, name, params = "backbone", found["type"], {**found["params"], **params}
+        print(f"{args.weights}: backbone {name}, params {json.dumps(found['params'])}",
+              file=sys.stderr if args.json else sys.stdout)
+    elif not (kind and name):
+        raise CLIError("give KIND NAME (e.g. backbone nafnet) or --weights FILE")
+    info = inspect_component(normalise_kind(kind), name, args.preset, params, args.size)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -193,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_components)
 
     p = sub.add_parser("inspect", help="parameter counts, MACs and state-dict keys of a component")
-    p.add_argument("kind")
-    p.add_argument("name")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--weights", metavar="FILE", help="detect the backbone and its sizes from a checkpoint")
     p.add_argument("--preset")
     p.add_argument("--set", action="append", type=_kv, metavar="KEY=VALUE", help="override a param (repeatable)")
     p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW", help="input size for MACs")

@@ -406,3 +406,24 @@ class ConditionalUNet(Backbone):
         y = self.final_res_block(torch.cat([y, first], dim=1), emb)
         y = self.final_conv(y)
         return y[..., :h, :w].contiguous()
+
+
+def detect(sd: dict) -> "ConditionalUNet.Params | None":
+    """The Params of a state dict in DA-CLIP's official ConditionalUNet layout, or None."""
+    if not {"init_conv.weight", "final_conv.weight", "mid_block1.block1.proj.weight"} <= sd.keys():
+        return None
+    nf, in2 = sd["init_conv.weight"].shape[:2]
+    depth = 0
+    while f"downs.{depth}.0.block1.proj.weight" in sd:
+        depth += 1
+    widths = [sd[f"downs.{i}.0.block1.proj.weight"].shape[0] for i in range(depth)]
+    widths.append(sd["mid_block1.block1.proj.weight"].shape[0])
+    text = sd.get("text_mlp.0.weight")
+    cross = sd.get("mid_attn.fn.fn.transformer_blocks.0.attn2.to_k.weight")
+    context = cross.shape[1] if cross is not None else text.shape[1] if text is not None else None
+    degra = text.shape[1] if text is not None else None
+    return ConditionalUNet.Params(
+        in_nc=in2 // 2, out_nc=sd["final_conv.weight"].shape[0], nf=nf,
+        ch_mult=[w // nf for w in widths[1:]], context_dim=context,
+        use_degra_context=text is not None, use_image_context=cross is not None,
+        degra_dim=degra if degra is not None and degra != context else None)

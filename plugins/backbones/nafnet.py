@@ -162,3 +162,26 @@ class NAFNet(Backbone):
             x = _run(dec, up(x) + skip, emb)
         x = self.ending(x) + inp
         return x[:, :, :h, :w]
+
+
+def _count(sd: dict, prefix: str) -> int:
+    """Number of consecutive ``{prefix}{i}.`` blocks in a state dict."""
+    n = 0
+    while any(k.startswith(f"{prefix}{n}.") for k in sd):
+        n += 1
+    return n
+
+
+def detect(sd: dict) -> "NAFNet.Params | None":
+    """The Params of a state dict in NAFNet's official layout (vlir's conditioning included), or None."""
+    if not {"intro.weight", "ending.weight", "downs.0.weight"} <= sd.keys():
+        return None
+    levels = _count(sd, "downs.")
+    embed, xattn = sd.get("cond_embed.proj.weight"), sd.get("middle_blks.0.xattn.kv.weight")
+    return NAFNet.Params(
+        img_channel=sd["intro.weight"].shape[1], width=sd["intro.weight"].shape[0],
+        enc_blk_nums=[_count(sd, f"encoders.{i}.") for i in range(levels)],
+        middle_blk_num=_count(sd, "middle_blks."),
+        dec_blk_nums=[_count(sd, f"decoders.{i}.") for i in range(_count(sd, "ups."))],
+        cond_dim=None if embed is None else embed.shape[1], cond_hidden=128 if embed is None else embed.shape[0],
+        context_dim=None if xattn is None else xattn.shape[1])

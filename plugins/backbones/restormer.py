@@ -241,3 +241,39 @@ class Restormer(Backbone):
         else:
             out = self.output(d1) + inp
         return out[:, :, :h, :w]
+
+
+def _count(sd: dict, prefix: str) -> int:
+    """Number of consecutive ``{prefix}{i}.`` blocks in a state dict."""
+    n = 0
+    while any(k.startswith(f"{prefix}{n}.") for k in sd):
+        n += 1
+    return n
+
+
+def detect(sd: dict) -> "Restormer.Params | None":
+    """The Params of a state dict in Restormer's official layout (vlir's conditioning included), or None."""
+    if not {"patch_embed.proj.weight", "output.weight", "latent.0.attn.temperature"} <= sd.keys():
+        return None
+    dim, inp = sd["patch_embed.proj.weight"].shape[:2]
+    levels = ["encoder_level1", "encoder_level2", "encoder_level3", "latent"]
+    defaults = Restormer.Params()
+    heads = [sd[f"{lv}.0.attn.temperature"].shape[0] if f"{lv}.0.attn.temperature" in sd else h
+             for lv, h in zip(levels, defaults.heads)]
+    # GDFN hidden width = int(width * factor) at every level: the factor that gives all of them
+    hidden = {dim * 2 ** i: sd[f"{lv}.0.ffn.project_out.weight"].shape[1]
+              for i, lv in enumerate(levels) if f"{lv}.0.ffn.project_out.weight" in sd}
+    first = hidden.get(dim, next(iter(hidden.values())))
+    factors = [defaults.ffn_expansion_factor, 2.0, 3.0, 4.0, 2.5, 1.5, 1.0, (first + 0.5) / dim]
+    factor = next((f for f in factors if all(int(w * f) == h for w, h in hidden.items())), None)
+    if factor is None:
+        raise ValueError(f"Restormer layout: no ffn_expansion_factor gives the feed-forward widths {hidden}")
+    embed, xattn = sd.get("cond_embed.proj.weight"), sd.get("latent.0.xattn.kv.weight")
+    return Restormer.Params(
+        inp_channels=inp, out_channels=sd["output.weight"].shape[0], dim=dim,
+        num_blocks=[_count(sd, f"{lv}.") for lv in levels], num_refinement_blocks=_count(sd, "refinement."),
+        heads=heads, ffn_expansion_factor=factor, bias="encoder_level1.0.attn.qkv.bias" in sd,
+        layer_norm="WithBias" if "encoder_level1.0.norm1.body.bias" in sd else "BiasFree",
+        dual_pixel_task="skip_conv.weight" in sd,
+        cond_dim=None if embed is None else embed.shape[1], cond_hidden=128 if embed is None else embed.shape[0],
+        context_dim=None if xattn is None else xattn.shape[1])
