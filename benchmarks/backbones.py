@@ -3,12 +3,19 @@
     python benchmarks/backbones.py                       # full run (slow on CPU: tens of minutes)
     python benchmarks/backbones.py --quick               # tiny presets, small sizes (smoke test)
     python benchmarks/backbones.py --backbones nafnet --sizes 256 --skip-tiled --skip-sde
+    python benchmarks/backbones.py --backbones restormer nafnet --sizes 256 --precisions fp32,fp32+cl,bf16,bf16+cl
 
 Every measurement runs in a fresh process (batch 1, ``torch.no_grad``, eval mode). CPU: median
 wall time of ``--repeat`` calls after ``--warmup`` calls and the peak RSS increase (``ru_maxrss``)
 over the model and inputs; GPU (when available): CUDA-event times and
 ``torch.cuda.max_memory_allocated`` over the allocation before the first call. Writes JSON
 (``--out``, default ``benchmarks/results/backbones.json``) and a markdown table beside it.
+
+``--precisions``: per backbone and size, one process times every precision / memory-format variant
+(``vlir.core.precision``: autocast dtype, ``+cl`` channels-last weights and input) interleaved, call
+by call, and reports each one's median as a ratio to fp32 with the PSNR of its output against the
+fp32 output (peak 1). The weights are random; NAFNet's zero-initialised branch scales (``beta``,
+``gamma``) are drawn N(0, 0.5) first, so that every block contributes.
 """
 from __future__ import annotations
 
@@ -94,6 +101,64 @@ def forward_worker(name: str, preset: str | None, size: int, device: str, warmup
                 times = C.time_calls(call, warmup, repeat)
             mem = m.as_dict()
     return {"device": device, "size": size, "warmup": warmup, **C.summary(times), "times_ms": times, **mem}
+
+
+PRECISIONS = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16", "fp16+cl")
+
+
+def precision_worker(name: str, preset: str | None, size: int, device: str, warmup: int, repeat: int,
+                     variants: list[str]) -> dict[str, Any]:
+    """Every variant's call times, interleaved call by call, and its output's PSNR against fp32."""
+    import copy
+    import math
+
+    import torch
+
+    from vlir.core.precision import DTYPES, Precision
+
+    model = _build("backbone", name, preset).to(device)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith(("beta", "gamma")):  # NAFNet's zero-init branch scales: blocks would be identities
+                p.normal_(0, 0.5)
+    kwargs = C.to_device(model.example_inputs(size=(size, size), batch=1), device)
+    plans, models = {}, {}
+    for v in variants:
+        base, _, cl = v.partition("+")
+        plans[v] = Precision(torch.device(device).type, DTYPES.get(base), channels_last=cl == "cl")
+        models[v] = plans[v].prepare(copy.deepcopy(model)) if plans[v].channels_last else model
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call(v: str) -> torch.Tensor:
+        plan = plans[v]
+        kw = {k: plan.input(t) if isinstance(t, torch.Tensor) else t for k, t in kwargs.items()}
+        with plan.autocast():
+            return models[v](**kw)
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    outs: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for v in variants:
+            for _ in range(max(1, warmup)):
+                outs[v] = call(v).float()
+        for _ in range(repeat):
+            for v in variants:
+                sync()
+                t0 = time.perf_counter()
+                call(v)
+                sync()
+                times[v].append((time.perf_counter() - t0) * 1e3)
+        ref = outs["fp32"]
+        rows = {}
+        for v in variants:
+            mse = float((outs[v] - ref).pow(2).mean())
+            rows[v] = {**C.summary(times[v]), "times_ms": times[v],
+                       "psnr_vs_fp32_db": None if mse == 0 else 10 * math.log10(1 / mse)}
+    fp32 = rows["fp32"]["median_ms"]
+    for v in variants:
+        rows[v]["ratio_to_fp32"] = rows[v]["median_ms"] / fp32
+    return {"device": device, "size": size, "warmup": warmup, "interleaved": True, "variants": rows}
 
 
 def tiled_worker(name: str, preset: str | None, size: int, tile: int, overlap: int) -> dict[str, Any]:
@@ -197,6 +262,19 @@ def _markdown(res: dict[str, Any]) -> str:
          "GPU peak Δalloc (MiB)"], rows), ""]
     if "note" in res:
         out += [res["note"], ""]
+    prec = [(b, dev, size, r) for b in res["backbones"] for dev, by in b.get("precision", {}).items()
+            for size, r in by.items() if "error" not in r]
+    if prec:
+        out += ["## Precision and memory format", "",
+                "Each variant's median call time as a ratio to fp32, timed interleaved call by call in one "
+                "process (`--precisions`); PSNR of its output against the fp32 output (peak 1; random weights).", ""]
+        rows = []
+        for b, dev, size, r in prec:
+            for v, row in r["variants"].items():
+                psnr = row["psnr_vs_fp32_db"]
+                rows.append([b["label"], f"{size}x{size}", dev, v, C.fmt(row["median_ms"]),
+                             f"{row['ratio_to_fp32']:.2f}x", "identical" if psnr is None else C.fmt(psnr, 1)])
+        out += [C.md_table(["backbone", "size", "device", "variant", "ms", "vs fp32", "PSNR vs fp32 (dB)"], rows), ""]
 
     tiled = res.get("tiled")
     if tiled:
@@ -257,8 +335,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="sizes where the official UNet's per-step time is measured on CPU (default 64 128; quick 32)")
     ap.add_argument("--sde-steps", type=int, help="timed sampler steps at each of those sizes (default 3; quick 1)")
     ap.add_argument("--sde-target", type=int, help="size the CPU per-step time is extrapolated to (default 256)")
+    ap.add_argument("--precisions", help=f"comma-separated variants timed interleaved in one process per backbone "
+                                          f"and size, as ratios to fp32 with the PSNR change (of: {', '.join(PRECISIONS)}; "
+                                          "fp32 is always included); replaces the plain forward measurement")
+    ap.add_argument("--note", help="a line on the measuring conditions, written into the results")
     C.add_timing_arguments(ap)
     args = ap.parse_args(argv)
+    variants = None
+    if args.precisions:
+        variants = [v for v in args.precisions.split(",") if v]
+        unknown = [v for v in variants if v not in PRECISIONS]
+        if unknown:
+            ap.error(f"--precisions: unknown {', '.join(unknown)}; expected some of: {', '.join(PRECISIONS)}")
+        variants = ["fp32"] + [v for v in dict.fromkeys(variants) if v != "fp32"]
 
     C.offline()
     q = args.quick
@@ -298,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
                                "both after one pre-warm call at 16x16 (one-time library costs excluded)"},
         "backbones": [], "errors": [],
     }
-    if q:
-        res["note"] = "Quick mode: every backbone at its `tiny` preset (not the official config)."
+    notes = (["Quick mode: every backbone at its `tiny` preset (not the official config)."] if q else []) + \
+        ([args.note] if args.note else [])
+    if notes:
+        res["note"] = " ".join(notes)
+    if variants:
+        res["settings"]["precisions"] = variants
 
     log, check = C.reporter(res, machine)
 
@@ -314,6 +407,23 @@ def main(argv: list[str] | None = None) -> int:
         for dev in devices:
             for s in sizes:
                 log(f"{entry['label']} {s}x{s} {dev} ...")
+                if variants:
+                    if dev == "cpu":
+                        vs = [v for v in variants if not v.startswith("fp16")]
+                    else:
+                        vs = variants
+                    r = check(f"{entry['label']} {s} {dev} precisions", C.run_isolated(
+                        precision_worker, timeout, name=name, preset=preset, size=s, device=dev,
+                        warmup=args.warmup, repeat=repeat, variants=vs))
+                    entry.setdefault("precision", {}).setdefault(dev, {})[str(s)] = r
+                    if "error" not in r:
+                        entry.setdefault(dev, {})[str(s)] = {k: v for k, v in r["variants"]["fp32"].items()}
+                        for v, row in r["variants"].items():
+                            log(f"  {v}: {row['median_ms']:.1f} ms, x{row['ratio_to_fp32']:.2f}, "
+                                f"PSNR vs fp32 {row['psnr_vs_fp32_db'] or float('inf'):.1f} dB")
+                    else:
+                        entry.setdefault(dev, {})[str(s)] = r
+                    continue
                 r = check(f"{entry['label']} {s} {dev}", C.run_isolated(
                     forward_worker, timeout, name=name, preset=preset, size=s, device=dev,
                     warmup=args.warmup, repeat=repeat))

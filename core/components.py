@@ -48,6 +48,9 @@ class Component(torch.nn.Module):
     name: ClassVar[str] = ""  # set by the registry when the class is loaded
     api_version: ClassVar[int] = API_VERSION
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # third-party presets; built-ins use registry.yaml
+    # whether bf16/fp16 autocast keeps this component's outputs (vlir.core.precision: ``--precision auto``
+    # uses reduced precision only for components that say so; an explicit bf16 applies to all)
+    bf16_safe: ClassVar[bool] = False
 
     class Params(Params):
         pass

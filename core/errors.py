@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+class UserError(Exception):
+    """A mistake of the user (an option, a file, a spec), not a bug: ``vlir`` prints its message as
+    one line (``vlir COMMAND: error: ...``) and exits with status 2. Subclass it for such errors."""
+
+
 class SpecError(ValueError):
     """A spec with one or more errors, each with its YAML path."""
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .cli import threads
+from .data.images import max_pixels_arg, max_pixels_help
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -344,6 +345,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
+    p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
@@ -387,6 +389,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if not degradations:
         degradations = parse_degradations(",".join(DEFAULT_DEGRADATIONS))
     seed = ev.seed if args.seed is None else args.seed
+    from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, set_max_pixels
+
+    tiled = args.tile is not None or ev.tile is not None
+    set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tiled else MAX_PIXELS)
     sets = build_sets(data, degradations, seed=seed, limit=args.limit if args.limit is not None else ev.limit)
     out = Path(args.out) if args.out else default_out(source)
     results = evaluate(pipe, sets, out, crop_border=ev.crop_border if args.crop_border is None else args.crop_border,

@@ -2,18 +2,17 @@
 
 ``Pipeline.from_spec(spec)`` builds one; ``pipeline.save(dir)`` writes the fully resolved
 ``spec.yaml`` and one safetensors file per component; ``Pipeline.load(dir)`` rebuilds it from
-those files alone (no pickled code is ever executed).
+those files alone (no pickled code is ever executed). Whole images (tiles, the self-ensemble)
+are run by :mod:`vlir.core.inference`; ``Pipeline.restore`` is a shortcut to it.
 """
 from __future__ import annotations
 
-import functools
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .components import BLOCK_GRID
 from .conditioning import Conditioning, Perception
 from .io import atomic_write_text, load_checkpoint, load_state_dict_checked, save_safetensors
 from .spec import SpecError, load_spec, read_yaml
@@ -177,75 +176,22 @@ class Pipeline(torch.nn.Module):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         return self.run_backbone(lq, self.condition(self.perceive(lq)), steps, generator)
 
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, tile: int | None = None, overlap: int = 32, steps: int | None = None,
-                generator: torch.Generator | None = None, ensemble: bool = False
+    def restore(self, lq: torch.Tensor, tile: int | None = None, overlap: int | None = None,
+                steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
                 ) -> tuple[torch.Tensor, dict[str, Perception]]:
-        """Restore a batch; perceivers see whole images, the backbone runs on tiles when ``tile`` is set.
+        """Restore a batch: :func:`vlir.core.inference.restore` (tiles, overlap rule, self-ensemble).
 
-        ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
-        the image and the outputs, turned back, are averaged; the perceivers see the image once and
-        condition every pass. It uses the symmetries of :meth:`ensemble_symmetries` (all eight
-        unless the degradation has a direction, as rain and haze have) and pads the image
-        (edge replicated, as a JPEG encoder does) to a multiple of ``BLOCK_GRID`` pixels, so that
-        every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
-        a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
         Returns the restored images (clamped to [0, 1]) and the perceptions.
         """
-        perceptions = self.perceive(lq)
-        cond = self.condition(perceptions)
+        from .inference import restore
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
-                return self.run_backbone(x, cond, steps, generator)
-            from .tiling import tiled_forward
-
-            b = self.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
-            return tiled_forward(lambda t: self.run_backbone(t, cond, steps, generator), x, tile=tile,
-                                 overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes,
-                                 pad_mode=b.pad_mode)
-
-        if not ensemble:
-            return run(lq).clamp(0, 1), perceptions
-        h, w = lq.shape[-2:]
-        g = BLOCK_GRID
-        padded = torch.nn.functional.pad(lq, (0, -w % g, 0, -h % g), mode="replicate")
-        symmetries = self.ensemble_symmetries(perceptions)
-        total = None  # float32 running sum: memory for two images, not eight
-        for k in symmetries:  # k % 4 quarter turns, after a horizontal flip for k >= 4
-            x = padded.flip(-1) if k >= 4 else padded
-            y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
-            y = y.flip(-1) if k >= 4 else y
-            total = y.float() if total is None else total.add_(y.float())
-        return (total[..., :h, :w] / len(symmetries)).to(y.dtype).clamp(0, 1), perceptions
+        return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble)
 
     def ensemble_symmetries(self, perceptions: dict[str, Perception]) -> tuple[int, ...]:
-        """The flips and quarter turns (indices of ``vlir.core.components.SYMMETRIES``) that the
-        self-ensemble averages: those under which the degradation looks the same (its
-        ``Degradation.symmetry``). The degradation is the perceived class of each image in the
-        batch when a perceiver classifies into registered degradation labels, else every
-        degradation of the spec's ``data.degradations``; all eight when neither is known.
-        """
-        from .components import SYMMETRIES
+        """The self-ensemble's flips and turns for these perceptions (:func:`vlir.core.inference.ensemble_symmetries`)."""
+        from .inference import ensemble_symmetries
 
-        by_label = self._symmetries_by_label
-        predicted = {name for p in perceptions.values() for name, _ in p.top()}
-        if predicted and predicted <= by_label.keys():
-            groups = [by_label[n] for n in predicted]
-        elif self.spec.data is not None and self.spec.data.degradations:
-            groups = [SYMMETRIES[self.registry.load("degradation", d.type).symmetry]
-                      for d in self.spec.data.degradations]
-        else:
-            groups = [SYMMETRIES["dihedral"]]
-        return tuple(k for k in range(8) if all(k in g for g in groups))
-
-    @functools.cached_property
-    def _symmetries_by_label(self) -> dict[str, tuple[int, ...]]:
-        """Class word (``Degradation.label``) -> symmetries of every registered degradation (imported once)."""
-        from .components import SYMMETRIES
-
-        classes = [self.registry.load("degradation", e.name) for e in self.registry.list("degradation")]
-        return {cls.label or cls.name: SYMMETRIES[cls.symmetry] for cls in classes}
+        return ensemble_symmetries(self, perceptions)
 
     # -- training -------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,

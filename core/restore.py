@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cli import threads
+from .data.images import max_pixels_arg, max_pixels_help
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -270,6 +271,7 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_arguments(p)
     p.add_argument("--tile", type=int, metavar="N", help="run the backbone on N x N tiles (large images, low memory)")
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
+    p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
     p.add_argument("--ensemble", action="store_true",
                    help="self-ensemble: average over the flips and quarter turns the degradation allows "
@@ -322,8 +324,9 @@ def _restore(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data.images import read_image, write_image
+    from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, dropped_metadata, read_image, write_image
 
+    limit = args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS
     pipe = load_pipeline(args, device)
     device = pipe.device
     for job in _progress(jobs, "restoring", args.no_progress):
@@ -333,13 +336,14 @@ def _restore(args: argparse.Namespace) -> int:
             continue
         dst = plan[job.src]
         try:
-            img, info = read_image(job.src)
+            img, info = read_image(job.src, max_pixels=limit)
             gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
             restored, perceptions = pipe.restore(img[None].to(device), tile=tile, overlap=overlap,
                                                  steps=args.steps, generator=gen, ensemble=args.ensemble)
             depth = info["bit_depth"] if dst.suffix.lower() in SIXTEEN_BIT else 8
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, restored[0].float().cpu(), bit_depth=depth, quality=args.quality)
+            write_image(dst, restored[0].float().cpu(), bit_depth=depth, quality=args.quality,
+                        exif=info["exif"], icc_profile=info["icc_profile"])
         except Exception as e:  # noqa: BLE001 - report the file and go on with the others
             reason = _reason(e)
             outcome.failed.append((str(job.src), reason))
@@ -349,6 +353,8 @@ def _restore(args: argparse.Namespace) -> int:
         note = f" [{info['converted']}]" if info.get("converted") else ""
         if info["bit_depth"] == 16 and depth == 8:
             note += " [16-bit input written as 8-bit: the format has no 16-bit]"
+        if dropped_metadata(dst, depth, info):
+            note += f" [{' and '.join(dropped_metadata(dst, depth, info))} not kept: {dst.suffix} cannot hold it]"
         _say(f"{job.src} -> {dst}: {describe(summarize(perceptions))}{note}")
     total = outcome.done + len(outcome.failed)
     _say(f"restored {outcome.done} of {total} image(s) into {out_dir}"
@@ -361,6 +367,7 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     _add_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document (images and failures)")
+    p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help(whole=False))
     p.add_argument("-r", "--recursive", action="store_true", help="include images in subfolders of folder inputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -384,15 +391,16 @@ def _classify(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data.images import read_image
+    from .data.images import TILED_MAX_PIXELS, read_image
 
+    limit = TILED_MAX_PIXELS if args.max_pixels is None else args.max_pixels  # perceivers see small views
     pipe = load_pipeline(args) if jobs else None
     if pipe is not None and not len(pipe.perceivers):
         raise RestoreError("this pipeline has no perceivers: there is nothing to classify")
     results = []
     for job in _progress(jobs, "classifying", args.no_progress):
         try:
-            img, _ = read_image(job.src)
+            img, _ = read_image(job.src, max_pixels=limit)
             with torch.no_grad():
                 perceptions = pipe.perceive(img[None].to(pipe.device))
             s = summarize(perceptions)

@@ -120,3 +120,24 @@ def test_train_throughput_compares_precisions_and_layouts(tmp_path):
     bad = subprocess.run(cmd[:-4] + ["--variants", "fp8", "--out", str(out)], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--variants: unknown fp8; expected some of: auto, fp32, bf16" in bad.stderr
+
+
+def test_backbones_precisions_interleaved(tmp_path):
+    out = tmp_path / "p.json"
+    cmd = [sys.executable, str(BENCH / "backbones.py"), "--quick", "--threads", "1", "--device", "cpu",
+           "--skip-tiled", "--skip-sde", "--backbones", "nafnet", "--precisions", "bf16+cl,fp32+cl",
+           "--note", "test run", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    assert res["settings"]["precisions"] == ["fp32", "bf16+cl", "fp32+cl"] and "test run" in res["note"]
+    (b,) = res["backbones"]
+    rows = b["precision"]["cpu"]["32"]["variants"]
+    assert rows["fp32"]["ratio_to_fp32"] == 1 and rows["fp32"]["psnr_vs_fp32_db"] is None  # identical
+    assert rows["bf16+cl"]["ratio_to_fp32"] > 0 and 40 < rows["bf16+cl"]["psnr_vs_fp32_db"] < 100
+    assert b["cpu"]["32"]["median_ms"] == rows["fp32"]["median_ms"]  # the plain table keeps its format
+    md = out.with_suffix(".md").read_text()
+    assert "## Precision and memory format" in md and "| nafnet [tiny] | 32x32 | cpu | bf16+cl |" in md
+    bad = subprocess.run(cmd[:-2] + ["--precisions", "fp8", "--out", str(out)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--precisions: unknown fp8" in bad.stderr

@@ -61,21 +61,14 @@ def lr_factor(step: int, iterations: int, warmup: int, floor: float) -> float:
 
 
 def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a ``train.amp`` setting (None: full precision).
+    """The autocast dtype for a ``train.amp`` setting (None: full precision); the rule is
+    :func:`vlir.core.precision.autocast_dtype` (``auto`` stays fp32 on a CPU when training)."""
+    from ..precision import PrecisionError, autocast_dtype
 
-    On CUDA, ``auto``/``true`` picks bf16 where supported, else fp16. On a CPU only an explicit ``bf16``
-    turns autocast on (worth it on CPUs with AVX512-BF16 or AMX); ``fp16`` is refused there.
-    """
-    if setting in (False, "off"):
-        return None
-    if device.type != "cuda":
-        if setting == "fp16":
-            raise SpecError([("train.amp", f"fp16 autocast needs a CUDA device, not {device.type}; "
-                                           "use bf16 (or off) on a CPU")])
-        return torch.bfloat16 if setting == "bf16" and device.type == "cpu" else None
-    if setting in (True, "auto"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+    try:
+        return autocast_dtype(setting, device, option="train.amp", cpu_auto=False)
+    except PrecisionError as e:
+        raise SpecError([(e.option, e.reason)]) from None
 
 
 class Objective(nn.Module):

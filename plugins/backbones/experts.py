@@ -66,6 +66,7 @@ class Experts(Backbone):
         # it gives itself on a whole image, so its tiled pooling differs slightly at that border
         self.multiple_of = math.lcm(*(getattr(n, "multiple_of", 1) for n in self.nets))
         self.tile_passes = max(getattr(n, "tile_passes", 0) for n in self.nets)
+        self.bf16_safe = all(getattr(n, "bf16_safe", True) for n in self.nets)  # Identity: safe
 
     @property
     def pad_mode(self) -> str:

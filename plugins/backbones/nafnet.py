@@ -103,11 +103,11 @@ class NAFBlock(nn.Module):
             x = self.film(x, emb)
         x = _gate(self.conv2(self.conv1(x)))
         x = self.conv3(x * self.sca(x))
-        y = inp + x * self.beta.to(x.dtype)
+        y = inp + x * self.beta  # fp32 parameters keep the residual stream fp32 under autocast
         if self.xattn is not None and tokens is not None:
             y = self.xattn(y, tokens)
         x = self.conv5(_gate(self.conv4(self.norm2(y))))
-        return y + x * self.gamma.to(x.dtype)
+        return y + x * self.gamma
 
 
 def _run(blocks: nn.Sequential, x: torch.Tensor, emb, tokens=None) -> torch.Tensor:
@@ -131,6 +131,7 @@ class NAFNet(Backbone):
 
     multiple_of = 16  # default config; instances set 2 ** len(enc_blk_nums)
     tile_passes = 1  # channel attention pools over the image
+    bf16_safe = True  # bf16 autocast: see benchmarks/results/backbones_precision.md
 
     class Params(Backbone.Params):
         img_channel: int = 3

@@ -148,6 +148,7 @@ class Restormer(Backbone):
 
     multiple_of: ClassVar[int] = 8
     tile_passes: ClassVar[int] = 1  # channel attention reduces over the image
+    bf16_safe: ClassVar[bool] = True  # bf16 autocast: see benchmarks/results/backbones_precision.md
 
     class Params(Backbone.Params):
         inp_channels: int = 3

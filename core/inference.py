@@ -1,0 +1,129 @@
+"""Running a pipeline on whole images: tiling, the self-ensemble and their rules.
+
+``restore(pipeline, lq, ...)`` is what ``Pipeline.restore``, ``vlir restore``, ``vlir eval``,
+``vlir demo`` and the benchmarks call; ``run_backbone(pipeline, lq, cond, ...)`` is the same
+without the perceivers (training validation passes its own conditioning). The pipeline itself
+only models (perceive, condition, run the backbone); where the image is cut into tiles, how much
+they overlap and which flips and turns the self-ensemble averages is decided here, once.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+
+from .components import BLOCK_GRID, SYMMETRIES
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conditioning import Conditioning, Perception
+    from .pipeline import Pipeline
+    from .registry import Registry
+
+MAX_OVERLAP = 32  # default tile overlap in pixels, for tiles of at least 4 x 32
+MIN_TILE = 8
+
+
+class TilingError(UserError, ValueError):
+    """A tile size or overlap that cannot work (the message names the option)."""
+
+
+def tiling(tile: int | None, overlap: int | None = None) -> tuple[int | None, int]:
+    """The checked (tile, overlap) of a run: the one overlap rule.
+
+    ``overlap`` defaults to ``min(32, tile // 4)``; it must be in ``[0, tile)``. No tile: the
+    image runs whole (the overlap is unused).
+    """
+    if tile is None:
+        return None, 0 if overlap is None else overlap
+    if tile < MIN_TILE:
+        raise TilingError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
+    if overlap is None:
+        overlap = min(MAX_OVERLAP, tile // 4)
+    if not 0 <= overlap < tile:
+        raise TilingError(f"--overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    return tile, overlap
+
+
+def run_backbone(pipeline: "Pipeline", lq: torch.Tensor, cond: "Conditioning | None", *, tile: int | None = None,
+                 overlap: int | None = None, steps: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The backbone (or its process) on ``lq`` with conditioning ``cond``, on tiles when ``tile`` is set."""
+    tile, overlap = tiling(tile, overlap)
+    if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
+        return pipeline.run_backbone(lq, cond, steps, generator)
+    from .tiling import tiled_forward
+
+    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
+    return tiled_forward(lambda t: pipeline.run_backbone(t, cond, steps, generator), lq, tile=tile,
+                         overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes, pad_mode=b.pad_mode)
+
+
+@torch.no_grad()
+def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
+            steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
+            ) -> tuple[torch.Tensor, dict[str, "Perception"]]:
+    """Restore a batch ``lq`` (B, 3, H, W in [0, 1]); perceivers see whole images, the backbone runs
+    on ``tile`` x ``tile`` tiles when ``tile`` is set (overlap: :func:`tiling`).
+
+    ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
+    the image and the outputs, turned back, are averaged; the perceivers see the image once and
+    condition every pass. It uses the symmetries of :func:`ensemble_symmetries` (all eight
+    unless the degradation has a direction, as rain and haze have) and pads the image
+    (edge replicated, as a JPEG encoder does) to a multiple of ``BLOCK_GRID`` pixels, so that
+    every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
+    a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
+    Returns the restored images (clamped to [0, 1]) and the perceptions.
+    """
+    tile, overlap = tiling(tile, overlap)
+    perceptions = pipeline.perceive(lq)
+    cond = pipeline.condition(perceptions)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return run_backbone(pipeline, x, cond, tile=tile, overlap=overlap, steps=steps, generator=generator)
+
+    if not ensemble:
+        return run(lq).clamp(0, 1), perceptions
+    h, w = lq.shape[-2:]
+    g = BLOCK_GRID
+    padded = torch.nn.functional.pad(lq, (0, -w % g, 0, -h % g), mode="replicate")
+    symmetries = ensemble_symmetries(pipeline, perceptions)
+    total = None  # float32 running sum: memory for two images, not eight
+    for k in symmetries:  # k % 4 quarter turns, after a horizontal flip for k >= 4
+        x = padded.flip(-1) if k >= 4 else padded
+        y = torch.rot90(run(torch.rot90(x, k % 4, (-2, -1)).contiguous()), -(k % 4), (-2, -1))
+        y = y.flip(-1) if k >= 4 else y
+        total = y.float() if total is None else total.add_(y.float())
+    return (total[..., :h, :w] / len(symmetries)).to(y.dtype).clamp(0, 1), perceptions
+
+
+def ensemble_symmetries(pipeline: "Pipeline", perceptions: dict[str, "Perception"]) -> tuple[int, ...]:
+    """The flips and quarter turns (indices of ``vlir.core.components.SYMMETRIES``) that the
+    self-ensemble averages: those under which the degradation looks the same (its
+    ``Degradation.symmetry``). The degradation is the perceived class of each image in the
+    batch when a perceiver classifies into registered degradation labels, else every
+    degradation of the spec's ``data.degradations``; all eight when neither is known.
+    """
+    by_label = symmetries_by_label(pipeline.registry)
+    predicted = {name for p in perceptions.values() for name, _ in p.top()}
+    if predicted and predicted <= by_label.keys():
+        groups = [by_label[n] for n in predicted]
+    elif pipeline.spec.data is not None and pipeline.spec.data.degradations:
+        groups = [SYMMETRIES[pipeline.registry.load("degradation", d.type).symmetry]
+                  for d in pipeline.spec.data.degradations]
+    else:
+        groups = [SYMMETRIES["dihedral"]]
+    return tuple(k for k in range(8) if all(k in g for g in groups))
+
+
+_BY_LABEL: "weakref.WeakKeyDictionary[Registry, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def symmetries_by_label(registry: "Registry") -> dict[str, tuple[int, ...]]:
+    """Class word (``Degradation.label``) -> symmetries of every registered degradation (imported once
+    per registry)."""
+    if registry not in _BY_LABEL:
+        classes = [registry.load("degradation", e.name) for e in registry.list("degradation")]
+        _BY_LABEL[registry] = {cls.label or cls.name: SYMMETRIES[cls.symmetry] for cls in classes}
+    return _BY_LABEL[registry]
