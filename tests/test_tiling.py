@@ -159,8 +159,9 @@ def test_global_backbones_tiled_equal_whole(name, size):
     x = image(*size)
     with torch.no_grad():
         ref = m(x)
-        one = tiled_forward(m, x, 64, 32, multiple_of=m.multiple_of, passes=m.tile_passes)
-        two = tiled_forward(m, x, 64, 32, multiple_of=m.multiple_of, passes=2)
+        one = tiled_forward(m, x, 64, 32, multiple_of=m.multiple_of, passes=m.tile_passes,
+                             pad_mode=m.pad_mode)
+        two = tiled_forward(m, x, 64, 32, multiple_of=m.multiple_of, passes=2, pad_mode=m.pad_mode)
     assert m.tile_passes == 1
     assert one.shape == ref.shape
     assert psnr(one, ref) >= 50

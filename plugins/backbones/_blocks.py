@@ -35,13 +35,13 @@ class LayerNorm2d(nn.Module):
         if dtype in _LOW:
             x = x.float()
         weight = self.weight.to(x.dtype)
+        xt = x.permute(0, 2, 3, 1)  # channels last: one fused kernel normalises each pixel
         if self.bias is not None:
-            bias = self.bias.to(x.dtype)
-            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, self.eps).permute(0, 3, 1, 2)
-        else:
-            var = x.var(dim=1, keepdim=True, unbiased=False)
-            y = x * torch.rsqrt(var + self.eps) * weight[:, None, None]
-        return y.to(dtype)
+            y = F.layer_norm(xt, (x.shape[1],), weight, self.bias.to(x.dtype), self.eps)
+        else:  # the fused kernel's 1 / sqrt(var + eps), applied to x itself (not x - mean)
+            rstd = torch.native_layer_norm(xt, (x.shape[1],), None, None, self.eps)[2]
+            y = xt * rstd * weight
+        return y.permute(0, 3, 1, 2).to(dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"

@@ -4,13 +4,15 @@ With ``cond_dim`` and ``context_dim`` left at ``None`` the state dict is exactly
 one (``{'params': sd}`` checkpoints load with ``strict=True``). ``cond_dim`` adds a
 zero-initialised FiLM after the first norm of every NAFBlock, driven by the degradation
 vector; ``context_dim`` adds zero-initialised cross-attention to content tokens in every
-middle block. Test-time local pooling (the official "NAFNetLocal" / TLC) is not included.
+middle block. ``tlc=True`` is the official test-time network "NAFNetLocal" (TLC, Chu et al.
+2021): channel attention pools over a local window instead of the whole image.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlir.core.components import Backbone
@@ -37,6 +39,41 @@ class GlobalPool(nn.Module):
 
         total, n = global_sum(window, x.shape[-2:])
         return total / n
+
+
+def _box_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Mean of every ``kh`` x ``kw`` window lying inside ``x`` (valid positions only), from
+    running sums along W then H (cost independent of the window size)."""
+    s = F.pad(x.cumsum(-1), (1, 0))
+    x = s[..., kw:] - s[..., :-kw]
+    s = F.pad(x.cumsum(-2), (0, 0, 1, 0))
+    return (s[..., kh:, :] - s[..., :-kh, :]) / (kh * kw)
+
+
+class LocalPool(nn.Module):
+    """TLC's test-time local pooling: each pixel gets the mean over a ``kernel`` x ``kernel``
+    window (clipped to the feature map) instead of the image mean. Window means exist for the
+    positions where the window fits; the border, as in the official ``AvgPool2d``
+    (``fast_imp=False``), repeats the nearest one (replicate padding, split evenly). A window
+    covering the whole map gives the global mean, as ``GlobalPool``.
+    """
+
+    def __init__(self, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.kernel >= h and self.kernel >= w:
+            return x.mean((-2, -1), keepdim=True)
+        dtype = x.dtype
+        out = _box_mean(x.float() if dtype in (torch.float16, torch.bfloat16) else x,
+                        min(h, self.kernel), min(w, self.kernel))
+        ph, pw = h - out.shape[-2], w - out.shape[-1]
+        return F.pad(out, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate").to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
 
 
 class NAFBlock(nn.Module):
@@ -83,8 +120,13 @@ class NAFNet(Backbone):
     """NAFNet U-Net. ``forward(lq, cond=None)`` returns ``ending(features) + lq`` (official
     residual); any H, W >= 1 (padded to a multiple of ``2 ** levels`` and cropped back).
 
-    Official NAFNet pads with zeros; ``pad_mode="zeros"`` reproduces it, the default
-    ``reflect`` avoids dark borders on sizes that are not multiples of 16.
+    ``pad_mode`` defaults to the official zeros (the official outputs at every size);
+    ``reflect`` avoids dark borders on sizes that are not multiples of 16 (the default model's
+    experts were trained with it). ``tlc`` swaps every channel-attention pool for
+    :class:`LocalPool` with a window of ``tlc_base_size`` full-resolution pixels (the official
+    NAFNetLocal: 1.5 x its 256-pixel training crops), so images up to that size are unchanged.
+    Tiled inference then runs without shared sums (``tile_passes = 0``): each tile pools
+    locally within itself, which matches the whole image where the overlap covers half a window.
     """
 
     multiple_of = 16  # default config; instances set 2 ** len(enc_blk_nums)
@@ -100,7 +142,9 @@ class NAFNet(Backbone):
         cond_dim: int | None = None  # degradation-vector dim: FiLM in every block
         cond_hidden: int = 128  # width of the shared embedding feeding the FiLMs
         context_dim: int | None = None  # content-token dim: cross-attention in the middle blocks
-        pad_mode: Literal["reflect", "replicate", "zeros"] = "reflect"
+        pad_mode: Literal["reflect", "replicate", "zeros"] = "zeros"
+        tlc: bool = False  # test-time local pooling (official NAFNetLocal)
+        tlc_base_size: int = 384  # TLC window in input pixels (official: 1.5 x the 256 training crop)
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)
@@ -129,6 +173,14 @@ class NAFNet(Backbone):
             self.decoders.append(nn.Sequential(*[NAFBlock(chan, emb) for _ in range(n)]))
         self.cond_embed = CondEmbed(p.cond_dim, p.cond_hidden) if p.cond_dim else None
         self.multiple_of = 2 ** len(p.enc_blk_nums)
+        if p.tlc:  # window in feature pixels: tlc_base_size / stride of the level (official NAFNetLocal)
+            levels = [(enc, 2 ** i) for i, enc in enumerate(self.encoders)]
+            levels += [(self.middle_blks, self.multiple_of)]
+            levels += [(dec, self.multiple_of // 2 ** (i + 1)) for i, dec in enumerate(self.decoders)]
+            for blocks, stride in levels:
+                for blk in blocks:
+                    blk.sca[0] = LocalPool(max(1, p.tlc_base_size // stride))
+            self.tile_passes = 0
 
     @classmethod
     def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
