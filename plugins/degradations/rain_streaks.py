@@ -17,7 +17,7 @@ class RainStreaks(Degradation):
     Per image: ``layers`` streak layers share a main ``angle`` (degrees from vertical), each turned
     by up to ``spread`` degrees; per layer, random drops (``density`` per pixel, brightness in
     [0.5, 1]) are drawn into lines of ``length`` pixels (motion blur of the falling drop), widened
-    by a Gaussian of ``width`` pixels and scaled by ``intensity``. Layers are summed and added to the
+    by a Gaussian of ``width`` pixels (keeping its energy) and scaled by ``intensity``. Layers are summed and added to the
     image by ``blend`` (``screen``: ``1 - (1 - img)(1 - rain)``; ``sum``: ``img + rain``, clipped),
     with an optional veil (the haze of dense rain) of strength ``veil`` towards grey-white.
     The presets ``light`` and ``heavy`` are in the registry.
@@ -28,12 +28,12 @@ class RainStreaks(Degradation):
 
     class Params(Degradation.Params):
         layers: IntRange = (1, 3)
-        density: FloatRange = (0.001, 0.01)
+        density: FloatRange = (0.0005, 0.004)
         length: FloatRange = (10.0, 40.0)
-        width: FloatRange = (0.5, 1.5)
+        width: FloatRange = (0.3, 1.2)
         angle: FloatRange = (-25.0, 25.0)
         spread: float = 5.0
-        intensity: FloatRange = (0.3, 0.9)
+        intensity: FloatRange = (0.3, 0.8)
         veil: FloatRange = (0.0, 0.1)
         blend: Literal["screen", "sum"] = "screen"
 
@@ -55,8 +55,8 @@ class RainStreaks(Degradation):
             intensity = uniform(p.intensity, n, generator).float()[:, None, None, None]
             drops = (rand((n, 1, h, w), generator) < density).float() * (0.5 + 0.5 * rand((n, 1, h, w), generator))
             streaks = filter_per_image(drops, line_kernels(length, 90.0 + angle + turn, size, normalize=False))
+            # widening keeps a streak's energy: wider streaks are fainter, as out-of-focus drops
             streaks = filter_per_image(streaks, gaussian_kernels(width, odd(4 * span(p.width)[1] + 1)))
-            streaks = streaks / gaussian_kernels(width, odd(4 * span(p.width)[1] + 1)).amax(dim=(1, 2))[:, None, None, None]
             rain = rain + on * intensity * streaks.clamp(0, 1)
         rain = rain.clamp(0, 1).to(x.device)
         out = 1 - (1 - x) * (1 - rain) if p.blend == "screen" else x + rain
