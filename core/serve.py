@@ -49,7 +49,7 @@ PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
          "/style.css": ("style.css", "text/css; charset=utf-8")}
 # the page may load and call this server only: no CDN, no fonts, no analytics can slip in
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+       "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PORT = 8765
 TILE = 512
 MAX_UPLOAD_MB = 50.0
@@ -257,6 +257,11 @@ class Service:
         return steps
 
 
+def size_text(n: int) -> str:
+    """A byte count as people read it: 512 bytes, 12.3 kB, 4.5 MB (decimal units, as --max-upload-mb)."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
+
+
 def _png_url(img, bit_depth: int) -> str:
     """A [3, H, W] image in [0, 1] as a PNG data URL (16-bit when asked)."""
     from .data.images import write_image
@@ -324,8 +329,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(411, {"error": "the upload has no Content-Length"})
         if length > service.max_bytes:
             self._drop(length)
-            return self._json(413, {"error": f"{name} is {length / 1e6:.1f} MB; the limit is "
-                                             f"{service.max_bytes / 1e6:.1f} MB (vlir serve --max-upload-mb)"})
+            return self._json(413, {"error": f"{name} is {size_text(length)}; the limit is "
+                                             f"{size_text(service.max_bytes)} (vlir serve --max-upload-mb)"})
         data = self.rfile.read(length) if length > 0 else b""
         try:
             self._json(200, service.restore(data, name, query.get("degradation"), query.get("instruction")))

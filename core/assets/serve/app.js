@@ -6,7 +6,8 @@ let info = null;
 let file = null;
 let resultUrl = null;
 
-const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+// as the server writes sizes (decimal units, as --max-upload-mb)
+const size = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} kB` : `${n} bytes`);
 
 function state(s) { document.body.dataset.state = s; }
 
@@ -48,7 +49,7 @@ function pick(f) {
   if (!f) return;
   $("message").hidden = true;
   if (info && f.size > info.max_bytes) {
-    fail(`${f.name} is ${mb(f.size)}; the limit is ${mb(info.max_bytes)}`);
+    fail(`${f.name} is ${size(f.size)}; the limit is ${size(info.max_bytes)} (vlir serve --max-upload-mb)`);
     return;
   }
   file = f;
@@ -80,14 +81,25 @@ async function restore() {
   }
   $("run").disabled = false;
   if (body.error) { fail(body.error); return; }
-  await show(body, (performance.now() - started) / 1000);
+  try {
+    show(body, (performance.now() - started) / 1000);
+  } catch (e) {
+    fail(`cannot show the result: ${e}`);
+  }
 }
 
-async function show(res, seconds) {
+// a data URL as a Blob (fetch() of a data URL is not "self" for the page's connect-src)
+function blob(dataUrl) {
+  const [head, b64] = dataUrl.split(",");
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: head.slice(5).split(";")[0] });
+}
+
+function show(res, seconds) {
   $("before").src = res.before;
   $("after").src = res.image;
   if (resultUrl) URL.revokeObjectURL(resultUrl);
-  resultUrl = URL.createObjectURL(await (await fetch(res.image)).blob());
+  resultUrl = URL.createObjectURL(blob(res.image));
   const a = $("download");
   a.href = resultUrl;
   a.download = res.name;
