@@ -395,7 +395,7 @@ def test_screenshot(tmp_path):
     service = Service(vlir.load("default"), "default model")
     server = make_server(service, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    driver = chrome(1100, 640)
+    driver = chrome(1100, 900)
     try:
         open_page(driver, f"http://127.0.0.1:{server.server_address[1]}", len(service.classes))
         assert upload(driver, photo) == "done", driver.find_element(By.ID, "message").text
@@ -403,7 +403,7 @@ def test_screenshot(tmp_path):
                               "s.dispatchEvent(new Event('input'));")
         out = Path(os.environ["VLIR_SERVE_SCREENSHOT"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
+        tmp = out.with_name(f".{out.stem}.tmp.png")
         assert driver.save_screenshot(str(tmp))
         os.replace(tmp, out)
     finally:

@@ -96,6 +96,8 @@ function blob(dataUrl) {
 }
 
 function show(res, seconds) {
+  // shown at its own size (small images at least 480 pixels wide), never wider than the page
+  $("compare").style.width = `${Math.max(res.width, 480)}px`;
   $("before").src = res.before;
   $("after").src = res.image;
   if (resultUrl) URL.revokeObjectURL(resultUrl);
