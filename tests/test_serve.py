@@ -161,6 +161,23 @@ def test_chosen_degradation_routes_to_its_expert(served, pipe):
         assert (as_tensor(decode(res["image"])) - expected).abs().max() <= 0.5 / 255 + 1e-6
 
 
+def test_sixteen_bit_input_gives_a_sixteen_bit_result(served):
+    service, base = served
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 65536, (20, 20), dtype=np.uint16)).save(buf, "PNG")
+    status, res = post(base, "name=scan.png", buf.getvalue())
+    assert status == 200, res
+    depth = {k: base64.b64decode(res[k].partition(",")[2])[24] for k in ("image", "before")}  # IHDR bit depth
+    assert depth == {"image": 16, "before": 8} and decode(res["image"]).size == (20, 20)
+    assert "16-bit" in res["note"]
+
+
+def test_import_is_light():
+    from conftest import imports_torch
+
+    assert not imports_torch("vlir.core.serve")
+
+
 def test_large_images_run_in_tiles(served, pipe):
     service, base = served
     status, res = post(base, "name=big.png", png(40, 72, seed=2))
@@ -353,6 +370,16 @@ def test_page_in_headless_chromium(served, tmp_path):
         result = Image.open(io.BytesIO(base64.b64decode(b64)))
         result.load()
         assert result.format == "PNG" and result.size == (56, 40)
+        # an image dropped on the page
+        driver.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const dt = new DataTransfer(); dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+            "document.body.dataset.state = 'idle';"
+            "document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));",
+            base64.b64encode(png(20, 28, seed=5)).decode())
+        assert wait_state(driver) == "done"
+        assert driver.find_element(By.ID, "download").get_attribute("download") == "dropped_restored.png"
+        assert "28×20 restored in" in driver.find_element(By.ID, "status").text
         # the slider uncovers the result from its position on
         driver.execute_script("const s = document.getElementById('slider'); s.value = 30;"
                               "s.dispatchEvent(new Event('input'));")
