@@ -24,6 +24,7 @@ import argparse
 import base64
 import json
 import re
+import socket
 import sys
 import tempfile
 import threading
@@ -354,11 +355,19 @@ class Handler(BaseHTTPRequestHandler):
             length -= len(chunk)
 
 
-def make_server(service: Service, host: str = "127.0.0.1", port: int = PORT, verbose: bool = False
-                ) -> ThreadingHTTPServer:
-    """A server (not yet serving) for ``service`` on ``host:port`` (port 0: a free one)."""
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
+def make_server(service: Service | None, host: str = "127.0.0.1", port: int = PORT, verbose: bool = False
+                ) -> Server:
+    """A server (not yet serving) for ``service`` on ``host:port`` (port 0: a free one; an IPv6
+    host such as ``::1`` listens on IPv6). ``service`` may be set later, before serving."""
+    server = (Server6 if ":" in host else Server)((host, port), Handler)
     server.service = service
     server.verbose = verbose
     return server
@@ -383,9 +392,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .restore import RestoreError  # an unusable --device
+
     try:
         return _serve(args)
-    except ServeError as e:
+    except (ServeError, RestoreError) as e:
         print(f"vlir serve: error: {e}", file=sys.stderr)
         return 2
 
@@ -409,13 +420,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load(args.pipeline, device=resolve_device(args.device))
-    service = Service(pipe, Path(args.pipeline).name if args.pipeline != "default" else "default model",
-                      tile=tile, max_pixels=args.max_pixels, max_bytes=int(args.max_upload_mb * 1e6))
-    try:
-        server = make_server(service, args.host, args.port, args.verbose)
+    device = resolve_device(args.device)
+    try:  # the address first: a port in use is said at once, not after loading the model
+        server = make_server(None, args.host, args.port, args.verbose)
     except OSError as e:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; choose another --port") from None
+    try:
+        pipe = load(args.pipeline, device=device)
+    except BaseException:
+        server.server_close()
+        raise
+    server.service = service = Service(pipe, Path(args.pipeline).name if args.pipeline != "default" else "default model",
+                                       tile=tile, max_pixels=args.max_pixels, max_bytes=int(args.max_upload_mb * 1e6))
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     if host not in _LOOPBACK and not host.startswith("127."):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -267,13 +268,22 @@ def test_pipeline_not_routed_by_classes_cannot_be_steered():
 
 
 # -- the command --------------------------------------------------------------------------------
-def test_command_rejects_bad_options_before_loading():
+def test_command_rejects_bad_options_before_loading(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
     for args, msg in [(["--port", "70000"], "--port must be in 0..65535, got 70000"),
                       (["--tile", "4"], "--tile must be at least 8 pixels, got 4"),
-                      (["--max-upload-mb", "0"], "--max-upload-mb must be positive")]:
+                      (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+                      (["--port", str(port), "--pipeline", str(tmp_path / "nothing")],
+                       f"cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"),
+                      (["--port", "0", "--pipeline", str(tmp_path / "nothing")],
+                       f"vlir.load('{tmp_path / 'nothing'}'): not 'default', a pipeline folder")]:
         out = subprocess.run([sys.executable, "-m", "vlir.core.cli", "serve", *args], capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 2 and f"vlir serve: error: {msg}" in out.stderr, out.stderr
+    taken.close()
 
 
 def test_command_serves_a_pipeline_folder(pipe, tmp_path):
@@ -341,7 +351,7 @@ def open_page(driver, base: str, n_classes: int) -> None:
         lambda d: d.execute_script("return document.querySelectorAll('#degradation option').length") == n_classes + 1)
 
 
-def test_page_in_headless_chromium(served, tmp_path):
+def test_page_in_headless_chromium(served, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
 
     service, base = served
@@ -399,6 +409,12 @@ def test_page_in_headless_chromium(served, tmp_path):
         assert upload(driver, bad) == "error"
         assert driver.find_element(By.ID, "message").text == (
             "notes.txt: not a recognised image format (corrupt or not an image)")
+        # a file over the upload limit is refused before it is sent
+        monkeypatch.setattr(service, "max_bytes", 1000)
+        open_page(driver, base, len(CLASSES))
+        assert upload(driver, photo) == "error"
+        assert re.fullmatch(r"street\.png is \d+\.\d kB; the limit is 1\.0 kB \(vlir serve --max-upload-mb\)",
+                            driver.find_element(By.ID, "message").text)
         # nothing was fetched from any other host
         urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(base + "/") or u.startswith(("data:", "blob:")) for u in urls), urls
@@ -435,5 +451,19 @@ def test_screenshot(tmp_path):
         os.replace(tmp, out)
     finally:
         driver.quit()
+        server.shutdown()
+        server.server_close()
+
+
+def test_ipv6_loopback(pipe):
+    try:
+        server = make_server(Service(pipe, "tiny", tile=None), host="::1", port=0)
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.server_address[1]}/api/info", timeout=30) as r:
+            assert json.load(r)["classes"] == CLASSES
+    finally:
         server.shutdown()
         server.server_close()
