@@ -31,7 +31,6 @@ import threading
 import time
 import traceback
 from dataclasses import replace
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,7 +188,7 @@ class Service:
             "degradation": summary.get("degradation"), "confidence": summary.get("confidence"),
             "probabilities": summary.get("probabilities", {}), "quality_score": summary.get("quality_score"),
             "used": chosen or summary.get("degradation"), "chosen": chosen,
-            "instruction": None if degradation or not chosen else instruction.strip(),
+            "instruction": instruction.strip() if chosen and not (degradation or "").strip() else None,
             "path": self.path(summary, chosen, cond, tiled), "tiled": tiled, "seconds": round(seconds, 3),
             "note": info.get("converted"),
             "before": _png_url(img, 8), "image": _png_url(restored, 16 if info["bit_depth"] > 8 else 8),
