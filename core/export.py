@@ -11,10 +11,11 @@ channel attention, NAFNet's channel pooling) get two more graphs, so that tiled 
 equal tiled torch runs: ``backbone.first.onnx`` maps a tile and its core (``y0, y1, x0, x1``)
 to the core's sums of every reduction (the tile's own statistics drive it), and
 ``backbone.shared.onnx`` maps a tile and the image-wide sums to the restored tile and the
-core's sums again. Perceivers run in torch (their CLIP towers crop and resize with Python
-control flow that a traced graph would freeze). Refused with a message: diffusion processes
-(a sampling loop), TLC's local pooling and data-dependent routing (``experts``), both of which
-freeze the image size or the route into the graph.
+core's sums again. ``experts`` exports each expert network alone (``backbone.nets.K.onnx``);
+its routing by class probabilities, a choice between graphs, stays in torch. Perceivers run in
+torch (their CLIP towers crop and resize with Python control flow that a traced graph would
+freeze). Refused with a message: diffusion processes (a sampling loop) and TLC's local pooling
+(its window is chosen from the image size in Python, which a traced graph freezes).
 
 Every graph is checked against torch at two sizes after export; a mismatch fails the export.
 """
@@ -53,15 +54,10 @@ def refusal(pipe: "Pipeline") -> str | None:
     if pipe.process is not None:
         return (f"process {pipe.spec.process.type!r}: diffusion sampling is a loop over steps with random "
                 "noise, not one graph; only pipelines with a direct backbone export")
-    if getattr(b, "diffusion", False):
-        return f"backbone {name!r} is a diffusion backbone (it predicts noise for a process); not exportable"
-    if getattr(getattr(b, "params", None), "tlc", False):
-        return (f"backbone {name!r} with tlc: true: TLC's local pooling chooses its window from the image "
-                "size in Python, which a traced graph freezes; export with tlc: false")
     if name == "experts":
-        return ("backbone 'experts' routes each image to one network by its class probabilities "
-                "(data-dependent control flow); not exportable")
-    return None
+        inner = [_refuse_net(n, b.params.expert) for n in b.nets]
+        return next((f"experts: {w}" for w in inner if w), None)
+    return _refuse_net(b, name)
 
 
 # -- graphs -----------------------------------------------------------------------------------
@@ -164,17 +160,25 @@ def _io(names: list[str], tensors: list, dynamic: dict[str, dict[int, str]]) -> 
              "shape": [dynamic.get(n, {}).get(i, s) for i, s in enumerate(t.shape)]} for n, t in zip(names, tensors)]
 
 
-def export_backbone(pipe: "Pipeline", out: Path, *, check: bool = True) -> dict[str, Any]:
-    """Write the backbone's graphs into ``out``; returns their description for ``onnx.json``."""
+def _refuse_net(b, name: str) -> str | None:
+    if getattr(b, "diffusion", False):
+        return f"backbone {name!r} is a diffusion backbone (it predicts noise for a process); not exportable"
+    if getattr(getattr(b, "params", None), "tlc", False):
+        return (f"backbone {name!r} with tlc: true: TLC's local pooling chooses its window from the image "
+                "size in Python, which a traced graph freezes; export with tlc: false")
+    return None
+
+
+def export_net(b, name: str, out: Path, stem: str = "backbone", *, check: bool = True) -> dict[str, Any]:
+    """Write the graphs of one direct backbone ``b`` (``stem``.onnx and, with ``tile_passes``,
+    ``stem``.first.onnx and ``stem``.shared.onnx) into ``out``; returns their description."""
     import torch
 
-    from .tiling import pad_to_multiple
+    from .tiling import _active, pad_to_multiple
 
-    why = refusal(pipe)
+    why = _refuse_net(b, name)
     if why:
         raise ExportError(why)
-    b = pipe.backbone
-    name = pipe.spec.backbone.type
     m = max(1, int(b.multiple_of))
     channels = int(b.example_inputs(size=(m, m), batch=1)["lq"].shape[1])
     cond = _cond_inputs(b)
@@ -189,17 +193,14 @@ def export_backbone(pipe: "Pipeline", out: Path, *, check: bool = True) -> dict[
     dyn = {"lq": batch_hw, "restored": batch_hw, **{k: {0: "batch"} for k in cond_names}}
     whole, _, _ = _wrappers(b, cond_names)
     info: dict[str, Any] = {
-        "component": name, "file": "backbone.onnx", "multiple_of": m, "pad_mode": b.pad_mode,
+        "component": name, "file": f"{stem}.onnx", "multiple_of": m, "pad_mode": b.pad_mode,
         "tile_passes": int(b.tile_passes), "conditioning": cond_names,
     }
     try:
         with torch.no_grad():
-            _export(whole, (lq, *cond.values()), out / "backbone.onnx", ["lq", *cond_names], ["restored"], dyn)
-    except ExportError:
-        raise
+            _export(whole, (lq, *cond.values()), out / info["file"], ["lq", *cond_names], ["restored"], dyn)
     except Exception as e:  # noqa: BLE001 - the exporter's own reason, named after the component
-        raise ExportError(f"backbone {name!r}: the ONNX exporter failed: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        raise ExportError(f"backbone {name!r}: the ONNX exporter failed: {_first_line(e)}") from e
     info["inputs"] = _io(["lq", *cond_names], [lq, *cond.values()], dyn)
     info["outputs"] = _io(["restored"], [lq], dyn)
 
@@ -208,10 +209,8 @@ def export_backbone(pipe: "Pipeline", out: Path, *, check: bool = True) -> dict[
         tile = pad_to_multiple(lq, m, b.pad_mode)
         core = torch.tensor([0, tile.shape[-2], 0, tile.shape[-1]], device=dev)
         probe = _TracePass(tile.shape[-2:], core)
-        from .tiling import _active
-
         with torch.no_grad(), _active(probe):
-            b(tile, *([_cond(cond_names, cond)] if cond_names else []))
+            b(tile, _cond(cond_names, cond))
         layout = [len(p) if isinstance(p, tuple) else 0 for p in probe.parts]
         sums = _flat(probe.parts)
         sum_names = [f"sum{i}" for i in range(len(sums))]
@@ -220,30 +219,57 @@ def export_backbone(pipe: "Pipeline", out: Path, *, check: bool = True) -> dict[
                     **{n: {0: "batch"} for n, t in zip(sum_names, sums) if t.dim()},
                     **{n: {0: "batch"} for n, t in zip(part_names, sums) if t.dim()}}
         _, first, shared = _wrappers(b, cond_names, layout)
+        tiling = {"first": f"{stem}.first.onnx", "shared": f"{stem}.shared.onnx"}
         try:
             with torch.no_grad():
-                _export(first, (tile, core, *cond.values()), out / "backbone.first.onnx",
+                _export(first, (tile, core, *cond.values()), out / tiling["first"],
                         ["lq", "core", *cond_names], part_names, tile_dyn)
-                _export(shared, (tile, core, *cond.values(), *sums), out / "backbone.shared.onnx",
+                _export(shared, (tile, core, *cond.values(), *sums), out / tiling["shared"],
                         ["lq", "core", *cond_names, *sum_names], ["restored", *part_names], tile_dyn)
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"backbone {name!r}: the ONNX exporter failed on the tile graphs: "
-                              f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+            raise ExportError(f"backbone {name!r}: the ONNX exporter failed on the tile graphs: {_first_line(e)}") from e
         info["tiling"] = {
-            "first": "backbone.first.onnx", "shared": "backbone.shared.onnx", "layout": layout,
+            **tiling, "layout": layout,
             "strides": [[int(tile.shape[-2]) // h, int(tile.shape[-1]) // w] for h, w in probe.sizes],
             "core": "int64 [y0, y1, x0, x1]: the tile's core rows and columns (multiples of the strides)",
             "sums": _io(sum_names, sums, tile_dyn),
         }
     if check:
-        info["max_abs_diff"] = check_backbone(pipe.backbone, out, info)
+        info["max_abs_diff"] = check_backbone(b, out, info)
     return info
+
+
+def export_backbone(pipe: "Pipeline", out: Path, *, check: bool = True) -> dict[str, Any]:
+    """Write the pipeline backbone's graphs into ``out``; returns their description for ``onnx.json``.
+
+    ``experts``: each expert network is exported alone (``backbone.nets.K``) and the routing by
+    class probabilities stays in torch, as it is a choice between graphs.
+    """
+    why = refusal(pipe)
+    if why:
+        raise ExportError(why)
+    b, name = pipe.backbone, pipe.spec.backbone.type
+    if name != "experts":
+        return export_net(b, name, out, check=check)
+    import torch
+
+    nets = {}
+    expert = b.params.expert
+    for k, net in enumerate(b.nets):
+        if not isinstance(net, torch.nn.Identity):
+            nets[str(k)] = export_net(net, expert, out, f"backbone.nets.{k}", check=check)
+    return {"component": name, "engine": "torch", "why": "routing between the experts' graphs", "nets": nets}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _cond(names: list[str], tensors: dict):
     from .conditioning import Conditioning
 
-    return Conditioning(**{k: tensors[k] for k in names})
+    return Conditioning(**{k: tensors[k] for k in names}) if names else None
 
 
 def check_backbone(backbone, out: Path, info: dict[str, Any], sizes: tuple = ()) -> float:
@@ -328,7 +354,7 @@ def run_export(args: argparse.Namespace) -> int:
                          str(path) if src != "default" and path.is_file() else None, "cpu")
     try:
         out = export_onnx(pipe, args.out, check=not args.no_check)
-    except ExportError as e:
+    except UserError as e:  # ExportError, or onnxruntime missing for the check
         print(f"vlir export: error: {src}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out / META_FILE} and the graphs of backbone {pipe.spec.backbone.type!r} into {out}")

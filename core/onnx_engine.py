@@ -142,7 +142,8 @@ def _nest(flat: list, layout: list[int]) -> list:
 
 
 def load_onnx_pipeline(folder: str | Path, device: str = "cpu", threads: int | None = None) -> "Any":
-    """The pipeline of an export folder with its backbone on onnxruntime (perceivers in torch)."""
+    """The pipeline of an export folder with its backbone (or the experts' networks) on
+    onnxruntime; the perceivers and the experts' routing stay in torch."""
     from .pipeline import Pipeline
 
     folder = Path(folder).expanduser()
@@ -151,6 +152,11 @@ def load_onnx_pipeline(folder: str | Path, device: str = "cpu", threads: int | N
     providers = ["CPUExecutionProvider"]
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in _runtime().get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    pipe.backbone = OnnxBackbone(folder, meta["backbone"], threads=threads or torch.get_num_threads(),
-                                 providers=providers)
+    threads = threads or torch.get_num_threads()
+    info = meta["backbone"]
+    if "nets" in info:  # experts: each expert on onnxruntime, the routing in torch
+        for k, net in info["nets"].items():
+            pipe.backbone.nets[int(k)] = OnnxBackbone(folder, net, threads=threads, providers=providers)
+    else:
+        pipe.backbone = OnnxBackbone(folder, info, threads=threads, providers=providers)
     return pipe.eval()
