@@ -107,6 +107,11 @@ def _cond_inputs(backbone) -> dict[str, "torch.Tensor"]:
     return out
 
 
+def _cond_axes(names: list[str]) -> dict[str, dict[int, str]]:
+    """Dynamic axes of the conditioning inputs: the batch, and the number of content tokens."""
+    return {k: {0: "batch", 1: "tokens"} if k == "tokens" else {0: "batch"} for k in names}
+
+
 def _wrappers(backbone, cond_names: list[str], layout: list[int] | None = None):
     import torch
 
@@ -190,7 +195,7 @@ def export_net(b, name: str, out: Path, stem: str = "backbone", *, check: bool =
     # (any height and width work); onnxruntime is then fed padded inputs, where it is a no-op
     lq = torch.rand(1, channels, 2 * m + 3, 3 * m + 5, device=dev)
     batch_hw = {0: "batch", 2: "height", 3: "width"}
-    dyn = {"lq": batch_hw, "restored": batch_hw, **{k: {0: "batch"} for k in cond_names}}
+    dyn = {"lq": batch_hw, "restored": batch_hw, **_cond_axes(cond_names)}
     whole, _, _ = _wrappers(b, cond_names)
     info: dict[str, Any] = {
         "component": name, "file": f"{stem}.onnx", "multiple_of": m, "pad_mode": b.pad_mode,
@@ -215,7 +220,7 @@ def export_net(b, name: str, out: Path, stem: str = "backbone", *, check: bool =
         sums = _flat(probe.parts)
         sum_names = [f"sum{i}" for i in range(len(sums))]
         part_names = [f"part{i}" for i in range(len(sums))]
-        tile_dyn = {"lq": batch_hw, "restored": batch_hw, **{k: {0: "batch"} for k in cond_names},
+        tile_dyn = {"lq": batch_hw, "restored": batch_hw, **_cond_axes(cond_names),
                     **{n: {0: "batch"} for n, t in zip(sum_names, sums) if t.dim()},
                     **{n: {0: "batch"} for n, t in zip(part_names, sums) if t.dim()}}
         _, first, shared = _wrappers(b, cond_names, layout)
