@@ -277,28 +277,35 @@ def _cond(names: list[str], tensors: dict):
     return Conditioning(**{k: tensors[k] for k in names}) if names else None
 
 
-def check_backbone(backbone, out: Path, info: dict[str, Any], sizes: tuple = ()) -> float:
-    """Max |onnxruntime - torch| of the exported backbone at two sizes; ExportError above ``CHECK_ATOL``."""
+def check_backbone(backbone, out: Path, info: dict[str, Any]) -> float:
+    """Max |onnxruntime - torch| of the exported backbone: whole images at two sizes and, with
+    tile graphs, one tiled run with shared reductions; ExportError above ``CHECK_ATOL``."""
     import torch
 
     from .onnx_engine import OnnxBackbone
+    from .tiling import tiled_forward
 
     m = info["multiple_of"]
     onnx_b = OnnxBackbone(out, info, threads=torch.get_num_threads())
-    sizes = sizes or ((2 * m + 1, 3 * m + 2), (3 * m, 2 * m + 7))
-    worst = 0.0
+    dev = next(iter(backbone.parameters()), torch.empty(0)).device
+    cond = _cond(info["conditioning"], {k: v.to(dev) for k, v in _cond_inputs(backbone).items()})
     gen = torch.Generator().manual_seed(0)
-    for h, w in sizes:
-        dev = next(iter(backbone.parameters()), torch.empty(0)).device
+    worst = 0.0
+    runs = [((2 * m + 1, 3 * m + 2), None), ((3 * m, 2 * m + 7), None)]
+    if "tiling" in info:
+        runs.append(((4 * m + 3, 5 * m + 1), 2 * m))
+    for (h, w), tile in runs:
         lq = torch.rand(1, onnx_b.channels, h, w, generator=gen).to(dev)
-        cond = _cond(info["conditioning"], {k: v.to(dev) for k, v in _cond_inputs(backbone).items()}) \
-            if info["conditioning"] else None
         with torch.no_grad():
-            ref = backbone(lq, cond).float().cpu()
-            got = onnx_b(lq, cond).float().cpu()
-        worst = max(worst, float((ref - got).abs().max()))
+            if tile is None:
+                ref, got = backbone(lq, cond), onnx_b(lq, cond)
+            else:
+                ref, got = (tiled_forward(lambda t, f=f: f(t, cond), lq, tile=tile, overlap=m, multiple_of=m,
+                                          passes=info["tile_passes"], pad_mode=info["pad_mode"])
+                            for f in (backbone, onnx_b))
+        worst = max(worst, float((ref.float().cpu() - got.float().cpu()).abs().max()))
     if not worst <= CHECK_ATOL:
-        raise ExportError(f"backbone {info['component']!r}: the exported graph differs from torch by {worst:.3g} "
+        raise ExportError(f"backbone {info['component']!r}: the exported graphs differ from torch by {worst:.3g} "
                           f"(more than {CHECK_ATOL}): the exporter froze something that depends on the input")
     return worst
 
@@ -318,6 +325,7 @@ def export_onnx(pipe: "Pipeline", out: str | os.PathLike, *, check: bool = True)
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)  # a folder with onnx.json is a complete export
     pipe = pipe.float().eval()
     backbone = export_backbone(pipe, out, check=check)
     pipe.save(out)  # the spec and the torch weights: perceivers run from them, DIR stays a pipeline folder
