@@ -199,3 +199,16 @@ def test_cli_export_and_restore_through_onnxruntime(tmp_path, capsys):
     assert "not an ONNX export folder" in capsys.readouterr().err
     assert main(["restore", str(img), "-o", str(tmp_path / "x"), "--engine", "onnx"]) == 2
     assert "--engine onnx needs --pipeline DIR" in capsys.readouterr().err
+
+
+def test_benchmark_quick(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from onnx_engine import main as bench
+
+    out = tmp_path / "onnx_engine.json"
+    assert bench(["--quick", "--backbones", "nafnet", "--size", "32", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["backbones"]
+    assert row["max_abs_diff"] < ATOL and row["torch"]["median_ms"] > 0 and row["onnxruntime"]["median_ms"] > 0
+    assert "| nafnet sidd-width32 |" in out.with_suffix(".md").read_text()
