@@ -12,10 +12,11 @@ equal tiled torch runs: ``backbone.first.onnx`` maps a tile and its core (``y0, 
 to the core's sums of every reduction (the tile's own statistics drive it), and
 ``backbone.shared.onnx`` maps a tile and the image-wide sums to the restored tile and the
 core's sums again. ``experts`` exports each expert network alone (``backbone.nets.K.onnx``);
-its routing by class probabilities, a choice between graphs, stays in torch. Perceivers run in
-torch (their CLIP towers crop and resize with Python control flow that a traced graph would
-freeze). Refused with a message: diffusion processes (a sampling loop) and TLC's local pooling
-(its window is chosen from the image size in Python, which a traced graph freezes).
+its routing by class probabilities, a choice between graphs, stays in torch. A perceiver exports
+its image towers (``encode_crops``, ``perceiver.ROLE.onnx``); its preprocessing (resize and
+crops, chosen from the image size in Python), text prompts and heads stay in torch. Refused with
+a message: diffusion processes (a sampling loop) and TLC's local pooling (its window is chosen
+from the image size in Python, which a traced graph freezes).
 
 Every graph is checked against torch at two sizes after export; a mismatch fails the export.
 """
@@ -154,10 +155,15 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
 
     from .io import atomic_path
 
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=inputs,
-                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused attention op has no ONNX form
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=inputs,
+                              output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _io(names: list[str], tensors: list, dynamic: dict[str, dict[int, str]]) -> list[dict[str, Any]]:
@@ -310,6 +316,78 @@ def check_backbone(backbone, out: Path, info: dict[str, Any]) -> float:
     return worst
 
 
+# -- perceivers -------------------------------------------------------------------------------
+def export_perceiver(role: str, perceiver, out: Path, *, check: bool = True) -> dict[str, Any]:
+    """The image towers of a perceiver (its ``encode_crops``: preprocessed crops ``[N, 3, S, S]``
+    -> embeddings) as ``perceiver.ROLE.onnx`` with a dynamic number of crops; the preprocessing
+    (resize, crops: Python control flow on the image size), the text prompts and the heads stay
+    in torch. A perceiver without ``encode_crops`` runs in torch."""
+    import torch
+
+    name = getattr(perceiver, "name", type(perceiver).__name__)
+    if not callable(getattr(perceiver, "encode_crops", None)):
+        return {"component": name, "engine": "torch",
+                "why": "no encode_crops (image towers on preprocessed crops) to export"}
+    crops = _example_crops(perceiver)
+    with torch.no_grad():
+        ref = perceiver.encode_crops(crops)
+    single = isinstance(ref, torch.Tensor)
+    outs = [ref] if single else list(ref)
+    names = [f"embedding{i}" for i in range(len(outs))]
+    dyn = {"crops": {0: "crops"}, **{n: {0: "crops"} for n in names}}
+
+    class Towers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.perceiver = perceiver
+
+        def forward(self, x):
+            return self.perceiver.encode_crops(x)
+
+    info: dict[str, Any] = {"component": name, "engine": "onnxruntime", "file": f"perceiver.{role}.onnx",
+                            "tuple": not single}
+    try:
+        with torch.no_grad():
+            _export(Towers().eval(), (crops,), out / info["file"], ["crops"], names, dyn)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"perceiver {role!r} ({name}): the ONNX exporter failed: {_first_line(e)}") from e
+    info["inputs"] = _io(["crops"], [crops], dyn)
+    info["outputs"] = _io(names, outs, dyn)
+    if check:
+        from .onnx_engine import OnnxTowers
+
+        towers = OnnxTowers(out, info, threads=torch.get_num_threads())
+        x = torch.rand(crops.shape[0] + 2, *crops.shape[1:], generator=torch.Generator().manual_seed(0))
+        x = x.to(crops.device) * 2 - 1  # about the range of normalised crops
+        with torch.no_grad():
+            ref, got = perceiver.encode_crops(x), towers(x)
+        pairs = zip([ref], [got]) if single else zip(ref, got)
+        worst = max(float((a.float().cpu() - b.float().cpu()).abs().max()) for a, b in pairs)
+        if not worst <= CHECK_ATOL:
+            raise ExportError(f"perceiver {role!r} ({name}): the exported towers differ from torch by {worst:.3g} "
+                              f"(more than {CHECK_ATOL})")
+        info["max_abs_diff"] = worst
+    return info
+
+
+def _example_crops(perceiver) -> "torch.Tensor":
+    """The crops the perceiver's own preprocessing makes of two small images (their size S)."""
+    import torch
+
+    seen = []
+    towers = perceiver.encode_crops
+    perceiver.encode_crops = lambda x: (seen.append(x), towers(x))[1]
+    try:
+        dev = next(iter(perceiver.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            perceiver(torch.rand(2, 3, 96, 128, device=dev))
+    finally:
+        del perceiver.encode_crops  # the class's method again
+    if not seen:
+        raise ExportError(f"perceiver {type(perceiver).__name__}: its forward never called encode_crops")
+    return seen[0].float()
+
+
 # -- the folder -------------------------------------------------------------------------------
 def export_onnx(pipe: "Pipeline", out: str | os.PathLike, *, check: bool = True) -> Path:
     """Export ``pipe`` into the folder ``out`` (see the module docs); ``onnx.json`` is written last."""
@@ -328,14 +406,13 @@ def export_onnx(pipe: "Pipeline", out: str | os.PathLike, *, check: bool = True)
     (out / META_FILE).unlink(missing_ok=True)  # a folder with onnx.json is a complete export
     pipe = pipe.float().eval()
     backbone = export_backbone(pipe, out, check=check)
+    perceivers = {role: export_perceiver(role, p, out, check=check) for role, p in pipe.perceivers.items()}
     pipe.save(out)  # the spec and the torch weights: perceivers run from them, DIR stays a pipeline folder
     meta = {
         "format": FORMAT, "version": 1, "pipeline": "spec.yaml", "opset": OPSET,
         "exported_with": {"vlir": __version__, "torch": torch.__version__.split("+")[0]},
         "backbone": backbone,
-        "perceivers": {role: {"engine": "torch", "weights": f"perceiver.{role}.safetensors",
-                              "why": "CLIP towers crop and resize with Python control flow; they run in torch"}
-                       for role in pipe.perceivers},
+        "perceivers": perceivers,
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return out

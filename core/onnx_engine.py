@@ -1,8 +1,9 @@
 """onnxruntime engine: a pipeline whose backbone runs the graphs of ``vlir export onnx``.
 
 :func:`load_onnx_pipeline` opens an export folder as a :class:`~vlir.core.pipeline.Pipeline`
-whose backbone is an :class:`OnnxBackbone`; everything else is the torch code path, so tiling,
-the self-ensemble and the perceivers' conditioning work as with the torch engine.
+whose backbone is an :class:`OnnxBackbone` and whose perceivers' image towers are
+:class:`OnnxTowers`; everything else is the torch code path, so tiling, the self-ensemble and
+the perceivers' conditioning work as with the torch engine.
 ``OnnxBackbone`` pads its input to the size multiple (as the backbone pads itself) and, inside a
 tiled run that shares reductions across tiles (:func:`vlir.core.tiling.global_sum`), runs the
 tile graphs: the first pass gathers each tile core's sums, the next passes feed the image-wide
@@ -135,6 +136,26 @@ class OnnxBackbone(torch.nn.Module):
         return torch.from_numpy(restored).to(lq.device, lq.dtype)[:, :, :h, :w]
 
 
+class OnnxTowers:
+    """A perceiver's exported image towers, called as its ``encode_crops`` (crops in, embeddings out)."""
+
+    def __init__(self, folder: str | Path, info: dict[str, Any], threads: int | None = None,
+                 providers: list[str] | None = None):
+        ort = _runtime()
+        path = Path(folder) / info["file"]
+        if not path.is_file():
+            raise OnnxEngineError(f"{folder}: missing {info['file']} (named in onnx.json)")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        self.tuple = bool(info.get("tuple"))
+
+    def __call__(self, crops: torch.Tensor):
+        outs = [torch.from_numpy(o).to(crops.device) for o in self.session.run(None, {"crops": _numpy(crops)})]
+        return tuple(outs) if self.tuple else outs[0]
+
+
 def _nest(flat: list, layout: list[int]) -> list:
     from .export import _nest as nest
 
@@ -142,8 +163,9 @@ def _nest(flat: list, layout: list[int]) -> list:
 
 
 def load_onnx_pipeline(folder: str | Path, device: str = "cpu", threads: int | None = None) -> "Any":
-    """The pipeline of an export folder with its backbone (or the experts' networks) on
-    onnxruntime; the perceivers and the experts' routing stay in torch."""
+    """The pipeline of an export folder with its backbone (or the experts' networks) and the
+    perceivers' image towers on onnxruntime; the experts' routing, the perceivers' preprocessing,
+    prompts and heads stay in torch."""
     from .pipeline import Pipeline
 
     folder = Path(folder).expanduser()
@@ -159,4 +181,10 @@ def load_onnx_pipeline(folder: str | Path, device: str = "cpu", threads: int | N
             pipe.backbone.nets[int(k)] = OnnxBackbone(folder, net, threads=threads, providers=providers)
     else:
         pipe.backbone = OnnxBackbone(folder, info, threads=threads, providers=providers)
+    for role, p in (meta.get("perceivers") or {}).items():
+        if p.get("engine") == "onnxruntime":
+            if role not in pipe.perceivers:
+                raise OnnxEngineError(f"{folder}: onnx.json names perceiver {role!r}, which spec.yaml does not have")
+            # the perceiver's own code runs around it: preprocessing before, prompts and heads after
+            pipe.perceivers[role].encode_crops = OnnxTowers(folder, p, threads=threads, providers=providers)
     return pipe.eval()

@@ -152,6 +152,35 @@ def test_unsupported_parts_are_refused(spec, words, tmp_path, capsys):
     assert not (tmp_path / "out" / "onnx.json").exists()
 
 
+@pytest.mark.parametrize("perceiver", [
+    {"type": "daclip", "preset": "tiny", "params": {"views": 2, "degradations": ["noisy", "blurry", "hazy"]}},
+    {"type": "quality_perceiver", "preset": "tiny"},
+    {"type": "lora_caption_aligner", "preset": "tiny"},
+])
+def test_perceiver_towers_run_on_onnxruntime(perceiver, tmp_path):
+    """The image towers are the graph (any number of crops); the perceiver's own preprocessing,
+    prompts and heads run around it, so its perception equals torch's."""
+    from vlir.core.export import export_onnx
+    from vlir.core.onnx_engine import OnnxTowers, load_onnx_pipeline
+
+    pipe = _pipeline(BACKBONES["nafnet"], [perceiver])
+    out = export_onnx(pipe, tmp_path / "exp")
+    role = next(iter(pipe.perceivers))
+    info = json.loads((out / "onnx.json").read_text())["perceivers"][role]
+    assert info["engine"] == "onnxruntime" and info["max_abs_diff"] < ATOL
+    assert info["inputs"][0]["shape"][0] == "crops"
+    onnx_pipe = load_onnx_pipeline(out)
+    assert isinstance(onnx_pipe.perceivers[role].encode_crops, OnnxTowers)
+    x = torch.rand(3, 3, 70, 90, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref, got = pipe.perceivers[role](x), onnx_pipe.perceivers[role](x)
+    for field in ("content", "degradation", "class_probs", "quality_probs", "quality_score"):
+        a, b = getattr(ref, field), getattr(got, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            assert (a - b).abs().max() < ATOL, field
+
+
 def test_export_module_is_light():
     assert not imports_torch("vlir.core.export")
 
@@ -174,7 +203,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def test_cli_export_and_restore_through_onnxruntime(tmp_path, capsys):
-    """A tiny pipeline (DA-CLIP perceiver in torch feeding a conditioned Restormer): exported,
+    """A tiny pipeline (DA-CLIP perceiver feeding a conditioned Restormer): exported,
     then restored by both engines, whole and tiled, into 16-bit PNGs that agree to one level."""
     pipe = _pipeline({"type": "restormer", "preset": "tiny"},
                      [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "blurry"]}}])
@@ -184,7 +213,7 @@ def test_cli_export_and_restore_through_onnxruntime(tmp_path, capsys):
     assert main(["export", "onnx", str(tmp_path / "pipe"), "-o", str(exp)]) == 0
     meta = json.loads((exp / "onnx.json").read_text())
     assert meta["backbone"]["conditioning"] == ["vector", "tokens"]
-    assert meta["perceivers"]["daclip"]["engine"] == "torch"
+    assert meta["perceivers"]["daclip"]["engine"] == "onnxruntime"
     for tile in ([], ["--tile", "32"]):
         outs = {}
         for engine in ("torch", "onnx"):
