@@ -35,6 +35,7 @@ class Measure(NamedTuple):
     fn: Callable[[Any], float]
     higher_is_better: bool
     fmt: str
+    label: str = ""  # for tables (default: name)
 
 
 def rgb8(img: Any, who: str = "image") -> np.ndarray:
@@ -134,11 +135,12 @@ def sharpness(img: Any) -> float:
 
 
 MEASURES: tuple[Measure, ...] = (
-    Measure("niqe", niqe, False, ".3f"),
-    Measure("noise_sigma", noise_sigma, False, ".2f"),
-    Measure("sharpness", sharpness, True, ".1f"),
+    Measure("niqe", niqe, False, ".3f", "NIQE"),
+    Measure("noise_sigma", noise_sigma, False, ".2f", "noise σ"),
+    Measure("sharpness", sharpness, True, ".1f", "sharpness"),
 )
 NAMES = tuple(m.name for m in MEASURES)
+KEYS = tuple(k for n in NAMES for k in (f"input_{n}", n))  # result keys: before and after restoration
 
 
 def measure(img: Any, crop: int = DEFAULT_CROP) -> dict[str, float | None]:
@@ -151,4 +153,11 @@ def measure(img: Any, crop: int = DEFAULT_CROP) -> dict[str, float | None]:
             out[m.name] = m.fn(arr)
         except ValueError:  # too small for this measure
             out[m.name] = None
+    return out
+
+
+def before_after(before: Any, after: Any, crop: int = DEFAULT_CROP) -> dict[str, float | None]:
+    """:func:`measure` of an input (keys ``input_<name>``) and of its restoration (keys ``<name>``)."""
+    out = {f"input_{k}": v for k, v in measure(before, crop).items()}
+    out.update(measure(after, crop))
     return out

@@ -104,6 +104,7 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left}
 .crops td{text-align:center;vertical-align:top} .crops img{width:160px;image-rendering:pixelated}
+.crops.noref img{width:256px}
 .meta td{text-align:left} .small{color:#666;font-size:.9em}
 """
 
@@ -117,6 +118,50 @@ def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
                         for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _noref_tables(r: dict[str, Any], chart: str | None) -> list[str]:
+    """No-reference results: the measures before and after restoration, per recognised degradation."""
+    from .noref import MEASURES
+
+    heads = []
+    for m in MEASURES:
+        arrow = "↑" if m.higher_is_better else "↓"
+        heads += [f"input {m.label or m.name} {arrow}", f"{m.label or m.name} {arrow}"]
+
+    def row(name: str, v: dict[str, Any]) -> list[Any]:
+        return [name, v.get("n")] + [v.get(k) for m in MEASURES for k in (f"input_{m.name}", m.name)]
+
+    crop = r.get("noref_crop")
+    parts = ["<h2>No-reference quality per recognised degradation</h2>",
+             "<p class='small'>photos without ground truth: NIQE (BasicSR, lower is better), noise σ in 8-bit "
+             "levels (Immerkær), sharpness = variance of the Laplacian of Y; measured on the central "
+             + (f"{int(crop)}×{int(crop)} pixels" if crop else "whole image") + " of each image</p>"]
+    rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
+    if r.get("overall"):
+        rows.append(row("all", r["overall"]))
+    parts.append(_table(["recognised degradation", "images"] + heads, rows))
+    if chart:
+        parts.append(f"<p><img src='{html.escape(chart)}' alt='NIQE per recognised degradation'></p>")
+    parts.append("<h2>Per folder</h2>")
+    parts.append(_table(["folder", "images"] + heads, [row(s["name"], s) for s in r.get("sets", [])]))
+    parts.append("<h2>Per image</h2>")
+    imgs = [[Path(i.get("path", "")).name, i.get("predicted", "–")]
+            + [i.get(k) for m in MEASURES for k in (f"input_{m.name}", m.name)] for i in r.get("images", [])]
+    parts.append(_table(["image", "recognised"] + heads, imgs, left=2))
+    return parts
+
+
+def _noref_crops(crops: list[dict[str, Any]]) -> str:
+    parts = ["<h2>Before / restored (central crops, with the NIQE of each image)</h2><table class='crops noref'>"]
+    for c in crops:
+        cells = [f"<td><img src='{html.escape(c['lq'])}' alt='before'><br>before: NIQE {_fmt(c.get('input_niqe'))}</td>",
+                 f"<td><img src='{html.escape(c['restored'])}' alt='restored'><br>restored: NIQE "
+                 f"{_fmt(c.get('niqe'))}</td>"]
+        name = html.escape(f"{c.get('set')}: {Path(c.get('path', '')).name}")
+        parts.append(f"<tr><td class='l'>{name}</td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    return "".join(parts)
 
 
 def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "summary.png") -> Path:
@@ -140,15 +185,18 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
         return [name, m.get("n"), m.get("input_psnr"), m.get("psnr"), m.get("ssim"), m.get("input_ssim"),
                 m.get("psnr_y"), m.get("ssim_y"), gain]
 
-    parts.append("<h2>Per degradation</h2>")
-    rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
-    if r.get("overall"):
-        rows.append(row("all", r["overall"]))
-    parts.append(_table(headers, rows))
-    if chart:
-        parts.append(f"<p><img src='{html.escape(chart)}' alt='PSNR per degradation'></p>")
-    parts.append("<h2>Per folder and degradation</h2>")
-    parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])]))
+    if not r.get("reference", True):
+        parts.extend(_noref_tables(r, chart))
+    else:
+        parts.append("<h2>Per degradation</h2>")
+        rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
+        if r.get("overall"):
+            rows.append(row("all", r["overall"]))
+        parts.append(_table(headers, rows))
+        if chart:
+            parts.append(f"<p><img src='{html.escape(chart)}' alt='PSNR per degradation'></p>")
+        parts.append("<h2>Per folder and degradation</h2>")
+        parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])]))
 
     cls = r.get("classification")
     if cls:
@@ -162,7 +210,9 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
         parts.append(_table(["true \\ predicted"] + names, rows))
 
     crops = r.get("crops") or []
-    if crops:
+    if crops and not r.get("reference", True):
+        parts.append(_noref_crops(crops))
+    elif crops:
         parts.append("<h2>Examples (before / restored / ground truth)</h2><table class='crops'>")
         for c in crops:
             cells = []
