@@ -393,8 +393,8 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         bar_chart(paths["png"], groups, series, title=f"{'PSNR-Y' if key == 'psnr_y' else 'PSNR'} per degradation",
                   ylabel="dB")
     else:
-        bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation (lower is better)",
-                  ylabel="NIQE")
+        bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation",
+                  ylabel="NIQE (lower is better)")
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
