@@ -193,3 +193,26 @@ def test_eval_command_no_reference_writes_niqe_per_image(tmp_path, photos):
     assert e.value.code == 2
     assert main(["eval", str(_tiny_spec(tmp_path)), "--data", str(tmp_path / "nowhere"), "--no-reference",
                  "--out", str(tmp_path / "p"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_default_model_lowers_niqe_and_noise_of_a_real_noisy_photo(tmp_path):
+    from vlir.core.cli import main
+
+    photo = tmp_path / "photos"
+    photo.mkdir()
+    shutil.copy(shared_path("data", "RNI15", "Dog.png"), photo / "Dog.png")
+    out = tmp_path / "o"
+    assert main(["eval", str(ROOT / "core" / "assets" / "default"), "--data", str(photo), "--no-reference",
+                 "--out", str(out), "--quiet", "--noref-crop", "256"]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["images"]
+    assert row["predicted"] == "noisy"
+    assert row["niqe"] < row["input_niqe"] - 2 and row["noise_sigma"] < row["input_noise_sigma"] - 3
+
+
+def test_help_names_the_default_crop(capsys):
+    from vlir.core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert f"default: {noref.DEFAULT_CROP};" in " ".join(capsys.readouterr().out.split())
