@@ -376,8 +376,8 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                                     ("html", "report.html"))}
     atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2) + "\n")
     ref = results.get("reference", True)
-    measured = ([*METRICS] if any(s.get("reference", True) for s in results["sets"]) else []) + \
-        ([*KEYS] if not ref else [])
+    kinds = {s.get("reference", True) for s in results["sets"]}
+    measured = ([*METRICS] if True in kinds or not kinds else []) + ([*KEYS] if False in kinds else [])
     cols = ["scope", "name", "n", *measured, "quality_score"]
     rows = [{"scope": "degradation", "name": k, **v} for k, v in results["per_degradation"].items()]
     rows += [{"scope": "set", **s} for s in results["sets"]]

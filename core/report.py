@@ -153,6 +153,8 @@ def _noref_tables(r: dict[str, Any], chart: str | None) -> list[str]:
 
 
 def _noref_crops(crops: list[dict[str, Any]]) -> str:
+    if not crops:
+        return ""
     parts = ["<h2>Before / restored (central crops, with the NIQE of each image)</h2><table class='crops noref'>"]
     for c in crops:
         cells = [f"<td><img src='{html.escape(c['lq'])}' alt='before'><br>before: NIQE {_fmt(c.get('input_niqe'))}</td>",
@@ -176,6 +178,10 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
             ["images / s", r.get("speed", {}).get("images_per_second")], ["vlir", r.get("vlir")]]
     parts.append("<table class='meta'>" + "".join(f"<tr><th class='l'>{html.escape(k)}</th><td>{_fmt(v, 3)}</td></tr>"
                                                   for k, v in meta) + "</table>")
+    if not r.get("reference", True):  # photos without ground truth
+        parts += _noref_tables(r, chart) + [_noref_crops(r.get("crops") or []), "</body></html>"]
+        atomic_write_text(Path(path), "\n".join(parts))
+        return Path(path)
     headers = ["degradation", "images", "input PSNR", "PSNR", "SSIM", "input SSIM", "PSNR-Y", "SSIM-Y", "gain"]
 
     def row(name: str, m: dict[str, Any]) -> list[Any]:
@@ -185,18 +191,15 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
         return [name, m.get("n"), m.get("input_psnr"), m.get("psnr"), m.get("ssim"), m.get("input_ssim"),
                 m.get("psnr_y"), m.get("ssim_y"), gain]
 
-    if not r.get("reference", True):
-        parts.extend(_noref_tables(r, chart))
-    else:
-        parts.append("<h2>Per degradation</h2>")
-        rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
-        if r.get("overall"):
-            rows.append(row("all", r["overall"]))
-        parts.append(_table(headers, rows))
-        if chart:
-            parts.append(f"<p><img src='{html.escape(chart)}' alt='PSNR per degradation'></p>")
-        parts.append("<h2>Per folder and degradation</h2>")
-        parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])]))
+    parts.append("<h2>Per degradation</h2>")
+    rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
+    if r.get("overall"):
+        rows.append(row("all", r["overall"]))
+    parts.append(_table(headers, rows))
+    if chart:
+        parts.append(f"<p><img src='{html.escape(chart)}' alt='PSNR per degradation'></p>")
+    parts.append("<h2>Per folder and degradation</h2>")
+    parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])]))
 
     cls = r.get("classification")
     if cls:
@@ -210,9 +213,7 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
         parts.append(_table(["true \\ predicted"] + names, rows))
 
     crops = r.get("crops") or []
-    if crops and not r.get("reference", True):
-        parts.append(_noref_crops(crops))
-    elif crops:
+    if crops:
         parts.append("<h2>Examples (before / restored / ground truth)</h2><table class='crops'>")
         for c in crops:
             cells = []
