@@ -394,7 +394,7 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                   ylabel="dB")
     else:
         bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation",
-                  ylabel="NIQE (lower is better)")
+                  ylabel="NIQE")
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
