@@ -216,3 +216,23 @@ def test_help_names_the_default_crop(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert f"default: {noref.DEFAULT_CROP};" in " ".join(capsys.readouterr().out.split())
+
+
+def test_photos_without_a_classifier_are_unrecognised(tmp_path):
+    from vlir.core import Pipeline
+    from vlir.core.evaluate import evaluate, photo_sets
+
+    (tmp_path / "p").mkdir()
+    shutil.copy(DEMO, tmp_path / "p" / "demo.png")
+    (tmp_path / "p" / "broken.png").write_bytes(b"not a png")  # skipped with a warning
+    torch.manual_seed(0)
+    pipe = Pipeline.from_spec({"backbone": {"type": "nafnet", "preset": "tiny"}})
+    res = evaluate(pipe, photo_sets([tmp_path / "p"]), tmp_path / "ev", crops=0, progress=False, noref_crop=0)
+    assert list(res["per_degradation"]) == ["unrecognised"] and res["overall"]["n"] == 1
+    x, _ = read_image(DEMO)
+    assert res["images"][0]["input_niqe"] == pytest.approx(noref.niqe(x))  # 0: the whole image
+    assert "Before / restored" not in (tmp_path / "ev" / "report.html").read_text()
+    (tmp_path / "bad").mkdir()
+    shutil.copy(tmp_path / "p" / "broken.png", tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match="no readable images"):
+        photo_sets([tmp_path / "bad"])
