@@ -515,13 +515,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def _print_noref(results: dict[str, Any]) -> None:
     from .noref import MEASURES
 
-    heads = [f"{m.label or m.name} {'↑' if m.higher_is_better else '↓'}" for m in MEASURES]
+    heads = [f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in MEASURES]
     w = max([len(k) for k in results["per_degradation"]] + [22])
     cw = max(len(h) for h in heads) + 8
     print(f"{'recognised degradation':<{w}}  {'images':>6}  " + "  ".join(f"{h + ' in → out':>{cw}}" for h in heads))
     rows = [*results["per_degradation"].items(), ("all", results["overall"])]
     for k, v in rows:
-        cells = [f"{_num(v.get('input_' + m.name), 2)} → {_num(v.get(m.name), 2)}" for m in MEASURES]
+        cells = [f"{m.format(v.get('input_' + m.name))} → {m.format(v.get(m.name))}" for m in MEASURES]
         print(f"{k:<{w}}  {v['n']:>6}  " + "  ".join(f"{c:>{cw}}" for c in cells))
     ips = results["speed"]["images_per_second"]
     crop = results["noref_crop"]

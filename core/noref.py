@@ -15,14 +15,15 @@ Each measure takes one RGB image and returns a float: a numpy array ``HxWx3`` or
 - ``sharpness``: the variance of the Laplacian of Y in 8-bit levels squared (Pech-Pacheco et al.,
   2000). Higher is sharper; noise raises it too, so read it with ``noise_sigma``.
 
-``MEASURES`` lists them as ``(name, fn, higher_is_better, fmt)``; :func:`measure` computes all of
+``MEASURES`` lists them as rows ``(name, fn, higher_is_better, fmt, label, unit)``; :func:`measure` computes all of
 them on the central ``crop`` x ``crop`` pixels (NIQE costs about a second per 768x768 on a CPU,
 and a crop keeps the noise and blur statistics that a resize would change).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,12 +31,21 @@ DEFAULT_CROP = 768  # pixels on a side measured by default (0: the whole image)
 NIQE_BLOCK = 96
 
 
-class Measure(NamedTuple):
-    name: str
+@dataclass(frozen=True)
+class Measure:
+    """One row of :data:`MEASURES`: ``fn(img) -> float`` scores one image on its own."""
+
+    name: str  # results key and CSV column; ``input_<name>`` scores the degraded input
     fn: Callable[[Any], float]
     higher_is_better: bool
-    fmt: str
-    label: str = ""  # for tables (default: name)
+    fmt: str  # format spec of one value, e.g. ".2f"
+    label: str  # column heading
+    unit: str = ""
+
+    def format(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return format(value, self.fmt)
 
 
 def rgb8(img: Any, who: str = "image") -> np.ndarray:
@@ -135,11 +145,12 @@ def sharpness(img: Any) -> float:
 
 
 MEASURES: tuple[Measure, ...] = (
-    Measure("niqe", niqe, False, ".3f", "NIQE"),
-    Measure("noise_sigma", noise_sigma, False, ".2f", "noise σ"),
-    Measure("sharpness", sharpness, True, ".1f", "sharpness"),
+    Measure("niqe", niqe, False, ".2f", "NIQE"),
+    Measure("noise_sigma", noise_sigma, False, ".2f", "noise σ", "8-bit levels"),
+    Measure("sharpness", sharpness, True, ".0f", "sharpness", "8-bit levels²"),
 )
-NAMES = tuple(m.name for m in MEASURES)
+BY_NAME = {m.name: m for m in MEASURES}
+NAMES = tuple(BY_NAME)
 KEYS = tuple(k for n in NAMES for k in (f"input_{n}", n))  # result keys: before and after restoration
 
 

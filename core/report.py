@@ -127,10 +127,13 @@ def _noref_tables(r: dict[str, Any], chart: str | None) -> list[str]:
     heads = []
     for m in MEASURES:
         arrow = "↑" if m.higher_is_better else "↓"
-        heads += [f"input {m.label or m.name} {arrow}", f"{m.label or m.name} {arrow}"]
+        heads += [f"input {m.label} {arrow}", f"{m.label} {arrow}"]
+
+    def cells(v: dict[str, Any]) -> list[str]:
+        return [m.format(v.get(k)) for m in MEASURES for k in (f"input_{m.name}", m.name)]
 
     def row(name: str, v: dict[str, Any]) -> list[Any]:
-        return [name, v.get("n")] + [v.get(k) for m in MEASURES for k in (f"input_{m.name}", m.name)]
+        return [name, v.get("n")] + cells(v)
 
     crop = r.get("noref_crop")
     parts = ["<h2>No-reference quality per recognised degradation</h2>",
@@ -146,20 +149,21 @@ def _noref_tables(r: dict[str, Any], chart: str | None) -> list[str]:
     parts.append("<h2>Per folder</h2>")
     parts.append(_table(["folder", "images"] + heads, [row(s["name"], s) for s in r.get("sets", [])]))
     parts.append("<h2>Per image</h2>")
-    imgs = [[Path(i.get("path", "")).name, i.get("predicted", "–")]
-            + [i.get(k) for m in MEASURES for k in (f"input_{m.name}", m.name)] for i in r.get("images", [])]
+    imgs = [[Path(i.get("path", "")).name, i.get("predicted", "–")] + cells(i) for i in r.get("images", [])]
     parts.append(_table(["image", "recognised"] + heads, imgs, left=2))
     return parts
 
 
 def _noref_crops(crops: list[dict[str, Any]]) -> str:
+    from .noref import BY_NAME
+
     if not crops:
         return ""
+    niqe = BY_NAME["niqe"]
     parts = ["<h2>Before / restored (central crops, with the NIQE of each image)</h2><table class='crops noref'>"]
     for c in crops:
-        cells = [f"<td><img src='{html.escape(c['lq'])}' alt='before'><br>before: NIQE {_fmt(c.get('input_niqe'))}</td>",
-                 f"<td><img src='{html.escape(c['restored'])}' alt='restored'><br>restored: NIQE "
-                 f"{_fmt(c.get('niqe'))}</td>"]
+        cells = [f"<td><img src='{html.escape(c[key])}' alt='{label}'><br>{label}: NIQE {niqe.format(c.get(value))}</td>"
+                 for key, label, value in (("lq", "before", "input_niqe"), ("restored", "restored", "niqe"))]
         name = html.escape(f"{c.get('set')}: {Path(c.get('path', '')).name}")
         parts.append(f"<tr><td class='l'>{name}</td>{''.join(cells)}</tr>")
     parts.append("</table>")
