@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
+NOREF_CROPS = 64  # before/after crops per folder in a no-reference report, by default
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "input_ssim", "input_psnr_y", "input_ssim_y")
 
 
@@ -434,7 +435,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")
     p.add_argument("--crops", type=int, metavar="N",
-                   help="example crops per set in the report (default: eval.crops; --no-reference: every image)")
+                   help="example crops per set in the report (default: eval.crops; --no-reference: every image, "
+                        f"at most {NOREF_CROPS})")
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
@@ -480,7 +482,7 @@ def run_eval(args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else ev.limit
     if args.no_reference:
         sets = photo_sets(data, limit=limit)
-        crops = max(len(s) for s in sets) if args.crops is None else args.crops
+        crops = NOREF_CROPS if args.crops is None else args.crops
     else:
         sets = build_sets(data, degradations, seed=seed, limit=limit)
         crops = ev.crops if args.crops is None else args.crops
