@@ -415,8 +415,8 @@ def _crop_arg(text: str) -> int:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="saved pipeline folder or spec file")
     p.add_argument("--data", nargs="+", metavar="PATH",
-                   help="clean image folders (degraded with a fixed seed) or paired roots <degradation>/{LQ,GT}; "
-                        "default: the spec's eval.data")
+                   help="clean image folders (degraded with a fixed seed) or paired roots <degradation>/{LQ,GT} "
+                        "(with --no-reference: degraded photos); default: the spec's eval.data")
     p.add_argument("--no-reference", action="store_true",
                    help="the --data folders hold degraded photos without ground truth: report NIQE, noise sigma "
                         "and sharpness before and after restoration, per image and per recognised degradation")
@@ -480,6 +480,10 @@ def run_eval(args: argparse.Namespace) -> int:
     tiled = args.tile is not None or ev.tile is not None
     set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tiled else MAX_PIXELS)
     limit = args.limit if args.limit is not None else ev.limit
+    if args.noref_crop is not None and not args.no_reference:
+        from .cli import CLIError
+
+        raise CLIError("--noref-crop applies to --no-reference (photos without ground truth) only")
     if args.no_reference:
         sets = photo_sets(data, limit=limit)
         crops = NOREF_CROPS if args.crops is None else args.crops

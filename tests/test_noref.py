@@ -193,6 +193,8 @@ def test_eval_command_no_reference_writes_niqe_per_image(tmp_path, photos):
     assert e.value.code == 2
     assert main(["eval", str(_tiny_spec(tmp_path)), "--data", str(tmp_path / "nowhere"), "--no-reference",
                  "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert main(["eval", str(_tiny_spec(tmp_path)), "--data", str(photos), "--noref-crop", "128",
+                 "--out", str(tmp_path / "q"), "--quiet"]) == 2  # without --no-reference
 
 
 @pytest.mark.slow
