@@ -162,7 +162,8 @@ def _noref_crops(crops: list[dict[str, Any]]) -> str:
     niqe = BY_NAME["niqe"]
     parts = ["<h2>Before / restored (central crops, with the NIQE of each image)</h2><table class='crops noref'>"]
     for c in crops:
-        cells = [f"<td><img src='{html.escape(c[key])}' alt='{label}'><br>{label}: NIQE {niqe.format(c.get(value))}</td>"
+        cells = [f"<td><img src='{html.escape(c[key])}' alt='{label}'><br>{label}: NIQE "
+                 f"{niqe.format(c.get(value))}</td>"
                  for key, label, value in (("lq", "before", "input_niqe"), ("restored", "restored", "niqe"))]
         name = html.escape(f"{c.get('set')}: {Path(c.get('path', '')).name}")
         parts.append(f"<tr><td class='l'>{name}</td>{''.join(cells)}</tr>")
