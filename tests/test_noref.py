@@ -50,6 +50,13 @@ def test_niqe_equals_basicsr_in_every_input_form():
     assert noref.niqe(grey) == noref.niqe(np.stack([grey] * 3, -1))
 
 
+def test_float_images_are_quantised_as_basicsr_tensor2img():
+    from basicsr.utils.img_util import tensor2img
+
+    x = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(0)) * 1.1 - 0.05  # overshoot is clipped
+    assert np.array_equal(noref.rgb8(x), tensor2img(x, rgb2bgr=True, min_max=(0, 1))[..., ::-1])
+
+
 @pytest.mark.parametrize("name", ["RNI15/Audrey_Hepburn.jpg", "RNI15/Dog.png", "Set5/baby_GT.bmp"])
 def test_niqe_equals_basicsr_on_real_photos(name):
     path = shared_path("data", *name.split("/"))
