@@ -56,7 +56,9 @@ class EvalSet:
 
     def items(self):
         for i in self.indices:
-            yield self.dataset[i]
+            item = self.dataset[i]
+            if item is not None:  # None: an unreadable photo, skipped with a warning
+                yield item
 
 
 def norm_label(name: str) -> str:
@@ -140,7 +142,8 @@ def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSp
 
 
 class Photos:
-    """Degraded photos without ground truth: item ``i`` is ``{"lq": [3, H, W], "path": str}``."""
+    """Degraded photos without ground truth: item ``i`` is ``{"lq": [3, H, W], "path": str}``, or
+    ``None`` (with a warning) for one that cannot be read (e.g. over the pixel limit)."""
 
     def __init__(self, files: Sequence[Path]):
         self.files = list(files)
@@ -148,10 +151,16 @@ class Photos:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from .data.images import read_image
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        import logging
 
-        img, _ = read_image(self.files[i])
+        from .data.images import ImageError, read_image
+
+        try:
+            img, _ = read_image(self.files[i])
+        except ImageError as e:
+            logging.getLogger("vlir.eval").warning("skipping %s: %s", e.path, e.reason)
+            return None
         return {"lq": img, "path": str(self.files[i])}
 
 

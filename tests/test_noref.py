@@ -241,6 +241,18 @@ def test_photos_without_a_classifier_are_unrecognised(tmp_path):
     x, _ = read_image(DEMO)
     assert res["images"][0]["input_niqe"] == pytest.approx(noref.niqe(x))  # 0: the whole image
     assert "Before / restored" not in (tmp_path / "ev" / "report.html").read_text()
+    from PIL import Image
+
+    from vlir.core.data.images import MAX_PIXELS, set_max_pixels
+
+    Image.open(DEMO).crop((0, 0, 200, 100)).save(tmp_path / "p" / "small.png")
+    set_max_pixels(200 * 100)  # demo.png (256x256) is over it: skipped when read, with a warning
+    try:
+        res = evaluate(pipe, photo_sets([tmp_path / "p"]), tmp_path / "ev2", crops=0, progress=False)
+    finally:
+        set_max_pixels(MAX_PIXELS)
+    assert [Path(r["path"]).name for r in res["images"]] == ["small.png"]
+    assert res["images"][0]["niqe"] is not None  # 200x100 holds two 96x96 blocks
     (tmp_path / "bad").mkdir()
     shutil.copy(tmp_path / "p" / "broken.png", tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="no readable images"):
