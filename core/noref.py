@@ -15,9 +15,9 @@ Each measure takes one RGB image and returns a float: a numpy array ``HxWx3`` or
 - ``sharpness``: the variance of the Laplacian of Y in 8-bit levels squared (Pech-Pacheco et al.,
   2000). Higher is sharper; noise raises it too, so read it with ``noise_sigma``.
 
-``MEASURES`` lists them as rows ``(name, fn, higher_is_better, fmt, label, unit)``; :func:`measure` computes all of
-them on the central ``crop`` x ``crop`` pixels (NIQE costs about a second per 768x768 on a CPU,
-and a crop keeps the noise and blur statistics that a resize would change).
+``MEASURES`` lists them as rows ``(name, fn, higher_is_better, fmt, label, unit)``; :func:`measure`
+computes all of them on the central ``crop`` x ``crop`` pixels (NIQE costs about a second per
+768x768 on a CPU, and a crop keeps the noise and blur statistics that a resize would change).
 """
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ import numpy as np
 
 DEFAULT_CROP = 768  # pixels on a side measured by default (0: the whole image)
 NIQE_BLOCK = 96
+
+
+class TooSmall(ValueError):
+    """An image smaller than a measure needs."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def niqe(img: Any) -> float:
     rgb = rgb8(img, "niqe")
     h, w = rgb.shape[:2]
     if (h // NIQE_BLOCK) * (w // NIQE_BLOCK) < 2:
-        raise ValueError(f"niqe: a {w}x{h} image is too small: NIQE needs at least two whole "
+        raise TooSmall(f"niqe: a {w}x{h} image is too small: NIQE needs at least two whole "
                          f"{NIQE_BLOCK}x{NIQE_BLOCK} blocks (e.g. {2 * NIQE_BLOCK}x{NIQE_BLOCK})")
     return float(calculate_niqe(np.ascontiguousarray(rgb[..., ::-1]), crop_border=0, input_order="HWC",
                                 convert_to="y"))
@@ -126,7 +130,7 @@ def noise_sigma(img: Any) -> float:
     rgb = rgb8(img, "noise_sigma").astype(np.float64)
     h, w = rgb.shape[:2]
     if h < 3 or w < 3:
-        raise ValueError(f"noise_sigma: a {w}x{h} image is too small (at least 3x3)")
+        raise TooSmall(f"noise_sigma: a {w}x{h} image is too small (at least 3x3)")
     # [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]: the 8-neighbour minus twice the 4-neighbour Laplacian
     c = rgb[1:-1, 1:-1]
     edge = rgb[:-2, 1:-1] + rgb[2:, 1:-1] + rgb[1:-1, :-2] + rgb[1:-1, 2:]
@@ -140,7 +144,7 @@ def sharpness(img: Any) -> float:
     rgb = rgb8(img, "sharpness")
     h, w = rgb.shape[:2]
     if h < 3 or w < 3:
-        raise ValueError(f"sharpness: a {w}x{h} image is too small (at least 3x3)")
+        raise TooSmall(f"sharpness: a {w}x{h} image is too small (at least 3x3)")
     return float(_laplacian(_y(rgb)).var())
 
 
@@ -162,7 +166,7 @@ def measure(img: Any, crop: int = DEFAULT_CROP) -> dict[str, float | None]:
     for m in MEASURES:
         try:
             out[m.name] = m.fn(arr)
-        except ValueError:  # too small for this measure
+        except TooSmall:
             out[m.name] = None
     return out
 

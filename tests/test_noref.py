@@ -106,12 +106,14 @@ def test_measure_crop_and_bad_input():
     assert noref.measure(x, crop=4000) == whole  # a crop larger than the image is the whole image
     small = noref.measure(x[:, :100, :100])
     assert small["niqe"] is None and small["noise_sigma"] is not None  # too small for NIQE only
-    with pytest.raises(ValueError, match="two whole 96x96 blocks"):
+    with pytest.raises(noref.TooSmall, match="two whole 96x96 blocks"):
         noref.niqe(x[:, :100, :150])
     with pytest.raises(ValueError, match="divide 0-255 values by 255"):
         noref.niqe(x * 255)
     with pytest.raises(ValueError, match="finite"):
         noref.sharpness(torch.full((3, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"tensor \[3, H, W\]"):
+        noref.niqe(torch.zeros(4, 200, 200))
     with pytest.raises(ValueError, match="HxWx3"):
         noref.noise_sigma(np.zeros((8, 8, 4), np.uint8))
     with pytest.raises(ValueError, match="int32"):
