@@ -1,6 +1,6 @@
 """No-reference image quality: figures of one image without a ground truth.
 
-Each measure takes one RGB image and returns a float: a numpy array ``HxWx3`` or ``HxW``
+Each measure takes one RGB image and returns a float: a PIL image, a numpy array ``HxWx3`` or ``HxW``
 (uint8, uint16, or float in [0, 1]) or a tensor ``[3, H, W]`` / ``[1, 3, H, W]`` / ``[H, W]``
 (float in [0, 1]). Images are quantised to 8 bit first, as for PSNR/SSIM (BasicSR's
 ``tensor2img``), and grey images count as three equal channels.

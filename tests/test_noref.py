@@ -40,8 +40,11 @@ def _basicsr_niqe(path: Path) -> float:
 def test_niqe_equals_basicsr_in_every_input_form():
     x, _ = read_image(DEMO)
     ref = _basicsr_niqe(DEMO)
-    u8 = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(DEMO).convert("RGB"))
-    forms = {"tensor": x, "batch": x[None], "uint8": u8, "uint16": u8.astype(np.uint16) * 257,
+    from PIL import Image
+
+    pil = Image.open(DEMO).convert("RGB")
+    u8 = np.asarray(pil)
+    forms = {"PIL": pil, "tensor": x, "batch": x[None], "uint8": u8, "uint16": u8.astype(np.uint16) * 257,
              "float32": u8.astype(np.float32) / 255, "float64": u8 / 255.0, "half": x.half()}
     for name, img in forms.items():
         assert noref.niqe(img) == pytest.approx(ref, rel=1e-12, abs=1e-12), name
