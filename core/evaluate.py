@@ -166,6 +166,7 @@ class Photos:
 
 def photo_sets(data: Sequence[str | Path], limit: int | None = None) -> list[EvalSet]:
     """One no-reference set per folder of degraded photos (unreadable files skipped with a warning)."""
+    from .cli import CLIError
     from .data.datasets import list_images, scan_images
 
     sets = []
@@ -173,6 +174,9 @@ def photo_sets(data: Sequence[str | Path], limit: int | None = None) -> list[Eva
         root = Path(root).expanduser()
         if not root.exists():
             raise FileNotFoundError(f"evaluation data {root}: no such folder")
+        if _is_paired(root):
+            raise CLIError(f"evaluation data {root}: paired folders <degradation>/{{LQ,GT}} have a ground truth: "
+                           "evaluate them without --no-reference")
         files, _ = scan_images(list_images(root), what=f"photos under {root}")
         if not files:
             raise FileNotFoundError(f"evaluation data {root}: no readable images")

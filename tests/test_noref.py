@@ -258,6 +258,14 @@ def test_photos_without_a_classifier_are_unrecognised(tmp_path):
         set_max_pixels(MAX_PIXELS)
     assert [Path(r["path"]).name for r in res["images"]] == ["small.png"]
     assert res["images"][0]["niqe"] is not None  # 200x100 holds two 96x96 blocks
+    paired = tmp_path / "paired" / "noisy"
+    for sub in ("LQ", "GT"):
+        (paired / sub).mkdir(parents=True)
+        shutil.copy(DEMO, paired / sub)
+    from vlir.core.cli import CLIError
+
+    with pytest.raises(CLIError, match="have a ground truth: evaluate them without --no-reference"):
+        photo_sets([tmp_path / "paired"])
     (tmp_path / "bad").mkdir()
     shutil.copy(tmp_path / "p" / "broken.png", tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="no readable images"):
