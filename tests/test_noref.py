@@ -270,3 +270,20 @@ def test_photos_without_a_classifier_are_unrecognised(tmp_path):
     shutil.copy(tmp_path / "p" / "broken.png", tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="no readable images"):
         photo_sets([tmp_path / "bad"])
+
+
+def test_benchmark_script_writes_json_and_markdown(tmp_path, photos):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_noref", ROOT / "benchmarks" / "noref.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "noref.json"
+    assert bench.main(["--pipeline", str(_tiny_spec(tmp_path)), "--data", str(photos), "--limit", "1",
+                       "--crop", "256", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (img,) = data["images"]
+    x, _ = read_image(photos / img["image"])
+    assert img["input_niqe"] == pytest.approx(noref.measure(x, crop=256)["niqe"]) and img["niqe"] > 0
+    assert data["overall"]["n"] == 1 and data["crop"] == 256
+    assert f"| {img['image']} |" in out.with_suffix(".md").read_text()
