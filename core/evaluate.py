@@ -6,6 +6,10 @@ Metrics are BasicSR's (8-bit quantised, ``crop_border``, RGB and Y). When a perc
 degradation class probabilities, the dataset's degradation words are matched to its class names
 and accuracy and a confusion matrix are reported.
 
+Folders of degraded photos without ground truth (``--no-reference``, :func:`photo_sets`) get the
+no-reference measures of :mod:`vlir.core.noref` (NIQE, noise sigma, sharpness) before and after
+restoration, grouped by the degradation the perceiver recognises.
+
 Outputs (all written atomically): ``results.json``, ``summary.csv``, ``per_image.csv``,
 ``report.html``, ``summary.png`` and ``crops/*.png``.
 """
@@ -32,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
+NOREF_CROPS = 64  # before/after crops per folder in a no-reference report, by default
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "input_ssim", "input_psnr_y", "input_ssim_y")
 
 
@@ -44,13 +49,16 @@ class EvalSet:
     degradation: str  # class word (e.g. noisy)
     dataset: Any
     indices: list[int]
+    reference: bool = True  # items have a ground truth ("gt"); else no-reference measures
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def items(self):
         for i in self.indices:
-            yield self.dataset[i]
+            item = self.dataset[i]
+            if item is not None:  # None: an unreadable photo, skipped with a warning
+                yield item
 
 
 def norm_label(name: str) -> str:
@@ -133,6 +141,51 @@ def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSp
     return sets
 
 
+class Photos:
+    """Degraded photos without ground truth: item ``i`` is ``{"lq": [3, H, W], "path": str}``, or
+    ``None`` (with a warning) for one that cannot be read (e.g. over the pixel limit)."""
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        import logging
+
+        from .data.images import ImageError, read_image
+
+        try:
+            img, _ = read_image(self.files[i])
+        except ImageError as e:
+            logging.getLogger("vlir.eval").warning("skipping %s: %s", e.path, e.reason)
+            return None
+        return {"lq": img, "path": str(self.files[i])}
+
+
+def photo_sets(data: Sequence[str | Path], limit: int | None = None) -> list[EvalSet]:
+    """One no-reference set per folder of degraded photos (unreadable files skipped with a warning)."""
+    from .cli import CLIError
+    from .data.datasets import list_images, scan_images
+
+    sets = []
+    for root in data:
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"evaluation data {root}: no such folder")
+        if _is_paired(root):
+            raise CLIError(f"evaluation data {root}: paired folders <degradation>/{{LQ,GT}} have a ground truth: "
+                           "evaluate them without --no-reference")
+        files, _ = scan_images(list_images(root), what=f"photos under {root}")
+        if not files:
+            raise FileNotFoundError(f"evaluation data {root}: no readable images")
+        files = files[:limit] if limit is not None else files
+        sets.append(EvalSet(root.name or str(root), str(root), "", Photos(files), list(range(len(files))),
+                            reference=False))
+    return sets
+
+
 def _classifier(perceptions: dict[str, Any]) -> tuple[str, Any] | None:
     for role, p in perceptions.items():
         if getattr(p, "class_probs", None) is not None and getattr(p, "class_names", None):
@@ -167,21 +220,31 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
     for k in METRICS:
         out[k] = _mean(rows, k)
-    if any("quality_score" in r for r in rows):
-        out["quality_score"] = _mean(rows, "quality_score")
+    from .noref import KEYS
+
+    for k in ("quality_score", *KEYS):
+        if any(k in r for r in rows):
+            out[k] = _mean(rows, k)
     return out
 
 
 def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, crop_border: int = 0,
              tile: int | None = None, steps: int | None = None, seed: int = 0, crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
-             name: str | None = None, ensemble: bool = False) -> dict[str, Any]:
-    """Run ``pipeline`` on every set, write the report files into ``out`` and return the results."""
+             name: str | None = None, ensemble: bool = False, noref_crop: int | None = None) -> dict[str, Any]:
+    """Run ``pipeline`` on every set, write the report files into ``out`` and return the results.
+
+    Sets without ground truth get :func:`vlir.core.noref.before_after` on the central ``noref_crop``
+    pixels (default ``noref.DEFAULT_CROP``; 0: whole images), grouped by the recognised degradation.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    from . import noref
     from .data.images import write_image
     from .metrics import psnr, ssim
+
+    noref_crop = noref.DEFAULT_CROP if noref_crop is None else noref_crop
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +264,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
             shown = 0
             for j, item in enumerate(es.items()):
                 lq = item["lq"][None].to(device)
-                gt = item["gt"][None]
+                gt = item["gt"][None] if es.reference else None
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + si * 10_007 + j)
                 _sync(device)
                 t0 = time.perf_counter()
@@ -214,13 +277,16 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 restored = restored.float().cpu().clamp(0, 1)
                 lq_cpu = lq.float().cpu()
                 row: dict[str, Any] = {"set": es.name, "data": es.data, "degradation": es.degradation,
-                                       "path": item.get("path", ""), "height": int(gt.shape[-2]),
-                                       "width": int(gt.shape[-1])}
-                for prefix, img in (("", restored), ("input_", lq_cpu)):
-                    row[f"{prefix}psnr"] = psnr(img, gt, crop_border=crop_border)
-                    row[f"{prefix}ssim"] = ssim(img, gt, crop_border=crop_border)
-                    row[f"{prefix}psnr_y"] = psnr(img, gt, crop_border=crop_border, y_channel=True)
-                    row[f"{prefix}ssim_y"] = ssim(img, gt, crop_border=crop_border, y_channel=True)
+                                       "path": item.get("path", ""), "height": int(lq.shape[-2]),
+                                       "width": int(lq.shape[-1])}
+                if es.reference:
+                    for prefix, img in (("", restored), ("input_", lq_cpu)):
+                        row[f"{prefix}psnr"] = psnr(img, gt, crop_border=crop_border)
+                        row[f"{prefix}ssim"] = ssim(img, gt, crop_border=crop_border)
+                        row[f"{prefix}psnr_y"] = psnr(img, gt, crop_border=crop_border, y_channel=True)
+                        row[f"{prefix}ssim_y"] = ssim(img, gt, crop_border=crop_border, y_channel=True)
+                else:
+                    row.update(noref.before_after(lq_cpu, restored, noref_crop))
                 found = _classifier(perceptions)
                 if found is not None:
                     role, p = found
@@ -229,22 +295,26 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                     k = int(p.class_probs[0].argmax())
                     row["predicted"] = cls_names[k]
                     row["confidence"] = float(p.class_probs[0, k])
-                    confusion[(es.degradation, k)] = confusion.get((es.degradation, k), 0) + 1
+                    if es.reference:
+                        confusion[(es.degradation, k)] = confusion.get((es.degradation, k), 0) + 1
+                if not es.reference:  # grouped by the degradation recognised
+                    row["degradation"] = row.get("predicted", "unrecognised")
                 for p in perceptions.values():
                     if getattr(p, "quality_score", None) is not None:
                         row["quality_score"] = float(p.quality_score[0])
                         break
                 per_image.append(row)
                 if shown < crops:
-                    top, left, hh, ww = _crop_box(gt.shape[-2], gt.shape[-1], crop_size)
+                    top, left, hh, ww = _crop_box(lq.shape[-2], lq.shape[-1], crop_size)
                     stem = f"{si:02d}_{j:03d}"
                     files = {}
-                    for key, img in (("lq", lq_cpu), ("restored", restored), ("gt", gt)):
+                    shots = (("lq", lq_cpu), ("restored", restored)) + ((("gt", gt),) if es.reference else ())
+                    for key, img in shots:
                         rel = f"crops/{stem}_{key}.png"
                         write_image(out / rel, img[0, :, top:top + hh, left:left + ww])
                         files[key] = rel
-                    crop_rows.append({"set": es.name, "path": row["path"], "psnr": row["psnr"],
-                                      "input_psnr": row["input_psnr"], **files})
+                    scores = ("psnr", "input_psnr") if es.reference else noref.KEYS
+                    crop_rows.append({"set": es.name, "path": row["path"], **{k: row[k] for k in scores}, **files})
                     shown += 1
                 bar.update(1)
     finally:
@@ -253,13 +323,14 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
     sets_out = []
     for es in sets:
         rows = [r for r in per_image if r["set"] == es.name]
-        sets_out.append({"name": es.name, "data": es.data, "degradation": es.degradation, **_summary(rows)})
+        sets_out.append({"name": es.name, "data": es.data, "degradation": es.degradation,
+                         "reference": es.reference, **_summary(rows)})
     per_deg = {}
-    for label in dict.fromkeys(es.degradation for es in sets):
+    for label in dict.fromkeys([es.degradation for es in sets if es.reference] + [r["degradation"] for r in per_image]):
         per_deg[label] = _summary([r for r in per_image if r["degradation"] == label])
     classification = None
-    if cls_names is not None:
-        labels = list(dict.fromkeys(es.degradation for es in sets))
+    if cls_names is not None and any(es.reference for es in sets):
+        labels = list(dict.fromkeys(es.degradation for es in sets if es.reference))
         mapping = match_classes(labels, cls_names)
         matrix = [[confusion.get((lab, k), 0) for k in range(len(cls_names))] for lab in labels]
         correct = sum(confusion.get((lab, mapping[lab]), 0) for lab in labels if mapping[lab] is not None)
@@ -277,6 +348,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
     results = {
         "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
         "tile": tile, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
+        "reference": all(es.reference for es in sets),
+        "noref_crop": None if all(es.reference for es in sets) else noref_crop,
         "overall": _summary(per_image), "per_degradation": per_deg, "sets": sets_out,
         "classification": classification,
         "speed": {"images": n_images, "seconds": restore_time,
@@ -309,6 +382,7 @@ def _json_safe(obj: Any) -> Any:
 def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """results.json, summary.csv, per_image.csv, summary.png and report.html in ``out``."""
     from .io import atomic_write_text
+    from .noref import KEYS
     from .report import bar_chart, write_html
 
     out = Path(out)
@@ -316,29 +390,52 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                                     ("images_csv", "per_image.csv"), ("png", "summary.png"),
                                     ("html", "report.html"))}
     atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2) + "\n")
-    cols = ["scope", "name", "n", *METRICS, "quality_score"]
+    ref = results.get("reference", True)
+    kinds = {s.get("reference", True) for s in results["sets"]}
+    measured = ([*METRICS] if True in kinds or not kinds else []) + ([*KEYS] if False in kinds else [])
+    cols = ["scope", "name", "n", *measured, "quality_score"]
     rows = [{"scope": "degradation", "name": k, **v} for k, v in results["per_degradation"].items()]
     rows += [{"scope": "set", **s} for s in results["sets"]]
     rows.append({"scope": "all", "name": "all", **results["overall"]})
     atomic_write_text(paths["summary_csv"], _csv_text(rows, cols))
-    img_cols = ["set", "degradation", "path", "height", "width", *METRICS, "predicted", "confidence", "quality_score"]
+    img_cols = ["set", "degradation", "path", "height", "width", *measured, "predicted", "confidence", "quality_score"]
     atomic_write_text(paths["images_csv"], _csv_text(results["images"], img_cols))
-    key = results.get("headline", "psnr")
+    key = results.get("headline", "psnr") if ref else "niqe"
     groups = list(results["per_degradation"])
     series = {"input": [results["per_degradation"][g].get(f"input_{key}") or float("nan") for g in groups],
               "restored": [results["per_degradation"][g].get(key) or float("nan") for g in groups]}
-    bar_chart(paths["png"], groups, series, title=f"{'PSNR-Y' if key == 'psnr_y' else 'PSNR'} per degradation",
-              ylabel="dB")
+    if ref:
+        bar_chart(paths["png"], groups, series, title=f"{'PSNR-Y' if key == 'psnr_y' else 'PSNR'} per degradation",
+                  ylabel="dB")
+    else:
+        bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation",
+                  ylabel="NIQE")
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
 
 # -- command line ------------------------------------------------------------------------------
+def _crop_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (whole images) or a size in pixels, got {text!r}")
+    return n
+
+
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="saved pipeline folder or spec file")
     p.add_argument("--data", nargs="+", metavar="PATH",
-                   help="clean image folders (degraded with a fixed seed) or paired roots <degradation>/{LQ,GT}; "
-                        "default: the spec's eval.data")
+                   help="clean image folders (degraded with a fixed seed) or paired roots <degradation>/{LQ,GT} "
+                        "(with --no-reference: degraded photos); default: the spec's eval.data")
+    p.add_argument("--no-reference", action="store_true",
+                   help="the --data folders hold degraded photos without ground truth: report NIQE, noise sigma "
+                        "and sharpness before and after restoration, per image and per recognised degradation")
+    p.add_argument("--noref-crop", type=_crop_arg, metavar="N",
+                   help="no-reference measures on the central N x N pixels of each image (default: 768; 0: the "
+                        "whole image; NIQE takes about 1 s per 768 x 768 on a CPU)")
     p.add_argument("--degradations", type=parse_degradations, metavar="LIST",
                    help="e.g. noise,jpeg:quality=20,noise:sigma=50 (default: eval.degradations, then "
                         f"data.degradations, then {','.join(DEFAULT_DEGRADATIONS)})")
@@ -350,7 +447,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")
-    p.add_argument("--crops", type=int, metavar="N", help="example crops per set in the report")
+    p.add_argument("--crops", type=int, metavar="N",
+                   help="example crops per set in the report (default: eval.crops; --no-reference: every image, "
+                        f"at most {NOREF_CROPS})")
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
@@ -393,14 +492,28 @@ def run_eval(args: argparse.Namespace) -> int:
 
     tiled = args.tile is not None or ev.tile is not None
     set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tiled else MAX_PIXELS)
-    sets = build_sets(data, degradations, seed=seed, limit=args.limit if args.limit is not None else ev.limit)
+    limit = args.limit if args.limit is not None else ev.limit
+    if args.noref_crop is not None and not args.no_reference:
+        from .cli import CLIError
+
+        raise CLIError("--noref-crop applies to --no-reference (photos without ground truth) only")
+    if args.no_reference:
+        sets = photo_sets(data, limit=limit)
+        crops = NOREF_CROPS if args.crops is None else args.crops
+    else:
+        sets = build_sets(data, degradations, seed=seed, limit=limit)
+        crops = ev.crops if args.crops is None else args.crops
     out = Path(args.out) if args.out else default_out(source)
     results = evaluate(pipe, sets, out, crop_border=ev.crop_border if args.crop_border is None else args.crop_border,
                        tile=args.tile if args.tile is not None else ev.tile,
-                       steps=args.steps if args.steps is not None else ev.steps, seed=seed,
-                       crops=ev.crops if args.crops is None else args.crops,
+                       steps=args.steps if args.steps is not None else ev.steps, seed=seed, crops=crops,
+                       crop_size=256 if args.no_reference else 96,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
-                       ensemble=args.ensemble)
+                       ensemble=args.ensemble, noref_crop=args.noref_crop)
+    if args.no_reference:
+        _print_noref(results)
+        print(f"report: {out / 'report.html'}")
+        return 0
     key = results["headline"]
     skey = "ssim_y" if key == "psnr_y" else "ssim"
     w = max([len(k) for k in results["per_degradation"]] + [11])
@@ -416,6 +529,23 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"speed: {_num(ips, 3)} images/s on {results['device']}")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _print_noref(results: dict[str, Any]) -> None:
+    from .noref import MEASURES
+
+    heads = [f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in MEASURES]
+    w = max([len(k) for k in results["per_degradation"]] + [22])
+    cw = max(len(h) for h in heads) + 8
+    print(f"{'recognised degradation':<{w}}  {'images':>6}  " + "  ".join(f"{h + ' in → out':>{cw}}" for h in heads))
+    rows = [*results["per_degradation"].items(), ("all", results["overall"])]
+    for k, v in rows:
+        cells = [f"{m.format(v.get('input_' + m.name))} → {m.format(v.get(m.name))}" for m in MEASURES]
+        print(f"{k:<{w}}  {v['n']:>6}  " + "  ".join(f"{c:>{cw}}" for c in cells))
+    ips = results["speed"]["images_per_second"]
+    crop = results["noref_crop"]
+    print(f"speed: {_num(ips, 3)} images/s on {results['device']}; measures on "
+          + (f"the central {crop}x{crop} pixels" if crop else "whole images") + "; per image: per_image.csv")
 
 
 def _num(v: Any, digits: int = 2) -> str:

@@ -104,6 +104,7 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left}
 .crops td{text-align:center;vertical-align:top} .crops img{width:160px;image-rendering:pixelated}
+.crops.noref img{width:256px}
 .meta td{text-align:left} .small{color:#666;font-size:.9em}
 """
 
@@ -119,6 +120,57 @@ def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _noref_tables(r: dict[str, Any], chart: str | None) -> list[str]:
+    """No-reference results: the measures before and after restoration, per recognised degradation."""
+    from .noref import MEASURES
+
+    heads = []
+    for m in MEASURES:
+        arrow = "↑" if m.higher_is_better else "↓"
+        heads += [f"input {m.label} {arrow}", f"{m.label} {arrow}"]
+
+    def cells(v: dict[str, Any]) -> list[str]:
+        return [m.format(v.get(k)) for m in MEASURES for k in (f"input_{m.name}", m.name)]
+
+    def row(name: str, v: dict[str, Any]) -> list[Any]:
+        return [name, v.get("n")] + cells(v)
+
+    crop = r.get("noref_crop")
+    parts = ["<h2>No-reference quality per recognised degradation</h2>",
+             "<p class='small'>photos without ground truth: NIQE (BasicSR, lower is better), noise σ in 8-bit "
+             "levels (Immerkær), sharpness = variance of the Laplacian of Y; measured on the central "
+             + (f"{int(crop)}×{int(crop)} pixels" if crop else "whole image") + " of each image</p>"]
+    rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
+    if r.get("overall"):
+        rows.append(row("all", r["overall"]))
+    parts.append(_table(["recognised degradation", "images"] + heads, rows))
+    if chart:
+        parts.append(f"<p><img src='{html.escape(chart)}' alt='NIQE per recognised degradation'></p>")
+    parts.append("<h2>Per folder</h2>")
+    parts.append(_table(["folder", "images"] + heads, [row(s["name"], s) for s in r.get("sets", [])]))
+    parts.append("<h2>Per image</h2>")
+    imgs = [[Path(i.get("path", "")).name, i.get("predicted", "–")] + cells(i) for i in r.get("images", [])]
+    parts.append(_table(["image", "recognised"] + heads, imgs, left=2))
+    return parts
+
+
+def _noref_crops(crops: list[dict[str, Any]]) -> str:
+    from .noref import BY_NAME
+
+    if not crops:
+        return ""
+    niqe = BY_NAME["niqe"]
+    parts = ["<h2>Before / restored (central crops, with the NIQE of each image)</h2><table class='crops noref'>"]
+    for c in crops:
+        cells = [f"<td><img src='{html.escape(c[key])}' alt='{label}'><br>{label}: NIQE "
+                 f"{niqe.format(c.get(value))}</td>"
+                 for key, label, value in (("lq", "before", "input_niqe"), ("restored", "restored", "niqe"))]
+        name = html.escape(f"{c.get('set')}: {Path(c.get('path', '')).name}")
+        parts.append(f"<tr><td class='l'>{name}</td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
 def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "summary.png") -> Path:
     """The HTML report of :func:`vlir.core.evaluate.evaluate`'s results (links relative to ``path``)."""
     r = results
@@ -131,6 +183,10 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
             ["images / s", r.get("speed", {}).get("images_per_second")], ["vlir", r.get("vlir")]]
     parts.append("<table class='meta'>" + "".join(f"<tr><th class='l'>{html.escape(k)}</th><td>{_fmt(v, 3)}</td></tr>"
                                                   for k, v in meta) + "</table>")
+    if not r.get("reference", True):  # photos without ground truth
+        parts += _noref_tables(r, chart) + [_noref_crops(r.get("crops") or []), "</body></html>"]
+        atomic_write_text(Path(path), "\n".join(parts))
+        return Path(path)
     headers = ["degradation", "images", "input PSNR", "PSNR", "SSIM", "input SSIM", "PSNR-Y", "SSIM-Y", "gain"]
 
     def row(name: str, m: dict[str, Any]) -> list[Any]:
