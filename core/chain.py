@@ -1,0 +1,267 @@
+"""Telling a pipeline what to remove, and restoring step by step.
+
+- :func:`words_from_prompt` turns the user's words ("remove the rain and the noise") into class
+  words of the pipeline's perceiver ("rainy", "noisy").
+- :func:`steer` restores as if the perceiver had seen the given class: the feeding perceiver's class
+  probabilities become one-hot on it, so an ``experts`` backbone runs that expert and a backbone
+  conditioned on class probabilities gets that class.
+- :func:`restore_steps` is the step-by-step restoration of AutoDIR / AgenticIR: perceive, remove
+  the most likely degradation with its expert, perceive again; stop when the perceiver sees
+  nothing to remove (its ``clean`` class, or a top probability under ``abstain``), when a step does
+  not lower the probability of the degradation it treated (that step is undone), or after
+  ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
+
+Only pipelines whose feeding perceiver has named classes and whose conditioning uses the class
+probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conditioning import Perception
+    from .pipeline import Pipeline
+
+CLEAN = "clean"  # the class word of images with nothing to remove
+
+
+class SteerError(UserError, ValueError):
+    """A class word, prompt or step request this pipeline cannot follow (the message says why)."""
+
+
+# -- words ------------------------------------------------------------------------------------------
+def _stem(word: str) -> str:
+    """A crude stem, enough for class words: rainy/rain, noisy/denoise/noise, hazy/haze/dehaze,
+    compressed/compression, blurry/deblur, low-light/light."""
+    w = word.lower()
+    if w.startswith("de") and len(w) > 5:  # denoise, deblur, dehaze, derain
+        w = w[2:]
+    for end in ("ing", "ion", "ed", "es", "y", "e", "s"):
+        if w.endswith(end) and len(w) - len(end) >= 3:
+            return w[: -len(end)]
+    return w
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+
+
+# other words people use for the built-in class words (DA-CLIP's vocabulary)
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "noisy": ("grain", "grainy", "speckle"),
+    "jpeg-compressed": ("compression", "compressed", "artifact", "artefact", "block", "blocky"),
+    "blurry": ("soft", "focus", "unsharp"),
+    "motion-blurry": ("shake", "shaky", "motion"),
+    "low-light": ("dark", "dim", "underexposed", "night"),
+    "hazy": ("fog", "foggy", "mist", "misty", "smog"),
+    "rainy": ("streak", "streaks", "drizzle"),
+    "snowy": ("snow", "snowflake"),
+    "raindrop": ("droplet", "drops"),
+}
+
+
+def _match(stem: str, said: list[str]) -> int | None:
+    """Where a stem occurs among the said stems (one beginning the other, three letters or more)."""
+    for i, s in enumerate(said):
+        if len(s) >= 3 and len(stem) >= 3 and (s.startswith(stem) or stem.startswith(s)):
+            return i
+    return None
+
+
+def words_from_prompt(text: str, classes: Sequence[str]) -> list[str]:
+    """The class words an instruction names, in the order it names them ("remove the rain, then the
+    noise" -> ["rainy", "noisy"]). A class is named when all of its own words occur in the text (as
+    stems: "rain" ~ "rainy", "denoise" ~ "noisy") or one of its :data:`SYNONYMS` does ("fog" ->
+    "hazy"); a class whose words are all part of another named class is dropped ("motion blur"
+    names motion-blurry, not blurry too). Nothing named is a :class:`SteerError` listing the classes.
+    """
+    said = [_stem(w) for w in _words(text)]
+    named: dict[str, tuple[int, set[str]]] = {}
+    for name in classes:
+        own = [_stem(w) for w in _words(name) if len(_stem(w)) >= 3]
+        where = [_match(o, said) for o in own]
+        if own and all(i is not None for i in where):
+            named[name] = (min(where), {said[i] for i in where})
+            continue
+        for syn in SYNONYMS.get(name, ()):
+            i = _match(_stem(syn), said)
+            if i is not None:
+                named[name] = (i, {said[i]})
+                break
+    out = [n for n, (_, used) in named.items()
+           if not any(m != n and used < other for m, (_, other) in named.items())]
+    if not out:
+        raise SteerError(f"the prompt {text!r} names no degradation this pipeline knows; use its class words: "
+                         f"{', '.join(classes)}")
+    return sorted(out, key=lambda n: named[n][0])
+
+
+# -- steering ---------------------------------------------------------------------------------------
+def classes(pipeline: "Pipeline") -> tuple[str | None, list[str]]:
+    """(the feeding perceiver's role, its class words); (None, []) when no perceiver classifies."""
+    role = pipeline.feed if pipeline.feed is not None else next(iter(pipeline.perceivers), None)
+    if role is None:
+        return None, []
+    return role, list(getattr(pipeline.perceivers[role], "class_names", None) or [])
+
+
+def why_not_steerable(pipeline: "Pipeline") -> str | None:
+    """Why the pipeline cannot be told which degradation to remove, or None when it can."""
+    role, names = classes(pipeline)
+    if not names:
+        return "it has no perceiver with named degradation classes"
+    c = pipeline.spec.condition
+    if pipeline.feed is None or c is None or c.vector_source != "probs":
+        return "its backbone is not conditioned on the class probabilities (condition.vector: probs)"
+    return None
+
+
+def check_words(pipeline: "Pipeline", words: Sequence[str]) -> list[str]:
+    """``words`` checked against the pipeline's class words (a :class:`SteerError` names them)."""
+    _, names = classes(pipeline)
+    bad = [w for w in words if w not in names]
+    if bad:
+        raise SteerError(f"unknown degradation {', '.join(map(repr, bad))}; this pipeline knows {', '.join(names)}")
+    return list(words)
+
+
+def steer(pipeline: "Pipeline", perceptions: dict[str, "Perception"], word: str) -> dict[str, "Perception"]:
+    """The perceptions with the feeding perceiver's class probabilities one-hot on ``word``."""
+    role, names = classes(pipeline)
+    p = perceptions[role]
+    one_hot = torch.zeros_like(p.class_probs)
+    one_hot[:, names.index(word)] = 1
+    return {**perceptions, role: replace(p, class_probs=one_hot)}
+
+
+# -- step by step -----------------------------------------------------------------------------------
+@dataclass
+class Step:
+    """One restoration step: the class treated, its probability before and after the step."""
+
+    word: str
+    before: float
+    after: float | None = None
+
+
+@dataclass
+class Path:
+    """What was done to one image and why it stopped: ``clean`` (nothing left to remove),
+    ``unsure`` (top probability under the abstention threshold), ``no better`` (the last step did not
+    lower its class's probability and was undone), ``steps`` (the step limit) or ``asked`` (a
+    given path, done)."""
+
+    steps: list[Step] = field(default_factory=list)
+    stop: str = "steps"
+    undone: Step | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{s.word} {s.before:.2f}" for s in self.steps]
+        end = {"clean": "clean", "unsure": "left as is (unsure)", "no better": "stop (no better)",
+               "steps": "", "asked": ""}[self.stop]
+        if self.undone is not None:
+            end = f"{self.undone.word} undone (no better)"
+        return " → ".join([*parts, end] if end else parts) or "nothing done"
+
+
+def _top(pipeline: "Pipeline", perceptions: dict[str, "Perception"]) -> tuple[str, float, torch.Tensor]:
+    role, names = classes(pipeline)
+    probs = perceptions[role].class_probs[0].float()
+    k = int(probs.argmax())
+    return names[k], float(probs[k]), probs
+
+
+@torch.no_grad()
+def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, path: Sequence[str] | None = None,
+                  abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
+                  generator: torch.Generator | None = None, ensemble: bool = False
+                  ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
+    """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
+
+    ``steps=1`` without ``path`` is one ordinary restoration (the pipeline's own routing), left
+    undone for images whose top class probability is under ``abstain``. Returns the restored
+    images, the perceptions of the inputs and each image's :class:`Path`.
+    """
+    from .inference import restore, run_backbone
+
+    if steps < 1:
+        raise SteerError(f"--chain must be at least 1 step, got {steps}")
+    if abstain is not None and not 0 <= abstain <= 1:
+        raise SteerError(f"--abstain must be a probability in [0, 1], got {abstain}")
+    role, names = classes(pipeline)
+    if path is not None:
+        path = check_words(pipeline, path)
+    if (path is not None or steps > 1) and (reason := why_not_steerable(pipeline)):
+        raise SteerError(f"this pipeline cannot restore step by step or follow given degradations: {reason}")
+    if abstain is not None and not names:
+        raise SteerError("--abstain needs a perceiver with named degradation classes")
+    kw = dict(tile=tile, overlap=overlap, generator=generator)
+
+    if path is None and steps == 1:  # one ordinary restoration, abstaining where unsure
+        out, perceptions = restore(pipeline, lq, ensemble=ensemble, **kw)
+        paths = []
+        for i in range(lq.shape[0]):
+            one = {r: _row(p, i) for r, p in perceptions.items()}
+            if not names:
+                paths.append(Path(stop="steps"))
+                continue
+            word, prob, _ = _top(pipeline, one)
+            if abstain is not None and prob < abstain:
+                out[i] = lq[i].to(out.dtype)
+                paths.append(Path(stop="unsure"))
+            else:
+                paths.append(Path([Step(word, prob)], stop="clean" if word == CLEAN else "steps"))
+        return out, perceptions, paths
+
+    outs, first, paths = [], [], []
+    for i in range(lq.shape[0]):
+        x = lq[i:i + 1]
+        seen = pipeline.perceive(x)
+        first.append(seen)
+        done = Path(stop="asked" if path is not None else "steps")
+        todo = list(path) if path is not None else [None] * steps
+        for want in todo:
+            word, prob, probs = _top(pipeline, seen)
+            if want is None:
+                if word == CLEAN:
+                    done.stop = "clean"
+                    break
+                if abstain is not None and prob < abstain:
+                    done.stop = "unsure"
+                    break
+            else:
+                word, prob = want, float(probs[names.index(want)])
+            cond = pipeline.condition(steer(pipeline, seen, word))
+            y = run_backbone(pipeline, x, cond, steps=None, **kw).clamp(0, 1)
+            after = pipeline.perceive(y)
+            step = Step(word, prob, float(after[role].class_probs[0, names.index(word)]))
+            if want is None and step.after >= step.before:  # no better: undo and stop
+                done.undone, done.stop = step, "no better"
+                break
+            done.steps.append(step)
+            x, seen = y, after
+        outs.append(x)
+        paths.append(done)
+    perceptions = {r: _cat([f[r] for f in first]) for r in first[0]}
+    return torch.cat(outs), perceptions, paths
+
+
+def _row(p: "Perception", i: int) -> "Perception":
+    """Image ``i`` of a batch's perception (tensors sliced, the rest kept)."""
+    from dataclasses import fields
+
+    return replace(p, **{f.name: getattr(p, f.name)[i:i + 1] for f in fields(p)
+                         if isinstance(getattr(p, f.name), torch.Tensor)})
+
+
+def _cat(ps: list["Perception"]) -> "Perception":
+    from dataclasses import fields
+
+    return replace(ps[0], **{f.name: torch.cat([getattr(p, f.name) for p in ps]) for f in fields(ps[0])
+                             if isinstance(getattr(ps[0], f.name), torch.Tensor)})

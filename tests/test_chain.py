@@ -1,0 +1,98 @@
+"""Steering a pipeline by class word or prompt, abstention, and step-by-step restoration."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlir.core import Pipeline
+from vlir.core.chain import SteerError, restore_steps, steer, words_from_prompt
+from vlir.core.inference import restore, run_backbone
+
+WORDS = ["noisy", "jpeg-compressed", "blurry", "motion-blurry", "low-light", "hazy", "rainy"]
+TINY = {"width": 8, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("remove the rain", ["rainy"]), ("Remove the rain, then the noise.", ["rainy", "noisy"]),
+    ("denoise", ["noisy"]), ("deblur", ["blurry"]), ("fix the motion blur", ["motion-blurry"]),
+    ("brighten this dark photo", ["low-light"]), ("dehaze and remove jpeg artifacts", ["hazy", "jpeg-compressed"]),
+    ("it was shot in low light", ["low-light"]), ("too much fog", ["hazy"]),
+])
+def test_words_from_prompt(text, words):
+    assert words_from_prompt(text, WORDS) == words
+
+
+def test_prompt_naming_nothing_lists_the_classes():
+    with pytest.raises(SteerError, match="names no degradation.*noisy, jpeg-compressed"):
+        words_from_prompt("make it pretty", WORDS)
+
+
+def pipeline(vector="probs", words=("noisy", "hazy", "rainy")):
+    torch.manual_seed(0)
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": list(words)}}],
+            "backbone": {"type": "experts", "params": {"expert_params": TINY}},
+            "condition": {"vector": vector, "tokens": False}}
+    pipe = Pipeline.from_spec(spec, build_losses=False).eval()
+    with torch.no_grad():  # make the experts differ (NAFNet's output scales start at zero)
+        for p in pipe.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return pipe
+
+
+def images(b=2, size=24):
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def expert(pipe, x, word):
+    cond = pipe.condition(steer(pipe, pipe.perceive(x), word))
+    return run_backbone(pipe, x, cond).clamp(0, 1)
+
+
+def test_a_given_path_runs_those_experts_in_order():
+    pipe = pipeline()
+    x = images(1)
+    with torch.no_grad():
+        out, _, paths = restore_steps(pipe, x, path=["hazy", "rainy"])
+        want = expert(pipe, expert(pipe, x, "hazy"), "rainy")
+    torch.testing.assert_close(out, want)
+    assert [s.word for s in paths[0].steps] == ["hazy", "rainy"] and paths[0].stop == "asked"
+    assert not torch.allclose(want, expert(pipe, expert(pipe, x, "rainy"), "hazy"))
+
+
+def test_the_chain_only_keeps_steps_that_help_and_stops():
+    pipe = pipeline()
+    x = images(3)
+    with torch.no_grad():
+        out, perceptions, paths = restore_steps(pipe, x, steps=3)
+        for i, path in enumerate(paths):
+            assert len(path.steps) <= 3 and path.stop in {"no better", "steps"}
+            y = x[i:i + 1]
+            for s in path.steps:  # each kept step lowered the probability of the class it treated
+                assert s.after < s.before
+                y = expert(pipe, y, s.word)
+            torch.testing.assert_close(out[i:i + 1], y)  # an undone step left no trace
+            if path.stop == "no better":
+                assert path.undone.after >= path.undone.before
+    assert perceptions["daclip"].class_probs.shape == (3, 3)
+
+
+def test_abstention_leaves_the_image_bit_for_bit_and_one_step_is_a_plain_restore():
+    pipe = pipeline()
+    x = images(2)
+    with torch.no_grad():
+        out, _, paths = restore_steps(pipe, x, abstain=1.0)
+        assert torch.equal(out, x) and [p.stop for p in paths] == ["unsure", "unsure"]
+        assert "left as is" in str(paths[0])
+        plain, _ = restore(pipe, x)
+        same, _, paths = restore_steps(pipe, x, abstain=0.0)
+    assert torch.equal(same, plain) and all(len(p.steps) == 1 for p in paths)
+
+
+def test_pipelines_that_cannot_be_steered_say_why():
+    pipe = pipeline(vector="degradation")
+    with pytest.raises(SteerError, match="condition.vector: probs"):
+        restore_steps(pipe, images(1), path=["hazy"])
+    with pytest.raises(SteerError, match="unknown degradation 'foggy'.*noisy, hazy, rainy"):
+        restore_steps(pipeline(), images(1), path=["foggy"])
+    with pytest.raises(SteerError, match="at least 1"):
+        restore_steps(pipeline(), images(1), steps=0)
