@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Conditioning, Perception
 
-from .registry import KINDS  # noqa: F401  (one home: the registry)
+from .kinds import KINDS  # noqa: F401  (one home: vlir.core.kinds)
 
 API_VERSION = 1
 
