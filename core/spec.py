@@ -293,7 +293,8 @@ def _raw_degradations(raw: dict[str, Any]):
 
 
 def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "Registry | None" = None, *,
-              adjust: bool = True, model_only: bool = False, losses: bool = True) -> PipelineSpec:
+              adjust: bool = True, model_only: bool = False, losses: bool = True,
+              name: str | None = None) -> PipelineSpec:
     """Parse, adjust (hooks), validate and resolve a spec.
 
     The result has every component's params filled in completely (preset and defaults folded
@@ -303,17 +304,19 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
 
     ``adjust=False`` skips the ``vlir_adjust_spec`` hooks (a saved, resolved spec is taken as it
     is); ``model_only`` resolves only what :class:`~vlir.core.pipeline.Pipeline` builds (no data,
-    train or eval checks) and ``losses=False`` leaves the losses unresolved too.
+    train or eval checks) and ``losses=False`` leaves the losses unresolved too. ``name`` names
+    the source in errors (default: the file, or "spec").
     """
     from .registry import get_registry
 
     registry = registry or get_registry()
     if isinstance(source, PipelineSpec):
-        raw, name = source.model_dump(mode="json", exclude_none=True), "spec"
+        raw = source.model_dump(mode="json", exclude_none=True)
     elif isinstance(source, dict):
-        raw, name = copy.deepcopy(source), "spec"
+        raw = copy.deepcopy(source)
     else:
-        raw, name = read_spec(source), str(source)
+        raw, name = read_spec(source), name or str(source)
+    name = name or "spec"
 
     if adjust:
         try:

@@ -159,7 +159,15 @@ def dry_run(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str, str]]
     entries = [*_components(spec), *((p, "degradation", d) for p, d in _data_degradations(spec))]
     for path, kind, entry in entries:
         try:
-            module = registry.build(kind, entry, path=path, device="meta", load_weights=False, skip_pretrained=True)
+            try:
+                module = registry.build(kind, entry, path=path, device="meta", load_weights=False,
+                                        skip_pretrained=True)
+            except (RuntimeError, NotImplementedError) as e:
+                if "meta" not in str(e):
+                    raise
+                # a constructor that computes with its tensors (.item()) cannot run on meta; its
+                # sizes are bounded by its Params, so build it for real
+                module = registry.build(kind, entry, path=path, load_weights=False, skip_pretrained=True)
         except SpecError as e:
             errors.extend(e.errors)
             continue
@@ -182,7 +190,7 @@ def dry_run(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str, str]]
     return errors
 
 
-def validate(source: Any, registry: "Registry | None" = None) -> "PipelineSpec":
+def validate(source: Any, registry: "Registry | None" = None, name: str | None = None) -> "PipelineSpec":
     """Everything ``vlir train`` would fail on, before any work: :func:`~vlir.core.spec.load_spec`
     (structure, params, wiring), then input paths and a meta-device build of every component.
     Raises one :class:`SpecError` listing every error with its YAML path."""
@@ -190,8 +198,9 @@ def validate(source: Any, registry: "Registry | None" = None) -> "PipelineSpec":
     from .spec import load_spec
 
     registry = registry or get_registry()
-    spec = load_spec(source, registry)
+    name = name or (str(source) if isinstance(source, (str, Path)) else "spec")
+    spec = load_spec(source, registry, name=name)
     errors = _check_paths(spec) + dry_run(spec, registry)
     if errors:
-        raise SpecError(errors, source=str(source) if isinstance(source, (str, Path)) else "spec")
+        raise SpecError(errors, source=name)
     return spec
