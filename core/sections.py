@@ -16,7 +16,9 @@ Plain pydantic models (no torch), read by the trainer (``vlir train``) and the e
         - {name: perceiver, target: "perceiver:daclip", iterations: 2000, lr: 3.0e-5}
         - {name: restorer, target: restorer}
 
-Relative paths are read from the current working directory.
+In a spec file, relative input paths (data and eval folders, captions, proxies) are read from the
+file's folder (``vlir.core.spec.INPUT_PATHS``); ``train.out`` and ``--set`` values from the working
+directory.
 """
 from __future__ import annotations
 
