@@ -88,11 +88,8 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
             where = f"train.stages[{i}]"
             if s.target != "restorer":
                 role = s.target.partition(":")[2]
-                if not roles:
-                    errors.append((f"{where}.target", f"stage target {s.target!r} needs a perceiver; the spec has none"))
-                elif role and role not in roles:
-                    errors.append((f"{where}.target", f"no perceiver with role {role!r} for stage target "
-                                                      f"{s.target!r}; {known}"))
+                if not roles or role and role not in roles:
+                    errors.append((f"{where}.target", f"no perceiver for {s.target!r}; {known}"))
             for r in s.unfreeze:
                 if r not in roles:
                     errors.append((f"{where}.unfreeze", f"no perceiver with role {r!r}; {known}"))

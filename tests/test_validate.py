@@ -88,7 +88,7 @@ def test_stage_target_naming_a_missing_perceiver(tmp_path):
         train:
           stages: [{{target: "perceiver:clip"}}, {{target: restorer, unfreeze: [clap]}}]
     """))
-    assert "no perceiver with role 'clip'" in errs["train.stages[0].target"]
+    assert "no perceiver for 'perceiver:clip'; perceivers: daclip" in errs["train.stages[0].target"]
     assert "'clap'" in errs["train.stages[1].unfreeze"]
 
 

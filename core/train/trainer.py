@@ -633,8 +633,8 @@ class Trainer:
 
 def train(spec: Any, out: str | Path | None = None, **kw: Any) -> Path | None:
     """Train a spec (file, dict or PipelineSpec); returns the final pipeline folder (None if stopped early)."""
-    from ..spec import load_spec
+    from ..validate import validate
 
-    resolved = load_spec(spec)
+    resolved = validate(spec)  # everything training would fail on, before any work
     out = out or (resolved.train.out if resolved.train else TrainSpec().out)
     return Trainer(resolved, out, **kw).fit()
