@@ -283,25 +283,26 @@ class Registry:
 
         kind = normalise_kind(kind)
         name, preset, params = _entry_fields(entry, preset, params)
+        who = f"{kind} {name!r}"
         try:
             cls = self.load(kind, name)
         except RegistryError as e:
-            raise SpecError([(_join(path, "type"), str(e))]) from e
+            raise SpecError([(_join(path, "type"), str(e))], source=who) from e
         values: dict[str, Any] = {}
         if preset is not None:
             presets = self.presets(kind, name)
             if preset not in presets:
                 raise SpecError([(_join(path, "preset"), f"{kind} {name!r} has no preset {preset!r}; "
-                                                         f"presets: {', '.join(presets) or 'none'}")])
+                                                         f"presets: {', '.join(presets) or 'none'}")], source=who)
             values.update(presets[preset])
         if not isinstance(params, dict):
             raise SpecError([(_join(path, "params"), f"expected a mapping of {kind} {name!r} params, "
-                                                     f"got {type(params).__name__}")])
+                                                     f"got {type(params).__name__}")], source=who)
         values.update(params)
         try:
             return cls.Params.model_validate(values)
         except ValidationError as e:
-            raise SpecError(pydantic_errors(e, _join(path, "params"), cls.Params)) from e
+            raise SpecError(pydantic_errors(e, _join(path, "params"), cls.Params), source=who) from e
 
     def resolve_params(self, kind: str, name: str, preset: str | None = None,
                        params: dict[str, Any] | None = None):
@@ -338,7 +339,8 @@ class Registry:
             with ctx:
                 module = cls(p, **extra)
         except SpecError as e:
-            raise SpecError([(_join(_join(path, "params"), sub), msg) for sub, msg in e.errors]) from e
+            raise SpecError([(_join(_join(path, "params"), sub), msg) for sub, msg in e.errors],
+                            source=f"{kind} {(cls.name or cls.__name__)!r}") from e
         weights = _entry_weights(entry)
         if load_weights and weights:
             module.load_weights(os.path.expanduser(weights))
