@@ -126,12 +126,13 @@ def _loc(prefix: str, loc: tuple) -> str:
 
 def _step(node: Any, part: Any) -> Any:
     """The annotation one step (a field name or an index) inside ``node``, or None."""
+    import types
     import typing
 
     origin = typing.get_origin(node)
     if origin is typing.Annotated:
         return _step(typing.get_args(node)[0], part)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(node):
             found = _step(arg, part)
             if found is not None:

@@ -18,9 +18,8 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from vlir.core.components import Backbone, Dim, Width
 from vlir.core.conditioning import Conditioning

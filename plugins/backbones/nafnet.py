@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field, ValidationInfo, field_validator
+from torch import nn
 
 from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
@@ -160,9 +159,6 @@ class NAFNet(Backbone):
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)
         p = self.params
-        if len(p.enc_blk_nums) != len(p.dec_blk_nums):
-            raise ValueError(f"NAFNet: enc_blk_nums {p.enc_blk_nums} and dec_blk_nums {p.dec_blk_nums} "
-                             "need the same length (one decoder level per encoder level)")
         emb = p.cond_hidden if p.cond_dim else None
         self.intro = nn.Conv2d(p.img_channel, p.width, 3, padding=1)
         self.ending = nn.Conv2d(p.width, p.img_channel, 3, padding=1)

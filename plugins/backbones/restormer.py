@@ -12,9 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
