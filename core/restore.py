@@ -273,6 +273,9 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run the backbone with onnxruntime from a folder of 'vlir export onnx' "
+                        "(--pipeline DIR; extra vlir[onnx])")
     p.add_argument("--ensemble", action="store_true",
                    help="self-ensemble: average over the flips and quarter turns the degradation allows "
                         "(up to 8x slower, usually a little better)")
@@ -296,6 +299,15 @@ def _check_tiling(args: argparse.Namespace) -> tuple[int | None, int]:
     return tile, overlap
 
 
+def _onnx_pipeline(args: argparse.Namespace, device: str) -> "Pipeline":
+    from .onnx_engine import OnnxEngineError, load_onnx_pipeline
+
+    try:
+        return load_onnx_pipeline(args.pipeline, device, getattr(args, "threads", None))
+    except OnnxEngineError as e:
+        raise RestoreError(str(e)) from e
+
+
 def run_restore(args: argparse.Namespace) -> int:
     try:
         return _restore(args)
@@ -306,6 +318,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     tile, overlap = _check_tiling(args)
+    if args.engine == "onnx" and not args.pipeline:
+        raise RestoreError("--engine onnx needs --pipeline DIR, a folder written by: vlir export onnx PIPELINE -o DIR")
     if args.steps is not None and args.steps < 1:
         raise RestoreError(f"--steps must be >= 1, got {args.steps}")
     if "/" in args.suffix or os.sep in args.suffix:
@@ -327,7 +341,7 @@ def _restore(args: argparse.Namespace) -> int:
     from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, dropped_metadata, read_image, write_image
 
     limit = args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS
-    pipe = load_pipeline(args, device)
+    pipe = _onnx_pipeline(args, device) if args.engine == "onnx" else load_pipeline(args, device)
     device = pipe.device
     for job in _progress(jobs, "restoring", args.no_progress):
         if job.problem is not None:

@@ -37,9 +37,9 @@ class LayerNorm2d(nn.Module):
         weight = self.weight.to(x.dtype)
         xt = x.permute(0, 2, 3, 1)  # channels last: one fused kernel normalises each pixel
         if self.bias is not None:
-            y = F.layer_norm(xt, (x.shape[1],), weight, self.bias.to(x.dtype), self.eps)
+            y = F.layer_norm(xt, weight.shape, weight, self.bias.to(x.dtype), self.eps)
         else:  # the fused kernel's 1 / sqrt(var + eps), applied to x itself (not x - mean)
-            rstd = torch.native_layer_norm(xt, (x.shape[1],), None, None, self.eps)[2]
+            rstd = torch.native_layer_norm(xt, weight.shape, None, None, self.eps)[2]
             y = xt * rstd * weight
         return y.permute(0, 3, 1, 2).to(dtype)
 

@@ -149,7 +149,11 @@ class DACLIP(Perceiver):
         """(content, degradation) embeddings ``[B * V, D]`` (unnormalised) of images in [0, 1]:
         ``V`` crops of each image for ``views`` > 1 (see ``_clip.preprocess``), else one."""
         size, mean, std = _clip.preprocess_cfg(self.clip)
-        x = _clip.preprocess(lq, size, mean, std, resize=self.params.resize, views=views)
+        return self.encode_crops(_clip.preprocess(lq, size, mean, std, resize=self.params.resize, views=views))
+
+    def encode_crops(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content, degradation) embeddings ``[N, D]`` of preprocessed crops ``[N, 3, S, S]``:
+        the image towers alone (what ``vlir export onnx`` exports)."""
         x = x.to(self.visual_control.conv1.weight.dtype)
         frozen = self.clip.visual
         ctrl, hiddens = self.visual_control.transformer(self.visual_control._embeds(x))

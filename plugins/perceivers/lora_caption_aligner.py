@@ -179,7 +179,13 @@ class LoraCaptionAligner(Perceiver):
     # -- encoders --------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Adapted CLIP image embeddings ``[B, D]`` (unnormalised) of images in [0, 1]."""
-        return _clip.encode_image(self.clip, images)
+        size, mean, std = _clip.preprocess_cfg(self.clip)
+        return self.encode_crops(_clip.preprocess(images, size, mean, std))
+
+    def encode_crops(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings ``[N, D]`` of preprocessed crops ``[N, 3, S, S]``: the image
+        tower alone (what ``vlir export onnx`` exports)."""
+        return self.clip.encode_image(x)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Adapted CLIP text embeddings ``[N, D]`` (unnormalised)."""
