@@ -320,3 +320,18 @@ def test_saved_pipeline_loads_unchanged_with_spec_editing_hook_and_third_party_l
     # a spec being built (not a saved one) still goes through the hooks
     assert load_spec({"backbone": {"type": "experts", "params": {"expert_params": {}}}},
                      reg).backbone.params["routing"] == "soft"
+
+
+def test_saved_spec_with_oversized_params_is_refused_before_building(tmp_path):
+    from vlir.core import Pipeline
+
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "spec.yaml").write_text("backbone: {type: experts, params: {experts: 100000, expert_params: "
+                                      "{width: 100000000}}}\n")
+    with pytest.raises(SpecError, match=r"backbone.params.experts: Input should be less than or equal to 128"):
+        Pipeline.load(folder, REG)
+    (folder / "spec.yaml").write_text("backbone: {type: experts, params: {experts: 2, expert_params: "
+                                      "{width: 100000000}}}\n")
+    with pytest.raises(SpecError, match=r"backbone.params.expert_params.width: Input should be less than"):
+        Pipeline.load(folder, REG)
