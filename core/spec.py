@@ -10,7 +10,11 @@ Example::
       - {type: l1, weight: 1.0}
 
 All errors are reported together with their YAML paths, e.g.
-``backbone.params.width: Input should be a valid integer``.
+``backbone.params.width: Input should be a valid integer``. Each component entry is resolved by
+:meth:`vlir.core.registry.Registry.resolve` (preset, params, validation); how the sections fit
+together is checked by :func:`vlir.core.validate.check_wiring`, and ``vlir spec validate``
+(:func:`vlir.core.validate.validate`) adds input paths and a meta-device build of everything.
+Relative input paths in a spec file are read from the file's folder (:data:`INPUT_PATHS`).
 """
 from __future__ import annotations
 
