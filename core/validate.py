@@ -136,6 +136,13 @@ def _check_paths(spec: "PipelineSpec") -> list[tuple[str, str]]:
                 need(f"data.{key}[{i}]", v, folder=True)
         if spec.data.captions:
             need("data.captions", spec.data.captions, folder=False)
+            if Path(spec.data.captions).expanduser().is_file():
+                from .data.captions import CaptionError, CSVCaptions
+
+                try:
+                    CSVCaptions(Path(spec.data.captions).expanduser())
+                except CaptionError as e:
+                    errors.append(("data.captions", str(e)))
     if spec.eval is not None:
         for i, v in enumerate(spec.eval.data):
             need(f"eval.data[{i}]", v, folder=True)

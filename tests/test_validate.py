@@ -335,3 +335,12 @@ def test_saved_spec_with_oversized_params_is_refused_before_building(tmp_path):
                                       "{width: 100000000}}}\n")
     with pytest.raises(SpecError, match=r"backbone.params.expert_params.width: Input should be less than"):
         Pipeline.load(folder, REG)
+
+
+def test_captions_file_is_read_at_validation(tmp_path, images):
+    (tmp_path / "specs" / "caps.csv").write_text("path,text\nx.png,a photo\n")
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data: {{train: [imgs], captions: caps.csv, degradations: [{{type: noise}}]}}
+    """, "specs/spec.yaml"))
+    assert list(errs) == ["data.captions"] and "caps.csv" in errs["data.captions"]
