@@ -152,6 +152,15 @@ def test_expert_count_and_sigmas_are_bounded(tmp_path):
     assert "> 0" in errs["data.degradations[1].params.sigma"]
 
 
+def test_data_sizes_are_bounded(tmp_path):
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data: {{patch_size: 100000000, batch_size: -1}}
+        train: {{stages: [{{patch_size: 100000000}}]}}
+    """))
+    assert {"data.patch_size", "data.batch_size", "train.stages[0].patch_size"} <= set(errs)
+
+
 def test_spec_version_is_checked(tmp_path):
     errs = errors_of(spec_file(tmp_path, f"vlir: 2\nbackbone: {{type: nafnet, params: {TINY_NAF}}}\n"))
     assert "version 2 is not supported" in errs["vlir"] and "upgrade vlir" in errs["vlir"]
