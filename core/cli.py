@@ -105,16 +105,15 @@ def inspect_component(kind: str, name: str, preset: str | None = None, params: d
     from .registry import get_registry
 
     reg = get_registry()
-    p = reg.resolve_params(kind, name, preset, params)
-    if "pretrained" in type(p).model_fields:
-        p = p.model_copy(update={"pretrained": None})  # layout only: no weights are read
-    cls = reg.load(kind, name)
+    entry = {"type": name, "preset": preset, "params": dict(params or {})}
+    resolved = reg.resolve(kind, entry)
+    # layout only: no weights are read
+    module = reg.build(kind, entry, device="meta", load_weights=False, skip_pretrained=True)
     with torch.device("meta"):
-        module = cls(p)
         named = list(module.named_parameters())
         info: dict[str, Any] = {
             "kind": kind, "name": name, "preset": preset,
-            "params": reg.resolve_params(kind, name, preset, params).model_dump(mode="json"),
+            "params": resolved.model_dump(mode="json"),
             "total_params": sum(t.numel() for _, t in named),
             "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
             "size": list(size),
@@ -164,9 +163,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # -- spec -------------------------------------------------------------------------------------
 def cmd_spec_validate(args: argparse.Namespace) -> int:
-    from .spec import load_spec
+    from .validate import validate
 
-    spec = load_spec(args.file)
+    spec = validate(args.file)
     comps = [f"{p.role or p.type} ({p.type})" for p in spec.perceivers]
     print(f"{args.file}: ok — backbone {spec.backbone.type}"
           + (f", perceivers {', '.join(comps)}" if comps else "")

@@ -8,11 +8,20 @@ class UserError(Exception):
 
 
 class SpecError(ValueError):
-    """A spec with one or more errors, each with its YAML path."""
+    """A spec with one or more errors, each with its YAML path.
 
-    def __init__(self, errors: list[tuple[str, str]], source: str = "spec"):
-        self.errors = errors
+    ``errors`` is a list of ``(path, message)``; a plain message (``SpecError("bad")``, e.g. from a
+    ``vlir_adjust_spec`` hook) is one error without a path.
+    """
+
+    def __init__(self, errors: "list[tuple[str, str]] | str", source: str = "spec"):
+        if isinstance(errors, str):
+            errors = [("", errors)]
+        self.errors = [(str(path), str(msg)) for path, msg in errors]
         self.source = source
-        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in errors)
-        n = len(errors)
+        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.errors)
+        n = len(self.errors)
         super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
+
+    def __reduce__(self):  # picklable (DataLoader workers, multiprocessing)
+        return type(self), (self.errors, self.source)

@@ -51,24 +51,20 @@ class Pipeline(torch.nn.Module):
         self.registry = registry or get_registry()
         self.spec = spec
 
-        def make(kind: str, comp: "ComponentSpec"):
-            cls = self.registry.load(kind, comp.type)
-            params = cls.Params.model_validate(comp.params)
-            if skip_pretrained and "pretrained" in type(params).model_fields:
-                params = params.model_copy(update={"pretrained": None})
-            module = cls(params)
-            if load_weights and comp.weights:
-                module.load_weights(str(Path(comp.weights).expanduser()))
-            return module
+        def make(kind: str, comp: "ComponentSpec", path: str):
+            return self.registry.build(kind, comp, path=path, load_weights=load_weights,
+                                       skip_pretrained=skip_pretrained)
 
         roles = spec.roles()
-        self.perceivers = torch.nn.ModuleDict({r: make("perceiver", p) for r, p in zip(roles, spec.perceivers)})
-        self.backbone = make("backbone", spec.backbone)
-        self.process = make("process", spec.process) if spec.process is not None else None
+        self.perceivers = torch.nn.ModuleDict(
+            {r: make("perceiver", p, f"perceivers[{i}]") for i, (r, p) in enumerate(zip(roles, spec.perceivers))})
+        self.backbone = make("backbone", spec.backbone, "backbone")
+        self.process = make("process", spec.process, "process") if spec.process is not None else None
         loss_roles = _unique_roles([l.role or l.type for l in spec.losses])
         self.loss_weights = {r: l.weight for r, l in zip(loss_roles, spec.losses)}
         self.losses = torch.nn.ModuleDict(
-            {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
+            {r: make("loss", l, f"losses[{i}]") for i, (r, l) in enumerate(zip(loss_roles, spec.losses))}
+            if build_losses else {})
         self.feed = spec.feeding_role()
         self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
 
@@ -90,7 +86,9 @@ class Pipeline(torch.nn.Module):
         for comp in [*(raw.get("perceivers") or []), raw.get("backbone"), raw.get("process"), *(raw.get("losses") or [])]:
             if isinstance(comp, dict):
                 comp.pop("weights", None)  # the folder's safetensors are the weights
-        spec = load_spec(raw, registry)
+        # a saved spec is resolved already: no vlir_adjust_spec hooks (an installed plugin must not
+        # change a saved model), and only the components built here are resolved
+        spec = load_spec(raw, registry, adjust=False, model_only=True, losses=build_losses)
         pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
         for name, module in pipe.named_components():
             file = path / f"{name}.safetensors"

@@ -183,8 +183,9 @@ def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # -- degradations -------------------------------------------------------------------------------
-def resolve_degradation(spec: Any) -> torch.nn.Module:
-    """A degradation module from a module, a name, ``(name, params)`` or ``{name|type, preset, params}``."""
+def resolve_degradation(spec: Any, registry: Any = None) -> torch.nn.Module:
+    """A degradation module from a module, a name, ``(name, params)`` or ``{name|type, preset, params}``,
+    built by ``registry`` (default: the environment's)."""
     if isinstance(spec, torch.nn.Module):
         return spec
     preset = None
@@ -200,9 +201,11 @@ def resolve_degradation(spec: Any) -> torch.nn.Module:
     else:
         raise TypeError(f"cannot make a degradation from {spec!r}: expected a module, a name, "
                         "(name, params) or {name, preset, params}")
-    from ..registry import get_registry
+    if registry is None:
+        from ..registry import get_registry
 
-    return get_registry().build("degradation", name, preset=preset, params=dict(params or {}))
+        registry = get_registry()
+    return registry.build("degradation", {"type": name, "preset": preset, "params": dict(params or {})})
 
 
 def degradation_word(module: torch.nn.Module) -> str:
@@ -234,7 +237,7 @@ class SyntheticDegradations(_Epoch, Dataset):
                  patch_size: int | None = 64, length: int | None = None, seed: int = 0, balanced: bool = True,
                  captions: Any = None, flips: bool = True, scan: bool = True, cache: bool = False,
                  recursive: bool = True, rot90: bool = False, channels: bool = False,
-                 scale: tuple[float, float] = (1.0, 1.0)):
+                 scale: tuple[float, float] = (1.0, 1.0), registry: Any = None):
         if not degradations:
             raise ValueError("SyntheticDegradations needs at least one degradation")
         files = list_images(roots, recursive=recursive)
@@ -244,7 +247,10 @@ class SyntheticDegradations(_Epoch, Dataset):
             raise ValueError(f"no usable images under {roots}")
         self.files = files
         self._specs = list(degradations)
-        self._modules: list[torch.nn.Module] | None = None
+        # with a registry (a pipeline's) the modules are built now; else through the environment's
+        # registry on first use (the registry itself is not kept: datasets go to worker processes)
+        self._modules: list[torch.nn.Module] | None = \
+            None if registry is None else [resolve_degradation(s, registry) for s in self._specs]
         self.patch_size = patch_size
         self.length = length if length is not None else len(files) * len(self._specs)
         self.seed = seed

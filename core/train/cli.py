@@ -99,7 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..spec import SpecError, load_spec, read_yaml
+    from ..spec import SpecError, read_spec
+    from ..validate import validate
     from .checkpoint import list_checkpoints
     from .trainer import Trainer
 
@@ -112,10 +113,10 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.resume:
             raise SpecError([("", "give a spec file, or --resume DIR to continue a run")], source="vlir train")
         source = str(_run_folder(args.resume) / RUN_SPEC)
-    raw = apply_overrides(read_yaml(source), args.set or [])
+    raw = apply_overrides(read_spec(source), args.set or [])  # --set paths: from the working directory
     if getattr(args, "stages", None):
         raw = select_stages(raw, args.stages.split(","), source)
-    spec = load_spec(raw)
+    spec = validate(raw, name=source)  # everything training would fail on, before any work
     if spec.data is None:
         raise SpecError([("data", "training needs a data section (data.train: folders of images)")], source=source)
     out = Path(args.out or (_run_folder(args.resume) if args.resume else (spec.train.out if spec.train else "runs/vlir")))

@@ -128,7 +128,8 @@ class Trainer:
                 self._load(ckpt.resolve(resume))
             self.val_data = None
             if self.data.val:
-                self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit)
+                self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit,
+                                              registry=self.registry)
             self.writer = None
             self.stage: StageSpec | None = None  # the stage being trained
             self.ema: EMA | None = None  # its EMA, if on
@@ -409,7 +410,7 @@ class Trainer:
                 ema.load_state_dict(state["ema"])
         batch_size = self._batch(stage)
         patch = stage.patch_size or self.data.patch_size
-        dataset = build_dataset(self._stage_data(stage), "train", patch)
+        dataset = build_dataset(self._stage_data(stage), "train", patch, registry=self.registry)
         epoch_len = len(dataset)
         sampler = StepBatches(self.stage_step, n_iter, batch_size, self.dist.rank, self.dist.world)
         batches = iter(loader(dataset, sampler, self.data.num_workers, self.device.type == "cuda",
@@ -632,8 +633,8 @@ class Trainer:
 
 def train(spec: Any, out: str | Path | None = None, **kw: Any) -> Path | None:
     """Train a spec (file, dict or PipelineSpec); returns the final pipeline folder (None if stopped early)."""
-    from ..spec import load_spec
+    from ..validate import validate
 
-    resolved = load_spec(spec)
+    resolved = validate(spec)  # everything training would fail on, before any work
     out = out or (resolved.train.out if resolved.train else TrainSpec().out)
     return Trainer(resolved, out, **kw).fit()
