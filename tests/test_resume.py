@@ -73,7 +73,7 @@ def test_a_changed_spec_is_refused_naming_the_fields(tmp_path, images, capsys):
     with pytest.raises(SpecError) as e:
         Trainer(load_spec(changed), out, resume=out, progress=False)
     text = str(e.value)
-    assert "the spec changed" in text and "--allow-spec-change" in text
+    assert "the spec differs from the checkpoint's" in text and "--allow-spec-change" in text
     assert "train.lr: 0.001 in the checkpoint's spec, 0.005 now" in text and "data.patch_size: 32" in text
     assert "max_steps_this_run" not in text  # how long a run goes on is no change of the spec
     assert main(["train", "--resume", str(out), "--quiet", "--set", "train.lr=0.005"]) == 2
@@ -98,9 +98,10 @@ def test_weights_that_do_not_fit_name_the_tensors(tmp_path, images):
         Trainer(load_spec(wider), out, resume=out, progress=False, allow_spec_change=True)
     text = str(e.value)
     assert "do not fit the modules this spec builds" in text and "size mismatch" not in text
-    assert "backbone: " in text and "intro.weight: checkpoint (8, 3, 3, 3), model (16, 3, 3, 3)" in text
+    assert "\n  backbone.intro.weight: checkpoint (8, 3, 3, 3), model (16, 3, 3, 3)\n" in text
+    assert text.rstrip().endswith("more")  # the first ten tensors, then how many more
     deeper = {**raw, "backbone": {**raw["backbone"], "params": {"middle_blk_num": 2}}}
-    with pytest.raises(CheckpointError, match=r"middle_blks\.1\.[\w.]+: not in the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"backbone\.middle_blks\.1\.[\w.]+: not in the checkpoint"):
         Trainer(load_spec(deeper), out, resume=out, progress=False, allow_spec_change=True)
 
 

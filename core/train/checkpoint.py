@@ -86,7 +86,7 @@ def load(path: str | Path) -> dict[str, Any]:
     except CheckpointError as e:
         if not path.is_file():
             raise
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(e)}); truncated or corrupt?") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({_reason(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vlir training checkpoint (no format: {FORMAT})")
     if int(obj.get("version", 0)) > VERSION:

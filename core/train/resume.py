@@ -51,7 +51,7 @@ def spec_changes(old_yaml: str, new_yaml: str) -> list[tuple[str, str, str]]:
 
 def weight_mismatches(state: Mapping[str, Mapping[str, Any]], model: Mapping[str, Mapping[str, Any]],
                       trained: Mapping[str, set[str]]) -> list[str]:
-    """Lines naming what of a checkpoint's ``components`` does not fit the modules built now.
+    """One line per tensor of a checkpoint's ``components`` that does not fit the modules built now.
 
     ``model``: each component's ``state_dict()``; ``trained``: the parameter keys of each component
     that the trainer saves now. Reported: components and keys the model lacks, shapes that differ,
@@ -63,15 +63,14 @@ def weight_mismatches(state: Mapping[str, Mapping[str, Any]], model: Mapping[str
             lines.append(f"{name}: a component this spec does not build (it builds: {', '.join(model)})")
             continue
         own = model[name]
-        problems = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
-                    for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        problems += [f"{k}: not in the model" for k in sd if k not in own]
+        for k, v in sd.items():
+            if k not in own:
+                lines.append(f"{name}.{k}: not in the model")
+            elif tuple(v.shape) != tuple(own[k].shape):
+                lines.append(f"{name}.{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
         want = trained.get(name, set())
         if any(k in want for k in sd):
-            problems += [f"{k}: not in the checkpoint" for k in own if k in want and k not in sd]
-        if problems:
-            more = f" ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-            lines.append(f"{name}: " + "; ".join(problems[:8]) + more)
+            lines += [f"{name}.{k}: not in the checkpoint" for k in own if k in want and k not in sd]
     return lines
 
 

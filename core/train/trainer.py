@@ -286,8 +286,8 @@ class Trainer:
         changes = spec_changes(state["spec"], self.spec.to_yaml()) if state.get("spec") else []
         if changes and not allow_spec_change:
             raise SpecError([(p, f"{old} in the checkpoint's spec, {new} now") for p, old, new in changes],
-                            source=f"resume from {path}: the spec changed (resume with the run's own "
-                                   "run.yaml, or pass --allow-spec-change to continue with the new values)")
+                            source=f"resume from {path}: the spec differs from the checkpoint's (undo the "
+                                   "changes, or pass --allow-spec-change to continue with the new values)")
         n = len(self.stages)
         if int(state["stage"]) > n:
             raise SpecError([("train.stages", f"checkpoint {path} is at stage {state['stage']} but the spec "
@@ -299,8 +299,9 @@ class Trainer:
         wrong = weight_mismatches(state["components"], {k: m.state_dict() for k, m in comps.items()},
                                   self._saved_parameters())
         if wrong:
-            raise CheckpointError(f"{path}: its weights do not fit the modules this spec builds (a changed "
-                                  "architecture?):\n  " + "\n  ".join(wrong))
+            more = [f"... and {len(wrong) - 10} more"] if len(wrong) > 10 else []
+            raise CheckpointError(f"{path}: {len(wrong)} tensor(s) do not fit the modules this spec builds "
+                                  "(a changed architecture?):\n  " + "\n  ".join(wrong[:10] + more))
         for name, sd in state["components"].items():
             comps[name].load_state_dict(sd, strict=False)  # keys and shapes checked above
         self.resumed_from = path
