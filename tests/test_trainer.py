@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from vlir.core import hookimpl
+from vlir.core import Loss, hookimpl
 from vlir.core.registry import get_registry
 from vlir.core.sections import StageSpec, TrainSpec
 from vlir.core.spec import SpecError, load_spec
@@ -202,6 +202,44 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path, images):
     assert [r["step"] for r in log_rows if r["kind"] == "val"] == [3, 6]
     assert all(np.isfinite(r["psnr"]) for r in log_rows if r["kind"] == "val")
     assert list((tmp_path / "full" / "tb").glob("events.out.tfevents.*"))
+
+
+class JitterL1(Loss):
+    """L1 times a factor drawn from torch's global generator (as dropout or a third-party loss would)."""
+
+    inputs = ("restored", "gt")
+
+    def forward(self, restored, gt):
+        return (1 + torch.rand(())) * (restored - gt).abs().mean()
+
+
+class JitterPlugin:
+    """Contributes ``jitter_l1``; with ``draw`` it also draws random numbers after every step."""
+
+    def __init__(self, draw: bool):
+        self.draw = draw
+
+    @hookimpl
+    def vlir_components(self):
+        return [{"kind": "loss", "name": "jitter_l1", "target": JitterL1}]
+
+    @hookimpl
+    def vlir_train_step_end(self, trainer, step, logs):
+        if self.draw:
+            torch.rand(5), np.random.rand(5), random.random()
+
+
+def test_random_draws_between_steps_change_nothing(tmp_path, images):
+    """Each step seeds its own streams: what draws random numbers between steps (a hook, a
+    validation pass, the order of set-up statements) leaves the weights as they were."""
+    from vlir.core.registry import Registry
+
+    raw = {**tiny_spec(images, iterations=3, val_every=100), "losses": [{"type": "jitter_l1"}]}
+    out = {}
+    for draw in (False, True):
+        reg = Registry(plugins=[JitterPlugin(draw)])
+        out[draw] = Trainer(load_spec(raw, reg), tmp_path / str(draw), registry=reg, progress=False).fit()
+    assert_same(weights(out[False]), weights(out[True]))
 
 
 def test_ema_weights_are_the_final_weights(tmp_path, images):
