@@ -90,6 +90,18 @@ def test_a_changed_spec_is_refused_naming_the_fields(tmp_path, images, capsys):
                  str(tmp_path / "x")]) == 2  # only with --resume
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "specs").glob("*.yaml")))
+def test_a_run_resumes_from_its_own_run_yaml_unchanged(name):
+    """run.yaml (``to_yaml``) reads back as the same spec: explicit nulls such as daclip-unet's
+    ``train.grad_clip: null`` (no clipping) are kept, not replaced by the default on resume."""
+    from vlir.core.train.resume import spec_changes
+
+    written = load_spec(ROOT / "specs" / name).to_yaml()
+    assert spec_changes(written, load_spec(yaml.safe_load(written)).to_yaml()) == []
+    if name == "daclip-unet.yaml":
+        assert load_spec(yaml.safe_load(written)).train.grad_clip is None
+
+
 def test_weights_that_do_not_fit_name_the_tensors(tmp_path, images):
     out = tmp_path / "run"
     raw = stopped_run(images, out)
