@@ -38,6 +38,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def is_atomic_temp(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_path` (``.NAME.XXXX.tmp[.SUFFIX]``)."""
+    name = Path(path).name
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name)
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes (SIGKILL, power loss) left in ``folder``.
+
+    Call it only where this process alone writes (a run folder it owns); returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if is_atomic_temp(p) and p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -155,8 +155,7 @@ class TrainSpec(Section):
                                                              "min(ema, (1 + n) / (10 + n)) after n steps; null: off")
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="autocast: auto (on CUDA: bf16 where supported, else fp16; off on a CPU) | bf16 "
-                            "(also on a CPU with AVX512-BF16 or AMX: 1.4x, with channels_last 3.2x the steps/s of fp32 "
-                            "for a NAFNet, benchmarks/train_throughput.py) | fp16 (CUDA only) | off")
+                            "(also on a CPU with AVX512-BF16 or AMX) | fp16 (CUDA only) | off")
     channels_last: bool = Field(False, description="keep convolution weights in channels-last memory format "
                                                    "(faster convolutions on CPUs and tensor cores)")
     stages: list[StageSpec] = Field(default_factory=list)

@@ -114,8 +114,24 @@ class PipelineSpec(_Strict):
             return None
         return cond.perceiver or self.roles()[0]
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that validates back to this spec: nulls only where they differ from the
+        default (``train.grad_clip: null`` is kept: it turns clipping off)."""
+        return _explicit_nulls(self, self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _explicit_nulls(model: Any, data: Any) -> Any:
+    """``data`` (the JSON dump of ``model``) without the null fields whose default is null."""
+    if isinstance(model, BaseModel) and isinstance(data, dict):
+        fields = type(model).model_fields
+        return {k: _explicit_nulls(getattr(model, k, None), v) for k, v in data.items()
+                if not (v is None and k in fields and fields[k].default is None)}
+    if isinstance(model, (list, tuple)) and isinstance(data, list):
+        return [_explicit_nulls(m, d) for m, d in zip(model, data)]
+    return data
 
 
 def _loc(prefix: str, loc: tuple) -> str:
@@ -316,7 +332,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
 
     registry = registry or get_registry()
     if isinstance(source, PipelineSpec):
-        raw = source.model_dump(mode="json", exclude_none=True)
+        raw = source.to_dict()
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:

@@ -165,7 +165,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
       ``fn`` whole in one call.
     - ``batch_tiles`` tiles are stacked per call, tile-major: rows ``[k*B:(k+1)*B]`` are
       tile ``k`` of every image. A conditioned ``fn`` with per-image conditioning for a
-      batch of B can expand it with ``cond.select(torch.arange(B).repeat(n))`` where
+      batch of B can index its tensors with ``torch.arange(B).repeat(n)`` where
       ``n = tiles.shape[0] // B``.
     - Output dtype is ``fn``'s; accumulation is in float32 or wider.
     - ``passes`` > 0 shares the model's global reductions (:func:`global_sum`) across the tiles:

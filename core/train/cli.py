@@ -82,7 +82,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-spec-change", action="store_true",
+                   help="with --resume: continue although the spec differs from the checkpoint's (the "
+                        "differences are logged; without this flag they are refused)")
+    p.add_argument("--quiet", action="store_true", help="print nothing while training (no progress bar, "
+                                                        "no validation lines)")
     p.add_argument("--stages", metavar="NAMES", help="run only these stages of train.stages (comma-separated "
                                                      "names), e.g. to train independent stages as parallel runs")
 
@@ -123,15 +127,19 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.resume and list_checkpoints(out / "checkpoints"):
         raise SpecError([("train.out", f"{out} already has checkpoints; continue with --resume {out} "
                                        "or choose another --out")], source=source)
-    trainer = Trainer(spec, out, device=args.device, resume=args.resume, progress=not args.quiet)
+    if getattr(args, "allow_spec_change", False) and not args.resume:
+        raise SpecError([("", "--allow-spec-change is for --resume")], source="vlir train")
+    trainer = Trainer(spec, out, device=args.device, resume=args.resume, progress="off" if args.quiet else "auto",
+                      allow_spec_change=getattr(args, "allow_spec_change", False))
     result = trainer.fit()
     if trainer.dist.main:
         if result is None:
-            print(f"stopped after {trainer.steps_this_run} step(s) at step {trainer.step}; continue with: "
-                  f"vlir train --resume {out}", file=sys.stderr)
+            why = f" ({trainer.stop_signal})" if trainer.stop_signal else ""
+            print(f"stopped{why} after {trainer.steps_this_run} step(s) at step {trainer.step}, with a checkpoint; "
+                  f"continue with: vlir train --resume {out}", file=sys.stderr)
         else:
             print(f"trained pipeline: {result}")
-    return 0
+    return (trainer.signals.exit_code or 0) if result is None else 0
 
 
 add_arguments = add_train_arguments

@@ -110,12 +110,3 @@ def broadcast_float(d: Dist, value: float | None) -> float | None:
                      dtype=torch.float64, device=d.device)
     dist.broadcast(t, src=0)
     return float(t[0]) if t[1] > 0 else None
-
-
-def gather_objects(d: Dist, obj: Any) -> list[Any]:
-    """Every process's ``obj`` (a list on every rank, in rank order)."""
-    if not d.distributed:
-        return [obj]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
