@@ -7,7 +7,10 @@ class UserError(Exception):
     one line (``vlir COMMAND: error: ...``) and exits with status 2. Subclass it for such errors."""
 
 
-class SpecError(ValueError):
+CLIError = UserError  # the name used by commands before the error types were merged
+
+
+class SpecError(UserError, ValueError):
     """A spec with one or more errors, each with its YAML path."""
 
     def __init__(self, errors: list[tuple[str, str]], source: str = "spec"):
@@ -16,3 +19,26 @@ class SpecError(ValueError):
         lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in errors)
         n = len(errors)
         super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that every ``KeyboardInterrupt`` handler (the
+    trainer's checkpoint, atomic writes' clean-up) also runs on ``kill``; ``vlir`` exits 143."""
+
+
+TILE_HINT = "use --tile 512 (or smaller) to bound memory"
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is memory running out: Python's ``MemoryError``, PyTorch's CUDA/MPS "out of
+    memory" or its CPU allocator's "can't allocate memory"."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def memory_message(e: BaseException) -> str:
+    """One line for a run that ran out of memory, saying to use ``--tile``."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"out of memory ({first}); {TILE_HINT}"

@@ -2,7 +2,8 @@
 
 Evaluation sets are clean folders degraded with a FIXED seed (the same inputs every run), one
 set per folder and degradation, or DA-CLIP paired folders ``root/<degradation>/{LQ,GT}``.
-Metrics are BasicSR's (8-bit quantised, ``crop_border``, RGB and Y). When a perceiver gives
+Metrics are the rows of :data:`vlir.core.metrics.TABLE` (BasicSR's PSNR and SSIM, 8-bit quantised,
+``crop_border``, RGB and Y); one too small for an image (SSIM on a 1x1 image) is n/a for it. When a perceiver gives
 degradation class probabilities, the dataset's degradation words are matched to its class names
 and accuracy and a confusion matrix are reported.
 
@@ -22,17 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .cli import threads
 from .data.images import max_pixels_arg, max_pixels_help
+from .errors import UserError
+from .metrics import METRICS, TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .metrics import Metric
     from .pipeline import Pipeline
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "input_ssim", "input_psnr_y", "input_ssim_y")
+COLUMNS = [m.name for m in TABLE] + [f"input_{m.name}" for m in TABLE]  # per image and summary
 
 
 @dataclass
@@ -165,7 +168,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
-    for k in METRICS:
+    for k in COLUMNS:
         out[k] = _mean(rows, k)
     if any("quality_score" in r for r in rows):
         out["quality_score"] = _mean(rows, "quality_score")
@@ -173,18 +176,24 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, crop_border: int = 0,
-             tile: int | None = None, steps: int | None = None, seed: int = 0, crops: int = 4,
+             tile: int | None = None, overlap: int | None = None, steps: int | None = None, seed: int = 0,
+             crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
              name: str | None = None, ensemble: bool = False) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results."""
+    import logging
+
     import torch
     from tqdm.auto import tqdm
 
     from .data.images import write_image
-    from .metrics import psnr, ssim
+    from .io import remove_stale_temp
+    from .metrics import score
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "crops"):
+        remove_stale_temp(folder)  # hidden *.tmp files of writes an earlier run did not finish
     device = pipeline.device
     pipeline.eval()
     per_image: list[dict[str, Any]] = []
@@ -206,8 +215,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 _sync(device)
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    restored, perceptions = pipeline.restore(lq, tile=tile, steps=steps, generator=gen,
-                                                                ensemble=ensemble)
+                    restored, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, steps=steps,
+                                                             generator=gen, ensemble=ensemble)
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -216,11 +225,15 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 row: dict[str, Any] = {"set": es.name, "data": es.data, "degradation": es.degradation,
                                        "path": item.get("path", ""), "height": int(gt.shape[-2]),
                                        "width": int(gt.shape[-1])}
-                for prefix, img in (("", restored), ("input_", lq_cpu)):
-                    row[f"{prefix}psnr"] = psnr(img, gt, crop_border=crop_border)
-                    row[f"{prefix}ssim"] = ssim(img, gt, crop_border=crop_border)
-                    row[f"{prefix}psnr_y"] = psnr(img, gt, crop_border=crop_border, y_channel=True)
-                    row[f"{prefix}ssim_y"] = ssim(img, gt, crop_border=crop_border, y_channel=True)
+                row.update(score(restored, gt, crop_border))
+                row.update(score(lq_cpu, gt, crop_border, prefix="input_"))
+                undefined = [m.label for m in TABLE if row[m.name] is None]
+                if undefined:  # e.g. SSIM on an image smaller than its window: n/a, the rest counts
+                    row["n/a"] = " ".join(undefined)
+                    logging.getLogger("vlir.eval").warning(
+                        "%s: %dx%d pixels%s is too small for %s: n/a for this image", row["path"] or es.name,
+                        row["width"], row["height"], f" less a {crop_border}-pixel border" if crop_border else "",
+                        ", ".join(undefined))
                 found = _classifier(perceptions)
                 if found is not None:
                     role, p = found
@@ -276,7 +289,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
 
     results = {
         "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
-        "tile": tile, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
+        "tile": tile, "overlap": overlap, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
         "overall": _summary(per_image), "per_degradation": per_deg, "sets": sets_out,
         "classification": classification,
         "speed": {"images": n_images, "seconds": restore_time,
@@ -316,19 +329,19 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                                     ("images_csv", "per_image.csv"), ("png", "summary.png"),
                                     ("html", "report.html"))}
     atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2) + "\n")
-    cols = ["scope", "name", "n", *METRICS, "quality_score"]
+    cols = ["scope", "name", "n", *COLUMNS, "quality_score"]
     rows = [{"scope": "degradation", "name": k, **v} for k, v in results["per_degradation"].items()]
     rows += [{"scope": "set", **s} for s in results["sets"]]
     rows.append({"scope": "all", "name": "all", **results["overall"]})
     atomic_write_text(paths["summary_csv"], _csv_text(rows, cols))
-    img_cols = ["set", "degradation", "path", "height", "width", *METRICS, "predicted", "confidence", "quality_score"]
+    img_cols = ["set", "degradation", "path", "height", "width", *COLUMNS, "n/a", "predicted", "confidence",
+                "quality_score"]
     atomic_write_text(paths["images_csv"], _csv_text(results["images"], img_cols))
     key = results.get("headline", "psnr")
     groups = list(results["per_degradation"])
     series = {"input": [results["per_degradation"][g].get(f"input_{key}") or float("nan") for g in groups],
               "restored": [results["per_degradation"][g].get(key) or float("nan") for g in groups]}
-    bar_chart(paths["png"], groups, series, title=f"{'PSNR-Y' if key == 'psnr_y' else 'PSNR'} per degradation",
-              ylabel="dB")
+    bar_chart(paths["png"], groups, series, title=f"{METRICS[key].label} per degradation", ylabel=METRICS[key].unit)
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
@@ -345,6 +358,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
@@ -352,8 +366,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")
     p.add_argument("--crops", type=int, metavar="N", help="example crops per set in the report")
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -366,60 +378,64 @@ def default_out(source: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
+    from .cli import resolve_device
+    from .inference import tiling
     from .pipeline import Pipeline
     from .sections import EvalSpec
-    from .train.ddp import pick_device
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     source = Path(args.pipeline)
+    if not source.exists():
+        raise UserError(f"{source}: no such pipeline folder or spec file")
     if source.is_dir() and not (source / "spec.yaml").is_file() and (source / "pipeline" / "spec.yaml").is_file():
         source = source / "pipeline"  # a training run folder: its final pipeline
+    device = resolve_device(args.device)
     pipe = Pipeline.open(source)
-    pipe = pipe.to(pick_device(args.device)).eval()
+    pipe = pipe.to(device).eval()
     spec = pipe.spec
     ev = spec.eval or EvalSpec()
+    tile, overlap = tiling(args.tile if args.tile is not None else ev.tile, args.overlap)
     data = args.data or ev.data
     if not data:
-        raise FileNotFoundError("no evaluation data: give --data FOLDER (or eval.data in the spec)")
+        raise UserError("no evaluation data: give --data FOLDER (or eval.data in the spec)")
     degradations = args.degradations or ev.degradations or (spec.data.degradations if spec.data else [])
     if not degradations:
         degradations = parse_degradations(",".join(DEFAULT_DEGRADATIONS))
     seed = ev.seed if args.seed is None else args.seed
     from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, set_max_pixels
 
-    tiled = args.tile is not None or ev.tile is not None
-    set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tiled else MAX_PIXELS)
-    sets = build_sets(data, degradations, seed=seed, limit=args.limit if args.limit is not None else ev.limit)
+    set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS)
+    try:
+        sets = build_sets(data, degradations, seed=seed, limit=args.limit if args.limit is not None else ev.limit)
+    except (ValueError, FileNotFoundError) as e:  # unusable folders: name them (--data)
+        raise UserError(f"--data: {e}") from e
     out = Path(args.out) if args.out else default_out(source)
     results = evaluate(pipe, sets, out, crop_border=ev.crop_border if args.crop_border is None else args.crop_border,
-                       tile=args.tile if args.tile is not None else ev.tile,
+                       tile=tile, overlap=overlap,
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed,
                        crops=ev.crops if args.crops is None else args.crops,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
                        ensemble=args.ensemble)
-    key = results["headline"]
-    skey = "ssim_y" if key == "psnr_y" else "ssim"
+    head = METRICS[results["headline"]]
+    shown = [m for m in TABLE if m.y_channel == head.y_channel]  # RGB or Y metrics, as the headline
     w = max([len(k) for k in results["per_degradation"]] + [11])
-    print(f"{'degradation':<{w}}  {'images':>6}  {'input ' + key:>12}  {key:>8}  {skey:>8}")
+    print(f"{'degradation':<{w}}  {'images':>6}  {'input ' + head.name:>12}"
+          + "".join(f"  {m.name:>8}" for m in shown))
     rows = [*results["per_degradation"].items(), ("all", results["overall"])]
     for k, v in rows:
-        print(f"{k:<{w}}  {v['n']:>6}  {_num(v.get('input_' + key)):>12}  {_num(v.get(key)):>8}  "
-              f"{_num(v.get(skey), 4):>8}")
+        print(f"{k:<{w}}  {v['n']:>6}  {_num(v.get('input_' + head.name), head):>12}"
+              + "".join(f"  {_num(v.get(m.name), m):>8}" for m in shown))
     c = results["classification"]
     if c and c.get("accuracy") is not None:
         print(f"degradation classification accuracy ({c['perceiver']}): {c['accuracy']:.3f} over {c['n']} images")
     ips = results["speed"]["images_per_second"]
-    print(f"speed: {_num(ips, 3)} images/s on {results['device']}")
+    print(f"speed: {'-' if ips is None else f'{ips:.3f}'} images/s on {results['device']}")
     print(f"report: {out / 'report.html'}")
     return 0
 
 
-def _num(v: Any, digits: int = 2) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+def _num(v: Any, metric: "Metric") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else metric.format(v)
 
 
 add_arguments = add_eval_arguments

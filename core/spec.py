@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
+from .io import file_problem
 from .sections import DataSpec, EvalSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,8 +199,8 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
             continue
         comp.params = params.model_dump(mode="json")
         comp.provider, comp.version = entry.provider, entry.version or None
-        if comp.weights is not None and not Path(comp.weights).expanduser().is_file():
-            errors.append((f"{path}.weights", f"no such file: {comp.weights}"))
+        if comp.weights is not None and file_problem(comp.weights):
+            errors.append((f"{path}.weights", f"{comp.weights}: {file_problem(comp.weights)}"))
     for path, deg in _data_degradations(spec):
         try:
             registry.get("degradation", deg.type)
