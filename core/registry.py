@@ -22,6 +22,8 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any, Iterable
 
+from .errors import UserError
+
 KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
 PLURAL = {"perceiver": "perceivers", "backbone": "backbones", "loss": "losses", "process": "processes",
           "degradation": "degradations"}
@@ -30,7 +32,7 @@ HOOK_GROUP = "vlir.hooks"
 _PLURALS = {v: k for k, v in PLURAL.items()}
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """Base of registry errors."""
 
 
