@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .data.images import max_pixels_arg, max_pixels_help
 from .errors import UserError
-from .metrics import METRICS, TABLE
+from . import metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
-COLUMNS = [m.name for m in TABLE] + [f"input_{m.name}" for m in TABLE]  # per image and summary
 
 
 @dataclass
@@ -168,7 +168,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
-    for k in COLUMNS:
+    for k in metrics.columns():
         out[k] = _mean(rows, k)
     if any("quality_score" in r for r in rows):
         out["quality_score"] = _mean(rows, "quality_score")
@@ -181,8 +181,6 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
              name: str | None = None, ensemble: bool = False) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results."""
-    import logging
-
     import torch
     from tqdm.auto import tqdm
 
@@ -227,13 +225,12 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                                        "width": int(gt.shape[-1])}
                 row.update(score(restored, gt, crop_border))
                 row.update(score(lq_cpu, gt, crop_border, prefix="input_"))
-                undefined = [m.label for m in TABLE if row[m.name] is None]
+                undefined = [m.label for m in metrics.TABLE if row[m.name] is None]
                 if undefined:  # e.g. SSIM on an image smaller than its window: n/a, the rest counts
                     row["n/a"] = " ".join(undefined)
-                    logging.getLogger("vlir.eval").warning(
-                        "%s: %dx%d pixels%s is too small for %s: n/a for this image", row["path"] or es.name,
-                        row["width"], row["height"], f" less a {crop_border}-pixel border" if crop_border else "",
-                        ", ".join(undefined))
+                    border = f" less a {crop_border}-pixel border" if crop_border else ""
+                    tqdm.write(f"warning: {row['path'] or es.name}: {row['width']}x{row['height']} pixels{border} "
+                               f"is too small for {', '.join(undefined)}: n/a for this image", file=sys.stderr)
                 found = _classifier(perceptions)
                 if found is not None:
                     role, p = found
@@ -329,19 +326,20 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                                     ("images_csv", "per_image.csv"), ("png", "summary.png"),
                                     ("html", "report.html"))}
     atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2) + "\n")
-    cols = ["scope", "name", "n", *COLUMNS, "quality_score"]
+    cols = ["scope", "name", "n", *metrics.columns(), "quality_score"]
     rows = [{"scope": "degradation", "name": k, **v} for k, v in results["per_degradation"].items()]
     rows += [{"scope": "set", **s} for s in results["sets"]]
     rows.append({"scope": "all", "name": "all", **results["overall"]})
     atomic_write_text(paths["summary_csv"], _csv_text(rows, cols))
-    img_cols = ["set", "degradation", "path", "height", "width", *COLUMNS, "n/a", "predicted", "confidence",
+    img_cols = ["set", "degradation", "path", "height", "width", *metrics.columns(), "n/a", "predicted", "confidence",
                 "quality_score"]
     atomic_write_text(paths["images_csv"], _csv_text(results["images"], img_cols))
     key = results.get("headline", "psnr")
     groups = list(results["per_degradation"])
     series = {"input": [results["per_degradation"][g].get(f"input_{key}") or float("nan") for g in groups],
               "restored": [results["per_degradation"][g].get(key) or float("nan") for g in groups]}
-    bar_chart(paths["png"], groups, series, title=f"{METRICS[key].label} per degradation", ylabel=METRICS[key].unit)
+    bar_chart(paths["png"], groups, series, title=f"{metrics.get(key).label} per degradation",
+              ylabel=metrics.get(key).unit)
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
@@ -416,8 +414,8 @@ def run_eval(args: argparse.Namespace) -> int:
                        crops=ev.crops if args.crops is None else args.crops,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
                        ensemble=args.ensemble)
-    head = METRICS[results["headline"]]
-    shown = [m for m in TABLE if m.y_channel == head.y_channel]  # RGB or Y metrics, as the headline
+    head = metrics.get(results["headline"])
+    shown = [m for m in metrics.TABLE if m.y_channel == head.y_channel]  # RGB or Y metrics, as the headline
     w = max([len(k) for k in results["per_degradation"]] + [11])
     print(f"{'degradation':<{w}}  {'images':>6}  {'input ' + head.name:>12}"
           + "".join(f"  {m.name:>8}" for m in shown))

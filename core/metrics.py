@@ -135,21 +135,33 @@ TABLE: tuple[Metric, ...] = (
     Metric("psnr_y", psnr, True, True, ".2f", "PSNR-Y", "dB", batched=psnr_torch),
     Metric("ssim_y", ssim, True, True, ".4f", "SSIM-Y", min_size=SSIM_WINDOW),
 )
-METRICS = {m.name: m for m in TABLE}
+
+
+def get(name: str) -> Metric:
+    """The row of :data:`TABLE` called ``name``."""
+    for m in TABLE:
+        if m.name == name:
+            return m
+    raise KeyError(f"no metric {name!r}; metrics: {', '.join(m.name for m in TABLE)}")
+
+
+def columns() -> list[str]:
+    """Result columns of :data:`TABLE`: each metric of the restored images, then of the inputs."""
+    return [m.name for m in TABLE] + [f"input_{m.name}" for m in TABLE]
 
 
 def score(img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0, prefix: str = "",
-          table: tuple[Metric, ...] = TABLE) -> dict[str, float | None]:
-    """Every metric of ``table`` for one image: ``{prefix + name: value or None}``."""
-    return {prefix + m.name: m(img, ref, crop_border) for m in table}
+          table: tuple[Metric, ...] | None = None) -> dict[str, float | None]:
+    """Every metric of ``table`` (default :data:`TABLE`) for one image: ``{prefix + name: value or None}``."""
+    return {prefix + m.name: m(img, ref, crop_border) for m in (TABLE if table is None else table)}
 
 
 def validation_values(pred: torch.Tensor, gt: torch.Tensor, lq: torch.Tensor | None = None,
-                      table: tuple[Metric, ...] = TABLE) -> dict[str, torch.Tensor]:
+                      table: tuple[Metric, ...] | None = None) -> dict[str, torch.Tensor]:
     """Per-image values [B] of every metric with a ``batched`` function, for training validation:
     ``{name: ...}`` of ``pred`` (restored) and, with ``lq``, ``{input_<name>: ...}`` of the input."""
     out: dict[str, torch.Tensor] = {}
-    for m in table:
+    for m in TABLE if table is None else table:
         if m.batched is None:
             continue
         out[m.name] = m.batched(pred, gt, y_channel=m.y_channel)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .io import atomic_path, atomic_write_text
-from .metrics import METRICS, TABLE
+from . import metrics
 
 _COLORS = {"input": (160, 160, 160), "restored": (46, 110, 200)}
 
@@ -134,16 +134,17 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
             ["images / s", r.get("speed", {}).get("images_per_second")], ["vlir", r.get("vlir")]]
     parts.append("<table class='meta'>" + "".join(f"<tr><th class='l'>{html.escape(k)}</th><td>{_fmt(v, 3)}</td></tr>"
                                                   for k, v in meta) + "</table>")
-    head = METRICS[r.get("headline", "psnr")]  # its gain (restored - input) gets a column
-    headers = ["degradation", "images"] + [h for m in TABLE for h in (f"input {m.label}", m.label)]
+    head = metrics.get(r.get("headline", "psnr"))  # its gain (restored - input) gets a column
+    table = metrics.TABLE
+    headers = ["degradation", "images"] + [h for m in table for h in (f"input {m.label}", m.label)]
     headers.append(f"{head.label} gain")
-    fmts: list[int | str | None] = [None, 0] + [m.fmt for m in TABLE for _ in range(2)] + [head.fmt]
+    fmts: list[int | str | None] = [None, 0] + [m.fmt for m in table for _ in range(2)] + [head.fmt]
 
     def row(name: str, v: dict[str, Any]) -> list[Any]:
         gain = None
         if v.get(head.name) is not None and v.get(f"input_{head.name}") is not None:
             gain = v[head.name] - v[f"input_{head.name}"]
-        return [name, v.get("n")] + [x for m in TABLE for x in (v.get(f"input_{m.name}"), v.get(m.name))] + [gain]
+        return [name, v.get("n")] + [x for m in table for x in (v.get(f"input_{m.name}"), v.get(m.name))] + [gain]
 
     parts.append("<h2>Per degradation</h2>")
     rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
