@@ -377,7 +377,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import logging
 
     from .cli import resolve_device
-    from .inference import tiling
+    from .inference import tile_plan
     from .pipeline import Pipeline
     from .sections import EvalSpec
 
@@ -392,7 +392,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pipe = pipe.to(device).eval()
     spec = pipe.spec
     ev = spec.eval or EvalSpec()
-    tile, overlap = tiling(args.tile if args.tile is not None else ev.tile, args.overlap)
+    tile, overlap = tile_plan(pipe, args.tile if args.tile is not None else ev.tile, args.overlap)
     data = args.data or ev.data
     if not data:
         raise UserError("no evaluation data: give --data FOLDER (or eval.data in the spec)")

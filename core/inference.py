@@ -48,25 +48,37 @@ def tiling(tile: int | None, overlap: int | None = None) -> tuple[int | None, in
     return tile, overlap
 
 
+def tile_plan(pipeline: "Pipeline", tile: int | None, overlap: int | None = None) -> tuple[int | None, int | None]:
+    """The (tile, overlap) this pipeline's backbone runs with: :func:`tiling`'s checks, then the
+    default overlap fitted to the backbone's tiling grid, or a given one checked against it."""
+    from .tiling import aligned
+
+    tile, overlap = tiling(tile, overlap)
+    if tile is None:
+        return None, overlap
+    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit and passes
+    unit = b.multiple_of if b.tile_passes else 1  # multi-pass tiles start on the padding grid
+    cut, _ = aligned(tile, 0, b.multiple_of, b.tile_passes)
+    if overlap is None:
+        return tile, default_overlap(cut, unit)
+    if aligned(tile, overlap, b.multiple_of, b.tile_passes)[1] >= cut:
+        raise TilingError(f"--overlap {overlap} does not fit --tile {tile} for this model: its tiles are cut in "
+                          f"whole {b.multiple_of}-pixel units ({cut} pixels, overlap rounded up to a multiple of "
+                          f"{unit}); use --overlap {default_overlap(cut, unit)} or a larger --tile")
+    return tile, overlap
+
+
 def run_backbone(pipeline: "Pipeline", lq: torch.Tensor, cond: "Conditioning | None", *, tile: int | None = None,
                  overlap: int | None = None, steps: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """The backbone (or its process) on ``lq`` with conditioning ``cond``, on tiles when ``tile`` is
-    set (what training validation calls with the conditioning of its batch)."""
-    from .tiling import aligned, tiled_forward
+    set (overlap: :func:`tile_plan`); what training validation calls with its batch's conditioning."""
+    from .tiling import tiled_forward
 
-    tile, overlap = tiling(tile, overlap)
+    tile, overlap = tile_plan(pipeline, tile, overlap)
     if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
         return pipeline.run_backbone(lq, cond, steps, generator)
-    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
-    unit = b.multiple_of if b.tile_passes else 1  # multi-pass tiles start on the padding grid
-    cut, _ = aligned(tile, 0, b.multiple_of, b.tile_passes)
-    if overlap is None:
-        overlap = default_overlap(cut, unit)
-    elif aligned(tile, overlap, b.multiple_of, b.tile_passes)[1] >= cut:
-        raise TilingError(f"--overlap {overlap} does not fit --tile {tile} for this model: its tiles are cut in "
-                          f"whole {b.multiple_of}-pixel units ({cut} pixels, overlap rounded up to a multiple of "
-                          f"{unit}); use --overlap {default_overlap(cut, unit)} or a larger --tile")
+    b = pipeline.backbone
     return tiled_forward(lambda t: pipeline.run_backbone(t, cond, steps, generator), lq, tile=tile,
                          overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes, pad_mode=b.pad_mode)
 

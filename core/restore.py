@@ -328,6 +328,9 @@ def run_restore(args: argparse.Namespace) -> int:
     limit = args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS
     pipe = load_pipeline(args, device)
     device = pipe.device
+    from .inference import tile_plan
+
+    tile_plan(pipe, tile, overlap)  # an overlap that does not fit the model's tiles: before any file
     for job in _progress(jobs, "restoring", args.no_progress):
         if job.skip:
             continue

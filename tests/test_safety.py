@@ -84,11 +84,12 @@ def test_overlap_that_does_not_fit_the_grid_is_a_clear_error(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(RESTORMER)
     img = _png(tmp_path / "a.png", 40, 44)
-    assert restore(img, "-o", tmp_path / "out", "--spec", spec, "--tile", "12", "--overlap", "3") == 1
+    assert restore(img, "-o", tmp_path / "out", "--spec", spec, "--tile", "12", "--overlap", "3") == 2
     err = capsys.readouterr().err
     assert "--overlap 3 does not fit --tile 12" in err and "8-pixel units" in err and "Traceback" not in err
     assert restore(img, "-o", tmp_path / "out", "--spec", spec, "--tile", "12", "--overlap", "12") == 2
     assert "--overlap must be in [0, tile) = [0, 12), got 12" in capsys.readouterr().err
+    assert _leftovers(tmp_path / "out") == [] and not (tmp_path / "out" / "a.png").exists()
 
 
 # -- metrics: one table -----------------------------------------------------------------------------
