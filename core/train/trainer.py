@@ -560,6 +560,7 @@ class Trainer:
     def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
         from torch.utils.data import DataLoader
 
+        from ..inference import run_backbone  # the one tiling/overlap rule (whole patches here)
         from ..metrics import psnr_torch
         from .data import collate
 
@@ -578,7 +579,8 @@ class Trainer:
                     gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, 0x7A1, i))
                     # as in training: teacher-forced routing (condition.teacher) comes from the labels
                     cond, _ = self.pipeline.batch_condition(batch)
-                    restored = self.pipeline.run_backbone(batch["lq"], cond, steps, gen).float().clamp(0, 1)
+                    restored = run_backbone(self.pipeline, batch["lq"], cond, steps=steps, generator=gen)
+                    restored = restored.float().clamp(0, 1)
                     parts = {"psnr": psnr_torch(restored, batch["gt"].float()),
                              "input_psnr": psnr_torch(batch["lq"].float(), batch["gt"].float())}
                     for name in set(batch.get("degradation_name") or []):  # per degradation: psnr/noisy, ...
