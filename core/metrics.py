@@ -95,9 +95,11 @@ class Metric:
     """One row of :data:`TABLE`.
 
     ``fn(img, ref, crop_border=0, y_channel=False) -> float`` scores one image against its
-    reference; ``batched(img, ref, y_channel=False) -> Tensor[B]`` is the fast per-image version
-    for training validation (None: not computed there). ``min_size``: the smallest side (after
-    ``crop_border``) the metric is defined on (SSIM's 11 x 11 window); smaller images get None.
+    reference (``reference=False``: ``fn(img) -> float``, a no-reference measure of the image,
+    border already cropped); ``batched(img, ref, y_channel=False) -> Tensor[B]`` is the fast
+    per-image version for training validation (None: not computed there). ``min_size``: the
+    smallest side (after ``crop_border``) the metric is defined on (SSIM's 11 x 11 window); smaller
+    images get None.
     """
 
     name: str  # results key and CSV column; ``input_<name>`` scores the degraded input
@@ -109,13 +111,21 @@ class Metric:
     unit: str = ""
     min_size: int = 1
     batched: Callable[..., torch.Tensor] | None = None
+    reference: bool = True
 
     def defined(self, height: int, width: int, crop_border: int = 0) -> bool:
         return min(height, width) - 2 * crop_border >= self.min_size
 
-    def __call__(self, img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0) -> float | None:
-        """The value for one image, None where the image is too small for the metric."""
-        if not self.defined(img.shape[-2], img.shape[-1], crop_border):
+    def __call__(self, img: torch.Tensor, ref: torch.Tensor | None = None, crop_border: int = 0) -> float | None:
+        """The value for one image; None where the image is too small for the metric, or where a
+        full-reference metric has no reference."""
+        h, w = img.shape[-2:]
+        if not self.defined(h, w, crop_border):
+            return None
+        if not self.reference:
+            c = crop_border
+            return self.fn(img[..., c:h - c, c:w - c] if c else img)
+        if ref is None:
             return None
         return self.fn(img, ref, crop_border=crop_border, y_channel=self.y_channel)
 
@@ -150,7 +160,7 @@ def columns() -> list[str]:
     return [m.name for m in TABLE] + [f"input_{m.name}" for m in TABLE]
 
 
-def score(img: torch.Tensor, ref: torch.Tensor, crop_border: int = 0, prefix: str = "",
+def score(img: torch.Tensor, ref: torch.Tensor | None, crop_border: int = 0, prefix: str = "",
           table: tuple[Metric, ...] | None = None) -> dict[str, float | None]:
     """Every metric of ``table`` (default :data:`TABLE`) for one image: ``{prefix + name: value or None}``."""
     return {prefix + m.name: m(img, ref, crop_border) for m in (TABLE if table is None else table)}

@@ -141,9 +141,9 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
     fmts: list[int | str | None] = [None, 0] + [m.fmt for m in table for _ in range(2)] + [head.fmt]
 
     def row(name: str, v: dict[str, Any]) -> list[Any]:
-        gain = None
+        gain = None  # positive: restored better than the input
         if v.get(head.name) is not None and v.get(f"input_{head.name}") is not None:
-            gain = v[head.name] - v[f"input_{head.name}"]
+            gain = (v[head.name] - v[f"input_{head.name}"]) * (1 if head.higher_is_better else -1)
         return [name, v.get("n")] + [x for m in table for x in (v.get(f"input_{m.name}"), v.get(m.name))] + [gain]
 
     parts.append("<h2>Per degradation</h2>")

@@ -124,6 +124,8 @@ def test_a_new_metric_row_reaches_eval_csv_html_and_json(pipeline, tmp_path, mon
         header = (out / name).read_text().splitlines()[0].split(",")
         assert "mae" in header and "input_mae" in header
     html = (out / "report.html").read_text()
+    assert metrics.Metric("sharp", lambda img: float(img.std()), False, True, ".3f", "sharpness",
+                          reference=False)(torch.ones(1, 3, 8, 8), None) == 0.0  # a no-reference row
     assert "<th>input MAE</th><th>MAE</th>" in html
     assert f"{results['overall']['mae']:.5f}" in html
 
