@@ -64,22 +64,22 @@ def threads(text: str) -> int:
     return n
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse._ArgumentGroup) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pipeline", metavar="DIR", help="saved pipeline folder (default: the built-in default model)")
     g.add_argument("--spec", metavar="FILE", help="spec file (components built from it, weights from its 'weights:')")
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
+def _add_device(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto: CUDA, "
                                                     "then MPS, then CPU; under torchrun the local rank's GPU)")
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
+def _add_threads(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
 
 
-OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+OPTIONS: dict[str, Callable[[argparse._ArgumentGroup], None]] = {
     "model": _add_model, "device": _add_device, "threads": _add_threads}
 
 
@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_missing(cmd.name))
             continue
         getattr(mod, f"add_{cmd.name}_arguments", getattr(mod, "add_arguments", lambda _p: None))(p)
+        shared = p.add_argument_group("shared options") if cmd.options else None
         for option in cmd.options:
-            OPTIONS[option](p)
+            OPTIONS[option](shared)
         run = getattr(mod, f"run_{cmd.name}", getattr(mod, "run", None))
         if run is not None:  # else its sub-actions set func (vlir spec validate)
             p.set_defaults(func=run)

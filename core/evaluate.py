@@ -356,7 +356,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
-    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: a quarter tile, at most 32, "
+                                                            "fitted to the model's tiling grid)")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")

@@ -270,7 +270,8 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-existing", dest="existing", action="store_const", const="skip",
                    help="keep output files that already exist and restore only the other inputs")
     p.add_argument("--tile", type=int, metavar="N", help="run the backbone on N x N tiles (large images, low memory)")
-    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: a quarter tile, at most 32, "
+                                                            "fitted to the model's tiling grid)")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
     p.add_argument("--ensemble", action="store_true",
