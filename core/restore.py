@@ -321,6 +321,9 @@ def run_restore(args: argparse.Namespace) -> int:
 
     for folder in sorted({out_dir, *(dst.parent for dst in plan.values())}):
         remove_stale_temp(folder)  # hidden *.tmp files of writes an earlier run did not finish
+    if len(skipped) == len(jobs) and not missing:  # the model is not even loaded
+        _say(f"nothing to restore: every output is already in {out_dir}", err=True)
+        return 0
 
     import torch
 

@@ -235,6 +235,9 @@ def test_restore_never_overwrites_without_overwrite(pipeline, tmp_path, capsys):
     assert "restored 1 of 1 image(s)" in err and "2 kept (already there)" in err
     assert (out / "a.png").read_bytes() == b"mine" and (out / "c.png").is_file()
 
+    assert restore(src, "-o", out, "--pipeline", pipeline, "--skip-existing") == 0
+    assert "nothing to restore: every output is already in" in capsys.readouterr().err
+
     assert restore(src, "-o", out, "--pipeline", pipeline, "--overwrite") == 0
     assert "restored 3 of 3" in capsys.readouterr().err
     assert (out / "a.png").read_bytes()[:4] == b"\x89PNG" and _leftovers(out) == []
