@@ -23,9 +23,10 @@ from importlib import metadata
 from typing import Any, Iterable
 
 from .kinds import GROUPS, HOOK_GROUP, KINDS, PLURAL, normalise_kind  # noqa: F401  (re-exported)
+from .errors import UserError
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """Base of registry errors."""
 
 

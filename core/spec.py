@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from .errors import SpecError
+from .io import file_problem
 from .sections import DataSpec, EvalSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -375,8 +376,8 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
         comp.params = params.model_dump(mode="json")
         entry = registry.get(kind, comp.type)
         comp.provider, comp.version = entry.provider, entry.version or None
-        if comp.weights is not None and not Path(comp.weights).expanduser().is_file():
-            errors.append((f"{path}.weights", f"no such file: {comp.weights}"))
+        if comp.weights is not None and file_problem(comp.weights):
+            errors.append((f"{path}.weights", f"{comp.weights}: {file_problem(comp.weights)}"))
     if not model_only:
         from .sections import DegradationSpec
 

@@ -11,52 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import threads
+from ..cli import apply_sets as apply_overrides, parse_set as parse_override  # noqa: F401 - the one --set parser
 
 RUN_SPEC = "run.yaml"  # as vlir.core.train.trainer.RUN_SPEC (kept here: this module does not import torch)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], YAML-parsed value)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML ({e})") from e
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
-    """Set dotted keys in a raw spec dict; integer parts index lists (``train.stages.0.lr``)."""
-    from ..spec import SpecError
-
-    out = copy.deepcopy(raw)
-    for keys, value in overrides:
-        node: Any = out
-        for i, k in enumerate(keys):
-            last = i == len(keys) - 1
-            where = ".".join(keys[:i + 1])
-            if isinstance(node, list):
-                if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
-                    raise SpecError([(where, f"--set: {k!r} is not an index of a list of {len(node)}")])
-                if last:
-                    node[int(k)] = value
-                else:
-                    node = node[int(k)]
-            elif isinstance(node, dict):
-                if last:
-                    node[k] = value
-                else:
-                    if node.get(k) is None:
-                        node[k] = {}
-                    node = node[k]
-            else:
-                raise SpecError([(where, f"--set: cannot set a key inside a {type(node).__name__}")])
-    return out
 
 
 def select_stages(raw: dict[str, Any], names: list[str], source: str) -> dict[str, Any]:
@@ -80,8 +37,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: train.out, or the --resume folder)")
     p.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
     p.add_argument("--allow-spec-change", action="store_true",
                    help="with --resume: continue although the spec differs from the checkpoint's (the "
                         "differences are logged; without this flag they are refused)")

@@ -98,8 +98,10 @@ def training_losses(pipe: "Pipeline", batch: dict[str, Any], generator: torch.Ge
 def validation_restore(pipe: "Pipeline", batch: dict[str, Any], steps: int | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The restored batch as training sees it (teacher routing from the labels), clamped to [0, 1]."""
+    from ..inference import run_backbone
+
     cond, _ = batch_condition(pipe, batch)
-    return pipe.run_backbone(batch["lq"], cond, steps, generator).float().clamp(0, 1)
+    return run_backbone(pipe, batch["lq"], cond, steps=steps, generator=generator).float().clamp(0, 1)
 
 
 class Objective(nn.Module):

@@ -344,7 +344,7 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         for folder in (self.out, self.out / "checkpoints", self.out / "pipeline"):
-            for p in remove_stale_temp(folder):
+            for p in remove_stale_temp(folder, owner=True):
                 log.info("removed %s, left by an interrupted write", p)
         truncate_log(self.out / LOG, self.step)
         atomic_write_text(self.out / RUN_SPEC, self.spec.to_yaml())
@@ -617,6 +617,7 @@ class Trainer:
     def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
         from torch.utils.data import DataLoader
 
+        from ..inference import run_backbone  # the one tiling/overlap rule (whole patches here)
         from ..metrics import psnr_torch
         from .data import collate
 
