@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vlir.core.data.images import read_image
     from vlir.core.default import default_dir, open_pipeline
     from vlir.core.registry import get_registry
-    from vlir.core.restore import resolve_device, summarize
+    from vlir.core.cli import resolve_device
+    from vlir.core.restore import summarize
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     folder = Path(args.pipeline) if args.pipeline else default_dir()
     pipe = open_pipeline(str(folder), None, device)
     files = list_images(args.data, recursive=False)
@@ -114,9 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 with torch.no_grad():
                     lq = deg(gt, generator=torch.Generator().manual_seed(args.seed * 100003 + i)).clamp(0, 1)
             gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-            out, perceptions = pipe.restore(lq.to(device), tile=args.tile,
-                                            overlap=min(32, (args.tile or 128) // 4), generator=gen,
-                                            ensemble=args.ensemble)
+            out, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=gen, ensemble=args.ensemble)
             out = out.float().cpu()
             unchanged += int(torch.equal(out, lq.float()))
             s = summarize(perceptions)

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from vlir.core.pipeline import Pipeline
 from vlir.core.train.ema import EMA
-from vlir.core.train.trainer import Objective, amp_dtype
+from vlir.core.train.objective import Objective
+from vlir.core.train.trainer import amp_dtype
 
 OUT = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Component": "components", "Params": "components", "Backbone": "components",
     "Perceiver": "components", "Loss": "components", "Process": "components",
-    "Degradation": "components", "KINDS": "registry",
+    "Degradation": "components", "KINDS": "kinds",
     "Conditioning": "conditioning", "Perception": "conditioning",
     "Registry": "registry", "get_registry": "registry", "UnknownComponentError": "registry",
     "DuplicateComponentError": "registry",

@@ -10,6 +10,8 @@ numpy array ``[H, W, 3]``; :func:`apply` takes torch tensors ``[3, H, W]`` or ``
 - low_light: histogram equalisation of the value channel, automatic gamma
 - haze: dark channel prior (He et al., CVPR 2009) with a guided-filter refinement
 - rain: median filter; median applied only where it darkens (rain streaks are bright)
+
+Needs scipy (``pip install vlir[baselines]``).
 """
 from __future__ import annotations
 

@@ -66,8 +66,7 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
         return
     try:
         pcls = registry.load("perceiver", perceiver["type"])
-        pparams = registry.resolve_params("perceiver", perceiver["type"], perceiver.get("preset"),
-                                          perceiver.get("params"))
+        pparams = registry.resolve("perceiver", perceiver)
         vector_dim, token_dim = pcls.output_dims(pparams)
         cond = spec.get("condition") if isinstance(spec.get("condition"), dict) else {}
         source = cond.get("vector", True)

@@ -1,4 +1,6 @@
-"""The ``vlir`` command.
+"""The ``vlir`` command: one :class:`Command` record per subcommand, the shared options
+(``--pipeline``/``--spec``, ``--device``, ``--threads``), the device resolver, the ``--set``
+parser and the one mapping of errors to exit codes.
 
 Parsing imports nothing heavy: each subcommand imports torch, models or open_clip only when
 it runs, so ``vlir --help`` and ``vlir components`` start fast.
@@ -6,45 +8,148 @@ it runs, so ``vlir --help`` and ``vlir components`` start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-# subcommands implemented in other modules: name -> (module, help). Each module has
-# ``add_arguments(parser)`` and ``run(args) -> int`` and imports heavy things inside ``run``.
-EXTERNAL = {
-    "train": ("vlir.core.train.cli", "train a pipeline from a spec (torchrun for several GPUs)"),
-    "eval": ("vlir.core.evaluate", "evaluate a pipeline or spec on images: PSNR/SSIM, accuracy, report"),
-    "restore": ("vlir.core.restore", "restore images, folders or globs"),
-    "classify": ("vlir.core.restore", "degradation class probabilities and quality score per image"),
-    "demo": ("vlir.core.demo", "degrade a bundled image, restore it with the default model, write a grid"),
-    "serve": ("vlir.core.serve", "a local web page: drop an image, see its degradations, restore, download"),
-    "export": ("vlir.core.export", "export a pipeline's backbone as ONNX graphs for onnxruntime"),
-}
+from .errors import CLIError, SpecError, Terminated, UserError, memory_message, out_of_memory  # noqa: F401 - CLIError: old name
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
-class CLIError(Exception):
-    """An error shown to the user as one line, exit code 2."""
+@dataclass(frozen=True)
+class Command:
+    """One ``vlir`` subcommand: its module has ``add_<name>_arguments(parser)`` (or
+    ``add_arguments``) and ``run_<name>(args) -> int`` (or ``run``), and imports anything heavy
+    inside ``run``. ``options`` are the shared options the command takes (:data:`OPTIONS`).
+    Adding a command is adding one record to :data:`COMMANDS`."""
+
+    name: str
+    module: str
+    help: str
+    options: tuple[str, ...] = ()
 
 
-def _kv(text: str) -> tuple[list[str], Any]:
+MODEL = ("model", "device", "threads")  # commands that open a pipeline: --pipeline/--spec, --device, --threads
+COMMANDS: list[Command] = [
+    Command("components", "vlir.core.cli", "list registered components (wildcards allowed)"),
+    Command("inspect", "vlir.core.cli", "parameter counts, MACs and state-dict keys of a component"),
+    Command("spec", "vlir.core.cli", "validate specs, write the JSON Schema"),
+    Command("train", "vlir.core.train.cli", "train a pipeline from a spec (torchrun for several GPUs)",
+            ("device", "threads")),
+    Command("eval", "vlir.core.evaluate", "evaluate a pipeline or spec on images: PSNR/SSIM, accuracy, report",
+            ("device", "threads")),
+    Command("restore", "vlir.core.restore", "restore images, folders or globs", MODEL),
+    Command("classify", "vlir.core.restore", "degradation class probabilities and quality score per image", MODEL),
+    Command("demo", "vlir.core.demo", "degrade a bundled image, restore it with the default model, write a grid",
+            MODEL),
+    Command("serve", "vlir.core.serve", "a local web page: drop an image, see its degradations, restore, download"),
+    Command("export", "vlir.core.export", "export a pipeline's backbone as ONNX graphs for onnxruntime"),
+]
+
+
+# -- shared options -----------------------------------------------------------------------------
+def threads(text: str) -> int:
+    """``--threads N``: a positive number of CPU threads for torch."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of CPU threads, got {text!r}")
+    return n
+
+
+def _add_model(p: argparse._ArgumentGroup) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pipeline", metavar="DIR", help="saved pipeline folder (default: the built-in default model)")
+    g.add_argument("--spec", metavar="FILE", help="spec file (components built from it, weights from its 'weights:')")
+
+
+def _add_device(p: argparse._ArgumentGroup) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto: CUDA, "
+                                                    "then MPS, then CPU; under torchrun the local rank's GPU)")
+
+
+def _add_threads(p: argparse._ArgumentGroup) -> None:
+    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
+
+
+OPTIONS: dict[str, Callable[[argparse._ArgumentGroup], None]] = {
+    "model": _add_model, "device": _add_device, "threads": _add_threads}
+
+
+def resolve_device(name: str | None = "auto", local_rank: int = 0) -> "torch.device":
+    """The torch device of ``--device``: ``auto`` (or None) is CUDA (the ``local_rank``-th GPU),
+    else Apple's MPS, else the CPU; a named device is checked to be usable here."""
+    import torch
+
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {name!r} is not a device: give cpu, cuda, cuda:1, mps or auto") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name!r} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"--device {name!r} is not usable here: {str(e).splitlines()[0]}") from e
+    return device
+
+
+def parse_set(text: str) -> tuple[list[str], Any]:
+    """``--set a.b.0.c=value`` -> (["a", "b", "0", "c"], the value read as YAML)."""
     import yaml
 
-    if "=" not in text:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    key, _, value = text.partition("=")
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML ({e})") from e
+    return key.strip().split("."), parsed
 
 
-def _nested(pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def apply_sets(raw: dict[str, Any], pairs: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    """A copy of ``raw`` with the ``--set`` pairs applied; integer parts index lists (``train.stages.0.lr``)."""
+    import copy
+
+    out = copy.deepcopy(raw)
     for keys, value in pairs:
-        d = out
-        for k in keys[:-1]:
-            d = d.setdefault(k, {})
-        d[keys[-1]] = value
+        node: Any = out
+        for i, k in enumerate(keys):
+            last = i == len(keys) - 1
+            where = ".".join(keys[:i + 1])
+            if isinstance(node, list):
+                if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
+                    raise SpecError([(where, f"--set: {k!r} is not an index of a list of {len(node)}")])
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+            elif isinstance(node, dict):
+                if last:
+                    node[k] = value
+                else:
+                    if node.get(k) is None:
+                        node[k] = {}
+                    node = node[k]
+            else:
+                raise SpecError([(where, f"--set: cannot set a key inside a {type(node).__name__}")])
     return out
 
 
@@ -56,19 +161,8 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--size expects HxW such as 256x256, got {text!r}") from None
 
 
-def threads(text: str) -> int:
-    """``--threads N`` of every subcommand: a positive number of CPU threads for torch."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of CPU threads, got {text!r}")
-    return n
-
-
 # -- components -------------------------------------------------------------------------------
-def cmd_components(args: argparse.Namespace) -> int:
+def run_components(args: argparse.Namespace) -> int:
     from .registry import did_you_mean, get_registry
 
     reg = get_registry()
@@ -105,16 +199,15 @@ def inspect_component(kind: str, name: str, preset: str | None = None, params: d
     from .registry import get_registry
 
     reg = get_registry()
-    p = reg.resolve_params(kind, name, preset, params)
-    if "pretrained" in type(p).model_fields:
-        p = p.model_copy(update={"pretrained": None})  # layout only: no weights are read
-    cls = reg.load(kind, name)
+    entry = {"type": name, "preset": preset, "params": dict(params or {})}
+    resolved = reg.resolve(kind, entry)
+    # layout only: no weights are read
+    module = reg.build(kind, entry, device="meta", load_weights=False, skip_pretrained=True)
     with torch.device("meta"):
-        module = cls(p)
         named = list(module.named_parameters())
         info: dict[str, Any] = {
             "kind": kind, "name": name, "preset": preset,
-            "params": reg.resolve_params(kind, name, preset, params).model_dump(mode="json"),
+            "params": resolved.model_dump(mode="json"),
             "total_params": sum(t.numel() for _, t in named),
             "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
             "size": list(size),
@@ -131,10 +224,10 @@ def inspect_component(kind: str, name: str, preset: str | None = None, params: d
     return info
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def run_inspect(args: argparse.Namespace) -> int:
     from .registry import normalise_kind
 
-    kind, name, params = args.kind, args.name, _nested(args.set or [])
+    kind, name, params = args.kind, args.name, apply_sets({}, args.set or [])
     if args.weights:  # the backbone and its sizes detected from a checkpoint (type: auto)
         from vlir.plugins.backbones.auto import describe
 
@@ -143,7 +236,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{args.weights}: backbone {name}, params {json.dumps(found['params'])}",
               file=sys.stderr if args.json else sys.stdout)
     elif not (kind and name):
-        raise CLIError("give KIND NAME (e.g. backbone nafnet) or --weights FILE")
+        raise UserError("give KIND NAME (e.g. backbone nafnet) or --weights FILE")
     info = inspect_component(normalise_kind(kind), name, args.preset, params, args.size)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -163,10 +256,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # -- spec -------------------------------------------------------------------------------------
-def cmd_spec_validate(args: argparse.Namespace) -> int:
-    from .spec import load_spec
+def run_spec_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
 
-    spec = load_spec(args.file)
+    spec = validate(args.file)
     comps = [f"{p.role or p.type} ({p.type})" for p in spec.perceivers]
     print(f"{args.file}: ok — backbone {spec.backbone.type}"
           + (f", perceivers {', '.join(comps)}" if comps else "")
@@ -177,7 +270,7 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_spec_schema(args: argparse.Namespace) -> int:
+def run_spec_schema(args: argparse.Namespace) -> int:
     from .io import atomic_write_text
     from .spec import json_schema
 
@@ -191,82 +284,118 @@ def cmd_spec_schema(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
+def add_components_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="name pattern, e.g. 'naf*'")
+    p.add_argument("--kind", help="perceiver, backbone, loss, process or degradation")
+    p.add_argument("--json", action="store_true")
+
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--weights", metavar="FILE", help="detect the backbone and its sizes from a checkpoint")
+    p.add_argument("--preset")
+    p.add_argument("--set", action="append", type=parse_set, metavar="KEY=VALUE", help="override a param (repeatable)")
+    p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW", help="input size for MACs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-keys", action="store_true", help="do not list the state-dict keys")
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="spec_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("validate", help="validate a spec file; all errors are reported with their paths")
+    q.add_argument("file")
+    q.add_argument("--resolved", action="store_true", help="print the fully resolved spec")
+    q.set_defaults(func=run_spec_validate)
+    q = ssub.add_parser("schema", help="JSON Schema of specs, generated from the registry (for editors)")
+    q.add_argument("-o", "--output")
+    q.set_defaults(func=run_spec_schema)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``vlir`` parser: one subparser per :data:`COMMANDS` record, its module's arguments
+    first, then the shared options it names."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="vlir", description="vision-language image restoration")
     parser.add_argument("--version", action="version", version=f"vlir {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("components", help="list registered components (wildcards allowed)")
-    p.add_argument("pattern", nargs="?", default="*", help="name pattern, e.g. 'naf*'")
-    p.add_argument("--kind", help="perceiver, backbone, loss, process or degradation")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_components)
-
-    p = sub.add_parser("inspect", help="parameter counts, MACs and state-dict keys of a component")
-    p.add_argument("kind", nargs="?")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--weights", metavar="FILE", help="detect the backbone and its sizes from a checkpoint")
-    p.add_argument("--preset")
-    p.add_argument("--set", action="append", type=_kv, metavar="KEY=VALUE", help="override a param (repeatable)")
-    p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW", help="input size for MACs")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-keys", action="store_true", help="do not list the state-dict keys")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("spec", help="validate specs, write the JSON Schema")
-    ssub = p.add_subparsers(dest="spec_command", metavar="ACTION", required=True)
-    q = ssub.add_parser("validate", help="validate a spec file; all errors are reported with their paths")
-    q.add_argument("file")
-    q.add_argument("--resolved", action="store_true", help="print the fully resolved spec")
-    q.set_defaults(func=cmd_spec_validate)
-    q = ssub.add_parser("schema", help="JSON Schema of specs, generated from the registry (for editors)")
-    q.add_argument("-o", "--output")
-    q.set_defaults(func=cmd_spec_schema)
-
-    for name, (module, help_text) in EXTERNAL.items():
-        p = sub.add_parser(name, help=help_text)
-        p.set_defaults(module=module)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         try:
-            mod = importlib.import_module(module)
+            mod = importlib.import_module(cmd.module)
         except ModuleNotFoundError:
-            p.set_defaults(func=_missing(name))
+            p.set_defaults(func=_missing(cmd.name))
             continue
-        getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", lambda _p: None))(p)
-        p.set_defaults(func=getattr(mod, f"run_{name}", getattr(mod, "run", None)))
+        getattr(mod, f"add_{cmd.name}_arguments", getattr(mod, "add_arguments", lambda _p: None))(p)
+        shared = p.add_argument_group("shared options") if cmd.options else None
+        for option in cmd.options:
+            OPTIONS[option](shared)
+        run = getattr(mod, f"run_{cmd.name}", getattr(mod, "run", None))
+        if run is not None:  # else its sub-actions set func (vlir spec validate)
+            p.set_defaults(func=run)
     return parser
 
 
 def _missing(name: str) -> Callable[[argparse.Namespace], int]:
     def run(_args: argparse.Namespace) -> int:
-        raise CLIError(f"'vlir {name}' is not available in this installation")
+        raise UserError(f"'vlir {name}' is not available in this installation")
     return run
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`~vlir.core.errors.Terminated` (a KeyboardInterrupt) while a command runs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a ``vlir`` command. Exit status: 0 done, 1 some inputs failed or memory ran out,
+    2 a user error (:class:`~vlir.core.errors.UserError`: one line, no traceback), 130 Ctrl-C,
+    141 a closed pipe, 143 SIGTERM; temporary files of unfinished writes are removed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .io import CheckpointError
-    from .registry import RegistryError
-    from .errors import SpecError
+    with _sigterm_as_interrupt():
+        try:
+            if getattr(args, "threads", None):
+                import torch
 
-    try:
-        rc = int(args.func(args) or 0)
-        sys.stdout.flush()  # a reader gone early (`vlir classify --json | head`) fails here, not at exit
-        return rc
-    except BrokenPipeError:  # stop quietly, as cat and git do; nothing more goes to the closed pipe
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a shell reports it
-    except (SpecError, RegistryError, CheckpointError, CLIError, FileNotFoundError) as e:
-        print(f"vlir {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+                torch.set_num_threads(args.threads)
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a reader gone early (`vlir classify --json | head`) fails here, not at exit
+            return rc
+        except BrokenPipeError:  # stop quietly, as cat and git do; nothing more goes to the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, as a shell reports it
+        except (UserError, FileNotFoundError) as e:
+            print(f"vlir {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except Terminated:
+            print(f"vlir {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 143  # 128 + SIGTERM
+        except KeyboardInterrupt:
+            print(f"vlir {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
+            print(f"vlir {args.command}: error: {memory_message(e)}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,15 +22,15 @@ A third-party component needs nothing but a subclass::
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Conditioning, Perception
 
-from .registry import KINDS  # noqa: F401  (one home: the registry)
+from .kinds import KINDS  # noqa: F401  (one home: vlir.core.kinds)
 
 API_VERSION = 1
 
@@ -39,6 +39,13 @@ class Params(BaseModel):
     """Base of every component's ``Params``: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# Bounded sizes for Params fields: a typo (width -5, 1e8) is a spec error, not an allocation.
+Width = Annotated[int, Field(ge=1, le=4096, description="channels (1..4096)")]
+Dim = Annotated[int, Field(ge=1, le=65536, description="a feature dimension (1..65536)")]
+Blocks = Annotated[int, Field(ge=0, le=256, description="blocks of a level (0..256)")]
+Levels = Annotated[list[Blocks], Field(min_length=1, max_length=16)]
 
 
 class Component(torch.nn.Module):

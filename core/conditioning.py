@@ -28,21 +28,6 @@ class Conditioning:
             guidance=None if self.guidance is None else [g.to(*args, **kwargs) for g in self.guidance],
         )
 
-    def select(self, index) -> "Conditioning":
-        """The conditioning of a sub-batch (used by tiled inference and data parallelism)."""
-        return Conditioning(
-            tokens=None if self.tokens is None else self.tokens[index],
-            vector=None if self.vector is None else self.vector[index],
-            guidance=None if self.guidance is None else [g[index] for g in self.guidance],
-        )
-
-    def repeat(self, n: int) -> "Conditioning":
-        """Repeat a batch-of-one conditioning ``n`` times along the batch (for tiles of one image)."""
-        def rep(t):
-            return None if t is None else t.expand(n, *t.shape[1:])
-        return Conditioning(tokens=rep(self.tokens), vector=rep(self.vector),
-                            guidance=None if self.guidance is None else [rep(g) for g in self.guidance])
-
 
 @dataclass
 class Perception:

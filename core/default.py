@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
@@ -17,7 +19,7 @@ ENV = "VLIR_DEFAULT_PIPELINE"
 SPEC = "specs/default.yaml"
 
 
-class DefaultModelMissing(FileNotFoundError):
+class DefaultModelMissing(UserError, FileNotFoundError):
     """The built-in default model is not installed."""
 
 

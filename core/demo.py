@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .restore import RestoreError, _add_model_arguments, describe, load_pipeline, summarize
+from .restore import RestoreError, describe, load_pipeline, summarize
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -58,7 +57,6 @@ def demo_degradations(pipe: "Pipeline | None" = None) -> list[tuple[str, dict[st
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="vlir-demo", metavar="DIR", help="output folder (default: ./vlir-demo)")
-    _add_model_arguments(p)
     p.add_argument("--image", metavar="FILE", help="clean image to degrade (default: the bundled demo image)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradations (default 0)")
     p.add_argument("--tile", type=int, metavar="N", help="run the backbone on N x N tiles")
@@ -70,12 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         return _demo(args)
     except DefaultModelMissing as e:
-        print(f"vlir demo: error: the demo restores with the built-in default model, which is not "
-              f"available: {e}", file=sys.stderr)
-        return 2
-    except RestoreError as e:
-        print(f"vlir demo: error: {e}", file=sys.stderr)
-        return 2
+        raise RestoreError(f"the demo restores with the built-in default model, which is not available: {e}") from e
 
 
 def _label(draw, xy, text, font) -> None:
@@ -131,7 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from .data.images import read_image
-    from .io import atomic_path, atomic_write_text
+    from .io import atomic_path, atomic_write_text, remove_stale_temp
     from .metrics import psnr
     from .registry import get_registry
 
@@ -153,8 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
         with torch.no_grad():
             lq = deg(clean[None], generator=gen).clamp(0, 1)
         sgen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-        restored, perceptions = pipe.restore(lq.to(device), tile=args.tile,
-                                             overlap=min(32, (args.tile or 128) // 4), generator=sgen)
+        restored, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=sgen)
         restored = restored[0].float().cpu()
         s = summarize(perceptions)
         row = {"degradation": name, "params": params, "psnr_degraded": psnr(lq[0], clean),
@@ -165,6 +157,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"{name:<12} {row['psnr_degraded']:>10.2f} dB {row['psnr_restored']:>10.2f} dB  {row['detected']}")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(out)
         grid = make_grid(rows, clean)
         with atomic_path(out / "grid.png") as tmp:
             grid.save(tmp, format="PNG")

@@ -2,7 +2,8 @@
 
 Evaluation sets are clean folders degraded with a FIXED seed (the same inputs every run), one
 set per folder and degradation, or DA-CLIP paired folders ``root/<degradation>/{LQ,GT}``.
-Metrics are BasicSR's (8-bit quantised, ``crop_border``, RGB and Y). When a perceiver gives
+Metrics are the rows of :data:`vlir.core.metrics.TABLE` (BasicSR's PSNR and SSIM, 8-bit quantised,
+``crop_border``, RGB and Y); one too small for an image (SSIM on a 1x1 image) is n/a for it. When a perceiver gives
 degradation class probabilities, the dataset's degradation words are matched to its class names
 and accuracy and a confusion matrix are reported.
 
@@ -21,23 +22,25 @@ import io
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .cli import threads
 from .data.images import max_pixels_arg, max_pixels_help
+from .errors import UserError
+from . import metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .metrics import Metric
     from .pipeline import Pipeline
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
 NOREF_CROPS = 64  # before/after crops per folder in a no-reference report, by default
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "input_psnr", "input_ssim", "input_psnr_y", "input_ssim_y")
 
 
 @dataclass
@@ -218,7 +221,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
-    for k in METRICS:
+    for k in metrics.columns():
         out[k] = _mean(rows, k)
     from .noref import KEYS
 
@@ -229,7 +232,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, crop_border: int = 0,
-             tile: int | None = None, steps: int | None = None, seed: int = 0, crops: int = 4,
+             tile: int | None = None, overlap: int | None = None, steps: int | None = None, seed: int = 0,
+             crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
              name: str | None = None, ensemble: bool = False, noref_crop: int | None = None) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results.
@@ -242,12 +246,15 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
 
     from . import noref
     from .data.images import write_image
-    from .metrics import psnr, ssim
+    from .io import remove_stale_temp
+    from .metrics import score
 
     noref_crop = noref.DEFAULT_CROP if noref_crop is None else noref_crop
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "crops"):
+        remove_stale_temp(folder)  # hidden *.tmp files of writes an earlier run did not finish
     device = pipeline.device
     pipeline.eval()
     per_image: list[dict[str, Any]] = []
@@ -269,8 +276,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 _sync(device)
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    restored, perceptions = pipeline.restore(lq, tile=tile, steps=steps, generator=gen,
-                                                                ensemble=ensemble)
+                    restored, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, steps=steps,
+                                                             generator=gen, ensemble=ensemble)
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -280,11 +287,14 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                                        "path": item.get("path", ""), "height": int(lq.shape[-2]),
                                        "width": int(lq.shape[-1])}
                 if es.reference:
-                    for prefix, img in (("", restored), ("input_", lq_cpu)):
-                        row[f"{prefix}psnr"] = psnr(img, gt, crop_border=crop_border)
-                        row[f"{prefix}ssim"] = ssim(img, gt, crop_border=crop_border)
-                        row[f"{prefix}psnr_y"] = psnr(img, gt, crop_border=crop_border, y_channel=True)
-                        row[f"{prefix}ssim_y"] = ssim(img, gt, crop_border=crop_border, y_channel=True)
+                    row.update(score(restored, gt, crop_border))
+                    row.update(score(lq_cpu, gt, crop_border, prefix="input_"))
+                    undefined = [m.label for m in metrics.TABLE if row[m.name] is None]
+                    if undefined:  # e.g. SSIM on an image smaller than its window: n/a, the rest counts
+                        row["n/a"] = " ".join(undefined)
+                        border = f" less a {crop_border}-pixel border" if crop_border else ""
+                        tqdm.write(f"warning: {row['path'] or es.name}: {row['width']}x{row['height']} pixels{border} "
+                                   f"is too small for {', '.join(undefined)}: n/a for this image", file=sys.stderr)
                 else:
                     row.update(noref.before_after(lq_cpu, restored, noref_crop))
                 found = _classifier(perceptions)
@@ -347,7 +357,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
 
     results = {
         "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
-        "tile": tile, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
+        "tile": tile, "overlap": overlap, "steps": steps, "ensemble": ensemble,
+        "headline": "psnr_y" if headline_y else "psnr",
         "reference": all(es.reference for es in sets),
         "noref_crop": None if all(es.reference for es in sets) else noref_crop,
         "overall": _summary(per_image), "per_degradation": per_deg, "sets": sets_out,
@@ -392,24 +403,24 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2) + "\n")
     ref = results.get("reference", True)
     kinds = {s.get("reference", True) for s in results["sets"]}
-    measured = ([*METRICS] if True in kinds or not kinds else []) + ([*KEYS] if False in kinds else [])
+    measured = (metrics.columns() if True in kinds or not kinds else []) + ([*KEYS] if False in kinds else [])
     cols = ["scope", "name", "n", *measured, "quality_score"]
     rows = [{"scope": "degradation", "name": k, **v} for k, v in results["per_degradation"].items()]
     rows += [{"scope": "set", **s} for s in results["sets"]]
     rows.append({"scope": "all", "name": "all", **results["overall"]})
     atomic_write_text(paths["summary_csv"], _csv_text(rows, cols))
-    img_cols = ["set", "degradation", "path", "height", "width", *measured, "predicted", "confidence", "quality_score"]
+    img_cols = ["set", "degradation", "path", "height", "width", *measured, "n/a", "predicted", "confidence",
+                "quality_score"]
     atomic_write_text(paths["images_csv"], _csv_text(results["images"], img_cols))
     key = results.get("headline", "psnr") if ref else "niqe"
     groups = list(results["per_degradation"])
     series = {"input": [results["per_degradation"][g].get(f"input_{key}") or float("nan") for g in groups],
               "restored": [results["per_degradation"][g].get(key) or float("nan") for g in groups]}
     if ref:
-        bar_chart(paths["png"], groups, series, title=f"{'PSNR-Y' if key == 'psnr_y' else 'PSNR'} per degradation",
-                  ylabel="dB")
+        bar_chart(paths["png"], groups, series, title=f"{metrics.get(key).label} per degradation",
+                  ylabel=metrics.get(key).unit)
     else:
-        bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation",
-                  ylabel="NIQE")
+        bar_chart(paths["png"], groups, series, title="NIQE per recognised degradation", ylabel="NIQE")
     write_html(paths["html"], results, chart=paths["png"].name)
     return paths
 
@@ -442,6 +453,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the synthetic degradations (default: eval.seed, 0)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: beside the pipeline)")
     p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: a quarter tile, at most 32, "
+                                                            "fitted to the model's tiling grid)")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
@@ -451,8 +464,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="example crops per set in the report (default: eval.crops; --no-reference: every image, "
                         f"at most {NOREF_CROPS})")
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -465,47 +476,50 @@ def default_out(source: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
+    from .cli import resolve_device
+    from .inference import tile_plan
     from .pipeline import Pipeline
     from .sections import EvalSpec
-    from .train.ddp import pick_device
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     source = Path(args.pipeline)
+    if not source.exists():
+        raise UserError(f"{source}: no such pipeline folder or spec file")
     if source.is_dir() and not (source / "spec.yaml").is_file() and (source / "pipeline" / "spec.yaml").is_file():
         source = source / "pipeline"  # a training run folder: its final pipeline
+    device = resolve_device(args.device)
     pipe = Pipeline.open(source)
-    pipe = pipe.to(pick_device(args.device)).eval()
+    pipe = pipe.to(device).eval()
     spec = pipe.spec
     ev = spec.eval or EvalSpec()
+    tile, overlap = tile_plan(pipe, args.tile if args.tile is not None else ev.tile, args.overlap)
     data = args.data or ev.data
     if not data:
-        raise FileNotFoundError("no evaluation data: give --data FOLDER (or eval.data in the spec)")
+        raise UserError("no evaluation data: give --data FOLDER (or eval.data in the spec)")
     degradations = args.degradations or ev.degradations or (spec.data.degradations if spec.data else [])
     if not degradations:
         degradations = parse_degradations(",".join(DEFAULT_DEGRADATIONS))
     seed = ev.seed if args.seed is None else args.seed
     from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, set_max_pixels
 
-    tiled = args.tile is not None or ev.tile is not None
-    set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tiled else MAX_PIXELS)
+    set_max_pixels(args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS)
     limit = args.limit if args.limit is not None else ev.limit
     if args.noref_crop is not None and not args.no_reference:
-        from .cli import CLIError
-
-        raise CLIError("--noref-crop applies to --no-reference (photos without ground truth) only")
+        raise UserError("--noref-crop applies to --no-reference (photos without ground truth) only")
+    try:
+        if args.no_reference:
+            sets = photo_sets(data, limit=limit)
+        else:
+            sets = build_sets(data, degradations, seed=seed, limit=limit)
+    except (ValueError, FileNotFoundError) as e:  # unusable folders: name them (--data)
+        raise UserError(f"--data: {e}") from e
     if args.no_reference:
-        sets = photo_sets(data, limit=limit)
         crops = NOREF_CROPS if args.crops is None else args.crops
     else:
-        sets = build_sets(data, degradations, seed=seed, limit=limit)
         crops = ev.crops if args.crops is None else args.crops
     out = Path(args.out) if args.out else default_out(source)
     results = evaluate(pipe, sets, out, crop_border=ev.crop_border if args.crop_border is None else args.crop_border,
-                       tile=args.tile if args.tile is not None else ev.tile,
+                       tile=tile, overlap=overlap,
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed, crops=crops,
                        crop_size=256 if args.no_reference else 96,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
@@ -514,19 +528,20 @@ def run_eval(args: argparse.Namespace) -> int:
         _print_noref(results)
         print(f"report: {out / 'report.html'}")
         return 0
-    key = results["headline"]
-    skey = "ssim_y" if key == "psnr_y" else "ssim"
+    head = metrics.get(results["headline"])
+    shown = [m for m in metrics.TABLE if m.y_channel == head.y_channel]  # RGB or Y metrics, as the headline
     w = max([len(k) for k in results["per_degradation"]] + [11])
-    print(f"{'degradation':<{w}}  {'images':>6}  {'input ' + key:>12}  {key:>8}  {skey:>8}")
+    print(f"{'degradation':<{w}}  {'images':>6}  {'input ' + head.name:>12}"
+          + "".join(f"  {m.name:>8}" for m in shown))
     rows = [*results["per_degradation"].items(), ("all", results["overall"])]
     for k, v in rows:
-        print(f"{k:<{w}}  {v['n']:>6}  {_num(v.get('input_' + key)):>12}  {_num(v.get(key)):>8}  "
-              f"{_num(v.get(skey), 4):>8}")
+        print(f"{k:<{w}}  {v['n']:>6}  {_num(v.get('input_' + head.name), head):>12}"
+              + "".join(f"  {_num(v.get(m.name), m):>8}" for m in shown))
     c = results["classification"]
     if c and c.get("accuracy") is not None:
         print(f"degradation classification accuracy ({c['perceiver']}): {c['accuracy']:.3f} over {c['n']} images")
     ips = results["speed"]["images_per_second"]
-    print(f"speed: {_num(ips, 3)} images/s on {results['device']}")
+    print(f"speed: {'-' if ips is None else f'{ips:.3f}'} images/s on {results['device']}")
     print(f"report: {out / 'report.html'}")
     return 0
 
@@ -544,12 +559,12 @@ def _print_noref(results: dict[str, Any]) -> None:
         print(f"{k:<{w}}  {v['n']:>6}  " + "  ".join(f"{c:>{cw}}" for c in cells))
     ips = results["speed"]["images_per_second"]
     crop = results["noref_crop"]
-    print(f"speed: {_num(ips, 3)} images/s on {results['device']}; measures on "
+    print(f"speed: {'-' if ips is None else f'{ips:.3f}'} images/s on {results['device']}; measures on "
           + (f"the central {crop}x{crop} pixels" if crop else "whole images") + "; per image: per_image.csv")
 
 
-def _num(v: Any, digits: int = 2) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+def _num(v: Any, metric: "Metric") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else metric.format(v)
 
 
 add_arguments = add_eval_arguments

@@ -34,7 +34,9 @@ def vlir_components() -> list[dict[str, Any]]:
 def vlir_adjust_spec(spec: dict[str, Any], registry: "Registry") -> None:
     """Check or adjust a raw spec (a plain dict, after YAML parsing) before it is validated and built.
 
-    Mutate ``spec`` in place; raise ``vlir.core.SpecError`` to refuse it.
+    Mutate ``spec`` in place; raise ``vlir.core.SpecError("why")`` (or with a list of
+    ``(yaml path, why)``) to refuse it. Not called for a saved pipeline's spec (``Pipeline.load``):
+    a saved model is rebuilt as it was saved.
     """
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
     from .registry import Registry
 
-MAX_OVERLAP = 32  # default tile overlap in pixels, for tiles of at least 4 x 32
+MAX_OVERLAP = 32  # the default tile overlap in pixels, for tiles of at least 4 x 32
 MIN_TILE = 8
 
 
@@ -29,33 +29,56 @@ class TilingError(UserError, ValueError):
     """A tile size or overlap that cannot work (the message names the option)."""
 
 
-def tiling(tile: int | None, overlap: int | None = None) -> tuple[int | None, int]:
-    """The checked (tile, overlap) of a run: the one overlap rule.
+def default_overlap(tile: int, unit: int = 1) -> int:
+    """The overlap rule: tiles of ``tile`` pixels overlap by a quarter tile, at most 32 pixels,
+    in whole ``unit`` s (the model's padding grid, where tiles must start on it) and less than
+    the tile (0 when a tile is a single unit)."""
+    overlap = -(-min(MAX_OVERLAP, tile // 4) // unit) * unit
+    return overlap if overlap < tile else (tile - 1) // unit * unit
 
-    ``overlap`` defaults to ``min(32, tile // 4)``; it must be in ``[0, tile)``. No tile: the
-    image runs whole (the overlap is unused).
-    """
+
+def tiling(tile: int | None, overlap: int | None = None) -> tuple[int | None, int | None]:
+    """The checked ``--tile`` / ``--overlap`` of a run (overlap None: :func:`default_overlap`)."""
     if tile is None:
-        return None, 0 if overlap is None else overlap
+        return None, overlap
     if tile < MIN_TILE:
         raise TilingError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
-    if overlap is None:
-        overlap = min(MAX_OVERLAP, tile // 4)
-    if not 0 <= overlap < tile:
+    if overlap is not None and not 0 <= overlap < tile:
         raise TilingError(f"--overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    return tile, overlap
+
+
+def tile_plan(pipeline: "Pipeline", tile: int | None, overlap: int | None = None) -> tuple[int | None, int | None]:
+    """The (tile, overlap) this pipeline's backbone runs with: :func:`tiling`'s checks, then the
+    default overlap fitted to the backbone's tiling grid, or a given one checked against it."""
+    from .tiling import aligned
+
+    tile, overlap = tiling(tile, overlap)
+    if tile is None:
+        return None, overlap
+    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit and passes
+    unit = b.multiple_of if b.tile_passes else 1  # multi-pass tiles start on the padding grid
+    cut, _ = aligned(tile, 0, b.multiple_of, b.tile_passes)
+    if overlap is None:
+        return tile, default_overlap(cut, unit)
+    if aligned(tile, overlap, b.multiple_of, b.tile_passes)[1] >= cut:
+        raise TilingError(f"--overlap {overlap} does not fit --tile {tile} for this model: its tiles are cut in "
+                          f"whole {b.multiple_of}-pixel units ({cut} pixels, overlap rounded up to a multiple of "
+                          f"{unit}); use --overlap {default_overlap(cut, unit)} or a larger --tile")
     return tile, overlap
 
 
 def run_backbone(pipeline: "Pipeline", lq: torch.Tensor, cond: "Conditioning | None", *, tile: int | None = None,
                  overlap: int | None = None, steps: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """The backbone (or its process) on ``lq`` with conditioning ``cond``, on tiles when ``tile`` is set."""
-    tile, overlap = tiling(tile, overlap)
-    if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
-        return pipeline.run_backbone(lq, cond, steps, generator)
+    """The backbone (or its process) on ``lq`` with conditioning ``cond``, on tiles when ``tile`` is
+    set (overlap: :func:`tile_plan`); what training validation calls with its batch's conditioning."""
     from .tiling import tiled_forward
 
-    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
+    tile, overlap = tile_plan(pipeline, tile, overlap)
+    if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
+        return pipeline.run_backbone(lq, cond, steps, generator)
+    b = pipeline.backbone
     return tiled_forward(lambda t: pipeline.run_backbone(t, cond, steps, generator), lq, tile=tile,
                          overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes, pad_mode=b.pad_mode)
 
@@ -65,7 +88,7 @@ def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, 
             steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
             ) -> tuple[torch.Tensor, dict[str, "Perception"]]:
     """Restore a batch ``lq`` (B, 3, H, W in [0, 1]); perceivers see whole images, the backbone runs
-    on ``tile`` x ``tile`` tiles when ``tile`` is set (overlap: :func:`tiling`).
+    on ``tile`` x ``tile`` tiles when ``tile`` is set (overlap: :func:`default_overlap`).
 
     ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
     the image and the outputs, turned back, are averaged; the perceivers see the image once and

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -11,8 +14,64 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-class CheckpointError(ValueError):
+from .errors import UserError
+
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the module."""
+
+
+# the hidden temporary file of an atomic write of NAME by process PID: .NAME.PID-XXXXXXXX.tmp[.ext]
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp(\.[^.]*)?$")
+_OLD_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")  # before the PID was in the name
+OLD_TEMP_AGE = 3600.0  # seconds after which an old-style temporary file counts as abandoned
+
+
+def temp_prefix(name: str) -> str:
+    """``mkstemp`` prefix of a temporary file for ``name``: hidden, tagged with this process's id."""
+    return f".{name}.{os.getpid()}-"
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: a live process of another user
+        return True
+    return True
+
+
+def remove_stale_temp(folder: str | os.PathLike, owner: bool = False) -> list[Path]:
+    """Remove the temporary files that interrupted atomic writes (SIGKILL, power loss) left in
+    ``folder``: those of processes no longer running (old-style names: when over an hour old, or at
+    once when the caller is the ``owner`` of the folder, as a training run is of its run folder).
+    Returns the removed paths; a file that cannot be removed is left as it is."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if m is not None:
+                stale = not _running(int(m["pid"]))
+            else:
+                old = _OLD_TEMP.match(entry.name) is not None or (
+                    owner and entry.name.startswith(".") and (entry.name.endswith(".tmp") or ".tmp." in entry.name))
+                stale = old and (owner or now - entry.stat().st_mtime > OLD_TEMP_AGE)
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 @contextlib.contextmanager
@@ -24,7 +83,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -83,8 +142,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+    check_regular_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -100,6 +158,29 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
             f"checkpoint {path}: cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]}); "
             "vlir loads only tensors and plain containers (weights_only=True)"
         ) from e
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a weights file, or None: missing, or not a regular file (a
+    device such as /dev/zero, a pipe or a folder: reading it would never end or fail obscurely)."""
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    return f"is {kind}, not a regular file; give a weights file (.safetensors, .pth or .pt)"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
+    """:func:`file_problem` as a :class:`CheckpointError` naming ``what`` and ``path``."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{what} {path}: {problem}")
 
 
 def strip_prefix(sd: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

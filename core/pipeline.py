@@ -3,7 +3,8 @@
 ``Pipeline.from_spec(spec)`` builds one; ``pipeline.save(dir)`` writes the fully resolved
 ``spec.yaml`` and one safetensors file per component; ``Pipeline.load(dir)`` rebuilds it from
 those files alone (no pickled code is ever executed). Whole images (tiles, the self-ensemble)
-are run by :mod:`vlir.core.inference`; ``Pipeline.restore`` is a shortcut to it.
+are run by :mod:`vlir.core.inference`; ``Pipeline.restore`` is a shortcut to it. What training
+asks of a pipeline (teacher routing, loss inputs, the weighted loss) is :mod:`vlir.core.train.objective`.
 """
 from __future__ import annotations
 
@@ -51,24 +52,20 @@ class Pipeline(torch.nn.Module):
         self.registry = registry or get_registry()
         self.spec = spec
 
-        def make(kind: str, comp: "ComponentSpec"):
-            cls = self.registry.load(kind, comp.type)
-            params = cls.Params.model_validate(comp.params)
-            if skip_pretrained and "pretrained" in type(params).model_fields:
-                params = params.model_copy(update={"pretrained": None})
-            module = cls(params)
-            if load_weights and comp.weights:
-                module.load_weights(str(Path(comp.weights).expanduser()))
-            return module
+        def make(kind: str, comp: "ComponentSpec", path: str):
+            return self.registry.build(kind, comp, path=path, load_weights=load_weights,
+                                       skip_pretrained=skip_pretrained)
 
         roles = spec.roles()
-        self.perceivers = torch.nn.ModuleDict({r: make("perceiver", p) for r, p in zip(roles, spec.perceivers)})
-        self.backbone = make("backbone", spec.backbone)
-        self.process = make("process", spec.process) if spec.process is not None else None
+        self.perceivers = torch.nn.ModuleDict(
+            {r: make("perceiver", p, f"perceivers[{i}]") for i, (r, p) in enumerate(zip(roles, spec.perceivers))})
+        self.backbone = make("backbone", spec.backbone, "backbone")
+        self.process = make("process", spec.process, "process") if spec.process is not None else None
         loss_roles = _unique_roles([l.role or l.type for l in spec.losses])
         self.loss_weights = {r: l.weight for r, l in zip(loss_roles, spec.losses)}
         self.losses = torch.nn.ModuleDict(
-            {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
+            {r: make("loss", l, f"losses[{i}]") for i, (r, l) in enumerate(zip(loss_roles, spec.losses))}
+            if build_losses else {})
         self.feed = spec.feeding_role()
         self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
 
@@ -90,7 +87,9 @@ class Pipeline(torch.nn.Module):
         for comp in [*(raw.get("perceivers") or []), raw.get("backbone"), raw.get("process"), *(raw.get("losses") or [])]:
             if isinstance(comp, dict):
                 comp.pop("weights", None)  # the folder's safetensors are the weights
-        spec = load_spec(raw, registry)
+        # a saved spec is resolved already: no vlir_adjust_spec hooks (an installed plugin must not
+        # change a saved model), and only the components built here are resolved
+        spec = load_spec(raw, registry, adjust=False, model_only=True, losses=build_losses)
         pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
         for name, module in pipe.named_components():
             file = path / f"{name}.safetensors"
@@ -212,74 +211,6 @@ class Pipeline(torch.nn.Module):
         from .inference import ensemble_symmetries
 
         return ensemble_symmetries(self, perceptions)
-
-    # -- training -------------------------------------------------------------------------------
-    def loss_inputs(self, batch: dict[str, Any], restored: torch.Tensor | None,
-                    perceptions: dict[str, Perception]) -> dict[str, Any]:
-        return {**batch, "restored": restored, "perception": perceptions, "pipeline": self, "batch": batch}
-
-    def teacher_vector(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        """One-hot routing vector from the batch's degradation labels (``condition.teacher``), or None."""
-        c = self.spec.condition
-        if c is None or not c.teacher or c.vector_source != "probs" or self.feed is None:
-            return None
-        if batch.get("degradation_name") is None:
-            return None
-        perceiver = self.perceivers[self.feed]
-        names = perceiver.class_names
-        missing = sorted({n for n in batch["degradation_name"] if n not in names})
-        if missing:
-            raise KeyError(f"condition.teacher: degradation labels {missing} are not classes of perceiver "
-                           f"{self.feed!r} ({', '.join(names)})")
-        idx = perceiver.class_labels(batch, batch["lq"].device)
-        return torch.nn.functional.one_hot(idx, len(names)).to(batch["lq"].dtype)
-
-    def batch_condition(self, batch: dict[str, Any], need_perceptions: bool = False
-                        ) -> tuple[Conditioning | None, dict[str, Perception]]:
-        """Conditioning of a labelled batch as training sees it: with ``condition.teacher`` the
-        routing vector comes from the labels (the perceiver runs only when its tokens or
-        ``need_perceptions`` ask for it); otherwise from the perceivers."""
-        teacher = self.teacher_vector(batch)
-        skip = teacher is not None and not self.spec.condition.tokens and not need_perceptions
-        perceptions = {} if skip else self.perceive(batch["lq"])
-        cond = self.condition(perceptions)
-        if teacher is not None:
-            cond = Conditioning(tokens=None if cond is None else cond.tokens, vector=teacher)
-        return cond, perceptions
-
-    def training_losses(self, batch: dict[str, Any], generator: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted total loss and its logged parts for one batch (``lq``, ``gt``, ...).
-
-        Direct backbones: the restored image feeds every loss. Diffusion backbones: the process's
-        training loss, plus losses that do not need a restored image.
-        """
-        lq = batch["lq"]
-        need = any(k in loss.inputs for loss in self.losses.values() for k in ("perception", "pipeline", "batch"))
-        cond, perceptions = self.batch_condition(batch, need_perceptions=need)
-        logs: dict[str, float] = {}
-        total = lq.new_zeros(())
-        restored = None
-        if self.process is not None:
-            l = self.process.training_loss(self.backbone, lq, batch["gt"], cond, generator=generator)
-            logs["process"] = float(l.detach())
-            total = total + l
-        else:
-            restored = self.backbone(lq, cond)
-        available = self.loss_inputs(batch, restored, perceptions)
-        for role, loss in self.losses.items():
-            optional = getattr(loss, "optional_inputs", ())
-            need = [k for k in loss.inputs if available.get(k) is None and k not in optional]
-            if need:
-                if self.process is not None and need == ["restored"]:
-                    continue
-                raise KeyError(f"loss {role!r} needs inputs {need} that this batch does not provide "
-                               f"(batch has: {sorted(k for k, v in batch.items() if v is not None)})")
-            value = loss(**{k: available.get(k) for k in loss.inputs})
-            logs[role] = float(value.detach())
-            total = total + self.loss_weights[role] * value
-        logs["loss"] = float(total.detach())
-        return total, logs
 
 
 __all__ = ["Pipeline", "SpecError"]

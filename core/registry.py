@@ -22,15 +22,11 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any, Iterable
 
-KINDS = ("perceiver", "backbone", "loss", "process", "degradation")
-PLURAL = {"perceiver": "perceivers", "backbone": "backbones", "loss": "losses", "process": "processes",
-          "degradation": "degradations"}
-GROUPS = {kind: f"vlir.{PLURAL[kind]}" for kind in KINDS}
-HOOK_GROUP = "vlir.hooks"
-_PLURALS = {v: k for k, v in PLURAL.items()}
+from .kinds import GROUPS, HOOK_GROUP, KINDS, PLURAL, normalise_kind  # noqa: F401  (re-exported)
+from .errors import UserError
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """Base of registry errors."""
 
 
@@ -83,13 +79,6 @@ def did_you_mean(name: str, names: "list[str] | set[str]") -> str:
     """``"; did you mean 'a', 'b'?"`` for up to three of ``names`` close to ``name``, else ``""``."""
     close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def normalise_kind(kind: str) -> str:
-    k = _PLURALS.get(kind, kind)
-    if k not in KINDS:
-        raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
-    return k
 
 
 def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -279,24 +268,124 @@ class Registry:
         cls_presets = getattr(self.load(kind, name), "presets", {}) if entry.source != "builtin" else {}
         return {**cls_presets, **entry.presets}
 
-    def resolve_params(self, kind: str, name: str, preset: str | None = None,
-                       params: dict[str, Any] | None = None):
-        """Validated ``Params`` of a component from a preset and overrides (pydantic errors propagate)."""
-        cls = self.load(kind, name)
+    def resolve(self, kind: str, entry: Any, *, path: str = "", preset: str | None = None,
+                params: dict[str, Any] | None = None):
+        """Validated ``Params`` of a spec entry: its preset's values, then its ``params`` on top.
+
+        ``entry`` is a spec entry (a mapping or model with ``type``, ``preset``, ``params``) or a
+        component name (with ``preset`` and ``params`` given here). Every error is a
+        :class:`~vlir.core.errors.SpecError` whose paths start at ``path`` (the entry's YAML path):
+        ``<path>.type``, ``<path>.preset``, ``<path>.params.<field>``.
+        """
+        from pydantic import ValidationError
+
+        from .errors import SpecError
+        from .spec import pydantic_errors
+
+        kind = normalise_kind(kind)
+        name, preset, params = _entry_fields(entry, preset, params)
+        who = f"{kind} {name!r}"
+        try:
+            cls = self.load(kind, name)
+        except RegistryError as e:
+            raise SpecError([(_join(path, "type"), str(e))], source=who) from e
         values: dict[str, Any] = {}
         if preset is not None:
             presets = self.presets(kind, name)
             if preset not in presets:
-                raise UnknownComponentError(
-                    f"{kind} {name!r} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
+                raise SpecError([(_join(path, "preset"), f"{kind} {name!r} has no preset {preset!r}; "
+                                                         f"presets: {', '.join(presets) or 'none'}")], source=who)
             values.update(presets[preset])
-        values.update(params or {})
-        return cls.Params.model_validate(values)
+        if not isinstance(params, dict):
+            raise SpecError([(_join(path, "params"), f"expected a mapping of {kind} {name!r} params, "
+                                                     f"got {type(params).__name__}")], source=who)
+        values.update(params)
+        try:
+            return cls.Params.model_validate(values)
+        except ValidationError as e:
+            raise SpecError(pydantic_errors(e, _join(path, "params"), cls.Params), source=who) from e
 
-    def build(self, kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None):
-        """Build a component instance from its registry name, preset and params."""
-        cls = self.load(kind, name)
-        return cls(self.resolve_params(kind, name, preset, params))
+    def resolve_params(self, kind: str, name: str, preset: str | None = None,
+                       params: dict[str, Any] | None = None):
+        """:meth:`resolve` of a component name (kept for scripts)."""
+        return self.resolve(kind, name, preset=preset, params=params)
+
+    def build(self, kind: str, entry: Any, preset: str | None = None, params: dict[str, Any] | None = None, *,
+              path: str = "", device: Any = None, load_weights: bool = True, skip_pretrained: bool = False):
+        """Build a component from a spec entry (or a name with ``preset`` and ``params``).
+
+        Params come from :meth:`resolve`. ``device`` (e.g. ``"meta"`` for a dry run) is the default
+        device of the construction; ``skip_pretrained`` leaves out a ``pretrained`` download (the
+        weights come from elsewhere); ``load_weights`` reads the entry's ``weights`` file. A
+        component that builds sub-components through the registry (``experts``) receives it as its
+        ``registry`` argument. Spec errors of sub-components come back under ``<path>.params``.
+        """
+        import contextlib
+
+        from .errors import SpecError
+
+        kind = normalise_kind(kind)
+        p = self.resolve(kind, entry, path=path, preset=preset, params=params)
+        if skip_pretrained and "pretrained" in type(p).model_fields:
+            p = p.model_copy(update={"pretrained": None})
+        cls = self.load(kind, _entry_fields(entry, preset, params)[0])
+        extra = {"registry": self} if _takes_registry(cls) else {}
+        if device is None:
+            ctx: Any = contextlib.nullcontext()
+        else:
+            import torch
+
+            ctx = torch.device(device)
+        try:
+            with ctx:
+                module = cls(p, **extra)
+        except SpecError as e:
+            raise SpecError([(_join(_join(path, "params"), sub), msg) for sub, msg in e.errors],
+                            source=f"{kind} {(cls.name or cls.__name__)!r}") from e
+        weights = _entry_weights(entry)
+        if load_weights and weights:
+            module.load_weights(os.path.expanduser(weights))
+        return module
+
+
+def _join(path: str, key: str) -> str:
+    """YAML path ``path`` + ``key`` (``key`` may start with an index ``[0]``)."""
+    if not path:
+        return key
+    if not key:
+        return path
+    return path + key if key.startswith("[") else f"{path}.{key}"
+
+
+def _get(entry: Any, key: str, default: Any = None) -> Any:
+    if isinstance(entry, dict):
+        return entry.get(key, default)
+    return getattr(entry, key, default)
+
+
+def _entry_fields(entry: Any, preset: str | None, params: dict[str, Any] | None) -> tuple[str, Any, Any]:
+    """(name, preset, params) of a spec entry or of a name and its separate preset and params."""
+    if isinstance(entry, str):
+        return entry, preset, dict(params or {})
+    name = _get(entry, "type") or _get(entry, "name")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a component entry needs a 'type' (the registry name), got {entry!r}")
+    own = _get(entry, "params")
+    return name, _get(entry, "preset", preset), ({} if own is None else own) if params is None else params
+
+
+def _entry_weights(entry: Any) -> str | None:
+    return None if isinstance(entry, str) else _get(entry, "weights")
+
+
+@lru_cache(maxsize=None)
+def _takes_registry(cls: type) -> bool:
+    import inspect
+
+    try:
+        return "registry" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _vlir_version() -> str:

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .io import atomic_path, atomic_write_text
+from . import metrics
 
 _COLORS = {"input": (160, 160, 160), "restored": (46, 110, 200)}
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
+def _fmt(v: Any, digits: int | str = 2) -> str:
+    """A table cell: ``digits`` decimals, or a format spec such as ``".4f"`` (a metric's ``fmt``)."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -23,7 +25,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
             return "–"
         if math.isinf(v):
             return "∞"
-        return f"{v:.{digits}f}"
+        return format(v, digits if isinstance(digits, str) else f".{digits}f")
     return html.escape(str(v))
 
 
@@ -109,12 +111,13 @@ th{background:#f3f3f3} td.l,th.l{text-align:left}
 """
 
 
-def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
+def _table(headers: list[str], rows: list[list[Any]], left: int = 1, fmts: list[int | str] | None = None) -> str:
     head = "".join(f"<th class='l'>{html.escape(h)}</th>" if i < left else f"<th>{html.escape(h)}</th>"
                    for i, h in enumerate(headers))
     body = []
     for row in rows:
-        cells = "".join(f"<td class='l'>{_fmt(v)}</td>" if i < left else f"<td>{_fmt(v)}</td>"
+        cells = "".join(f"<td class='l'>{_fmt(v)}</td>" if i < left else
+                        f"<td>{_fmt(v, fmts[i] if fmts and fmts[i] is not None else 2)}</td>"
                         for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -187,24 +190,27 @@ def write_html(path: str | Path, results: dict[str, Any], chart: str | None = "s
         parts += _noref_tables(r, chart) + [_noref_crops(r.get("crops") or []), "</body></html>"]
         atomic_write_text(Path(path), "\n".join(parts))
         return Path(path)
-    headers = ["degradation", "images", "input PSNR", "PSNR", "SSIM", "input SSIM", "PSNR-Y", "SSIM-Y", "gain"]
+    head = metrics.get(r.get("headline", "psnr"))  # its gain (restored - input) gets a column
+    table = metrics.TABLE
+    headers = ["degradation", "images"] + [h for m in table for h in (f"input {m.label}", m.label)]
+    headers.append(f"{head.label} gain")
+    fmts: list[int | str | None] = [None, 0] + [m.fmt for m in table for _ in range(2)] + [head.fmt]
 
-    def row(name: str, m: dict[str, Any]) -> list[Any]:
-        gain = None
-        if m.get("psnr") is not None and m.get("input_psnr") is not None:
-            gain = m["psnr"] - m["input_psnr"]
-        return [name, m.get("n"), m.get("input_psnr"), m.get("psnr"), m.get("ssim"), m.get("input_ssim"),
-                m.get("psnr_y"), m.get("ssim_y"), gain]
+    def row(name: str, v: dict[str, Any]) -> list[Any]:
+        gain = None  # positive: restored better than the input
+        if v.get(head.name) is not None and v.get(f"input_{head.name}") is not None:
+            gain = (v[head.name] - v[f"input_{head.name}"]) * (1 if head.higher_is_better else -1)
+        return [name, v.get("n")] + [x for m in table for x in (v.get(f"input_{m.name}"), v.get(m.name))] + [gain]
 
     parts.append("<h2>Per degradation</h2>")
     rows = [row(k, v) for k, v in r.get("per_degradation", {}).items()]
     if r.get("overall"):
         rows.append(row("all", r["overall"]))
-    parts.append(_table(headers, rows))
+    parts.append(_table(headers, rows, fmts=fmts))
     if chart:
-        parts.append(f"<p><img src='{html.escape(chart)}' alt='PSNR per degradation'></p>")
+        parts.append(f"<p><img src='{html.escape(chart)}' alt='{html.escape(head.label)} per degradation'></p>")
     parts.append("<h2>Per folder and degradation</h2>")
-    parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])]))
+    parts.append(_table(["set"] + headers[1:], [row(s["name"], s) for s in r.get("sets", [])], fmts=fmts))
 
     cls = r.get("classification")
     if cls:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import threads
+from .cli import resolve_device  # noqa: F401 - also vlir.core.restore.resolve_device (benchmarks)
 from .data.images import max_pixels_arg, max_pixels_help
+from .errors import UserError, memory_message, out_of_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,7 +34,7 @@ WRITABLE = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 SIXTEEN_BIT = {".png", ".tif", ".tiff"}
 
 
-class RestoreError(Exception):
+class RestoreError(UserError):
     """A problem with the whole command (not one file): shown as one line, exit code 2."""
 
 
@@ -44,6 +45,7 @@ class Job:
     src: Path
     rel: Path  # output path relative to the output folder
     problem: str | None = None  # set when the file cannot be processed at all
+    skip: bool = False  # its output exists and --skip-existing keeps it
 
 
 @dataclass
@@ -111,11 +113,18 @@ def output_name(rel: Path, suffix: str = "") -> Path:
     return rel.with_name(rel.stem + suffix + keep)
 
 
-def plan_outputs(jobs: list[Job], out_dir: Path, suffix: str = "") -> dict[Path, Path]:
+EXISTING = ("refuse", "overwrite", "skip")  # what to do with outputs already there
+
+
+def plan_outputs(jobs: list[Job], out_dir: Path, suffix: str = "", existing: str = "refuse") -> dict[Path, Path]:
     """Output file of each job; refuses outputs that would overwrite an input.
 
-    Two inputs that map to the same output name: the second gets ``job.problem`` set.
+    Two inputs that map to the same output name: the second gets ``job.problem`` set. Output
+    files that already exist are refused, all of them named (``existing="refuse"``), replaced
+    (``"overwrite"``) or kept, their jobs skipped (``"skip"``: ``job.skip`` set).
     """
+    if existing not in EXISTING:
+        raise ValueError(f"existing must be one of {EXISTING}, got {existing!r}")
     inputs = {j.src.resolve() for j in jobs}
     plan: dict[Path, Path] = {}
     used: dict[Path, Path] = {}
@@ -136,11 +145,26 @@ def plan_outputs(jobs: list[Job], out_dir: Path, suffix: str = "") -> dict[Path,
         more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
         raise RestoreError("refusing to overwrite inputs: " + "; ".join(clashes[:3]) + more
                            + ". Choose another output folder (-o) or add --suffix, e.g. --suffix _restored")
+    there = [job for job in jobs if job.src in plan and _exists(plan[job.src])]
+    if there and existing == "refuse":
+        names = [str(plan[job.src]) for job in there]
+        more = f" ... and {len(names) - 20} more" if len(names) > 20 else ""
+        raise RestoreError(f"{len(names)} output file(s) already exist and are kept: " + ", ".join(names[:20]) + more
+                           + ". Add --overwrite to replace them or --skip-existing to restore only the others")
+    if existing == "skip":
+        for job in there:
+            job.skip = True
     return plan
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link would be replaced too
 
 
 def check_output_dir(out_dir: Path) -> None:
     """Create the output folder and check that files can be written there."""
+    from .io import temp_prefix
+
     if out_dir.exists() and not out_dir.is_dir():
         raise RestoreError(f"output folder {out_dir} exists and is not a folder")
     try:
@@ -148,7 +172,7 @@ def check_output_dir(out_dir: Path) -> None:
     except OSError as e:
         raise RestoreError(f"cannot create output folder {out_dir}: {e.strerror or e}") from e
     try:
-        fd, probe = tempfile.mkstemp(prefix=".vlir-write-test-", dir=out_dir)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix("vlir-write-test"), suffix=".tmp", dir=out_dir)
     except OSError as e:
         raise RestoreError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from e
     os.close(fd)
@@ -189,39 +213,11 @@ def describe(summary: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "no perceiver output"
 
 
-# -- shared options ----------------------------------------------------------------------------
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--pipeline", metavar="DIR", help="saved pipeline folder (default: the built-in default model)")
-    g.add_argument("--spec", metavar="FILE", help="spec file (components built from it, weights from its 'weights:')")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        try:
-            torch.empty(0, device=name)
-        except (RuntimeError, AssertionError) as e:
-            raise RestoreError(f"device {name!r} is not usable here: {str(e).splitlines()[0]}") from e
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
+# -- model --------------------------------------------------------------------------------------
 def load_pipeline(args: argparse.Namespace, device: str | None = None) -> "Pipeline":
     """The pipeline of ``--pipeline`` / ``--spec``, else the default model, in eval mode."""
     from .default import open_pipeline
 
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None),
                          device or resolve_device(args.device))
 
@@ -232,9 +228,9 @@ def check_model_source(args: argparse.Namespace) -> None:
 
     pipeline, spec = getattr(args, "pipeline", None), getattr(args, "spec", None)
     if pipeline and not Path(pipeline).expanduser().exists():
-        raise FileNotFoundError(f"pipeline {pipeline}: no such folder or spec file")
+        raise RestoreError(f"--pipeline {pipeline}: no such folder or spec file")
     if spec and not Path(spec).expanduser().is_file():
-        raise FileNotFoundError(f"spec {spec}: no such file")
+        raise RestoreError(f"--spec {spec}: no such file")
     if not pipeline and not spec:
         default_dir()
 
@@ -244,9 +240,9 @@ def _reason(e: BaseException) -> str:
 
     if isinstance(e, ImageError):
         return e.reason
+    if out_of_memory(e):
+        return memory_message(e)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if isinstance(e, MemoryError) or "out of memory" in msg.lower():
-        return f"out of memory ({msg}); try --tile 512 (or smaller)"
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return f"{type(e).__name__}: {msg}"
@@ -268,9 +264,14 @@ def _say(text: str, err: bool = False) -> None:
 def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if needed)")
-    _add_model_arguments(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", dest="existing", action="store_const", const="overwrite", default="refuse",
+                   help="replace output files that already exist (default: refuse to run, naming them)")
+    g.add_argument("--skip-existing", dest="existing", action="store_const", const="skip",
+                   help="keep output files that already exist and restore only the other inputs")
     p.add_argument("--tile", type=int, metavar="N", help="run the backbone on N x N tiles (large images, low memory)")
-    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: min(32, N/4))")
+    p.add_argument("--overlap", type=int, metavar="N", help="tile overlap in pixels (default: a quarter tile, at most 32, "
+                                                            "fitted to the model's tiling grid)")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help())
     p.add_argument("--steps", type=int, metavar="K", help="sampling steps of diffusion pipelines")
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
@@ -280,23 +281,21 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
                    help="self-ensemble: average over the flips and quarter turns the degradation allows "
                         "(up to 8x slower, usually a little better)")
     p.add_argument("--suffix", default="", metavar="S", help="added to each output file's stem, e.g. _restored")
-    p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG/WebP output quality (default 95)")
+    p.add_argument("--quality", type=quality, default=95, metavar="Q", help="JPEG/WebP output quality, 1..100 (default 95)")
     p.add_argument("--seed", type=int, default=0, help="seed of diffusion sampling (per image)")
     p.add_argument("-r", "--recursive", action="store_true", help="include images in subfolders of folder inputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _check_tiling(args: argparse.Namespace) -> tuple[int | None, int]:
-    tile, overlap = args.tile, args.overlap
-    if tile is None:
-        return None, overlap if overlap is not None else 32
-    if tile < 8:
-        raise RestoreError(f"--tile must be at least 8 pixels, got {tile}")
-    if overlap is None:
-        overlap = min(32, tile // 4)
-    if not 0 <= overlap < tile:
-        raise RestoreError(f"--overlap must be in [0, tile) = [0, {tile}), got {overlap}")
-    return tile, overlap
+def quality(text: str) -> int:
+    """``--quality Q``: a JPEG/WebP quality in 1..100."""
+    try:
+        q = int(text)
+    except ValueError:
+        q = 0
+    if not 1 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"expected a JPEG/WebP quality from 1 to 100, got {text!r}")
+    return q
 
 
 def _onnx_pipeline(args: argparse.Namespace, device: str) -> "Pipeline":
@@ -309,15 +308,9 @@ def _onnx_pipeline(args: argparse.Namespace, device: str) -> "Pipeline":
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    try:
-        return _restore(args)
-    except RestoreError as e:
-        print(f"vlir restore: error: {e}", file=sys.stderr)
-        return 2
+    from .inference import tiling
 
-
-def _restore(args: argparse.Namespace) -> int:
-    tile, overlap = _check_tiling(args)
+    tile, overlap = tiling(args.tile, args.overlap)
     if args.engine == "onnx" and not args.pipeline:
         raise RestoreError("--engine onnx needs --pipeline DIR, a folder written by: vlir export onnx PIPELINE -o DIR")
     if args.steps is not None and args.steps < 1:
@@ -331,10 +324,20 @@ def _restore(args: argparse.Namespace) -> int:
         _say(f"error: {path}: {reason}", err=True)
     if not jobs:
         raise RestoreError("no input images" + (f" ({len(missing)} input(s) matched nothing)" if missing else ""))
-    plan = plan_outputs(jobs, out_dir, args.suffix)
+    plan = plan_outputs(jobs, out_dir, args.suffix, args.existing)
+    skipped = [job for job in jobs if job.skip]
+    if skipped:
+        _say(f"skipping {len(skipped)} input(s) whose output already exists (--skip-existing)", err=True)
     device = resolve_device(args.device)
     check_model_source(args)
     check_output_dir(out_dir)
+    from .io import remove_stale_temp
+
+    for folder in sorted({out_dir, *(dst.parent for dst in plan.values())}):
+        remove_stale_temp(folder)  # hidden *.tmp files of writes an earlier run did not finish
+    if len(skipped) == len(jobs) and not missing:  # the model is not even loaded
+        _say(f"nothing to restore: every output is already in {out_dir}", err=True)
+        return 0
 
     import torch
 
@@ -343,7 +346,12 @@ def _restore(args: argparse.Namespace) -> int:
     limit = args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS
     pipe = _onnx_pipeline(args, device) if args.engine == "onnx" else load_pipeline(args, device)
     device = pipe.device
+    from .inference import tile_plan
+
+    tile_plan(pipe, tile, overlap)  # an overlap that does not fit the model's tiles: before any file
     for job in _progress(jobs, "restoring", args.no_progress):
+        if job.skip:
+            continue
         if job.problem is not None:
             outcome.failed.append((str(job.src), job.problem))
             _say(f"error: {job.src}: {job.problem}", err=True)
@@ -356,6 +364,8 @@ def _restore(args: argparse.Namespace) -> int:
                                                  steps=args.steps, generator=gen, ensemble=args.ensemble)
             depth = info["bit_depth"] if dst.suffix.lower() in SIXTEEN_BIT else 8
             dst.parent.mkdir(parents=True, exist_ok=True)
+            if args.existing != "overwrite" and _exists(dst):  # written by someone else since the plan
+                raise FileExistsError(f"{dst} appeared while restoring; kept (use --overwrite to replace it)")
             write_image(dst, restored[0].float().cpu(), bit_depth=depth, quality=args.quality,
                         exif=info["exif"], icc_profile=info["icc_profile"])
         except Exception as e:  # noqa: BLE001 - report the file and go on with the others
@@ -372,14 +382,14 @@ def _restore(args: argparse.Namespace) -> int:
         _say(f"{job.src} -> {dst}: {describe(summarize(perceptions))}{note}")
     total = outcome.done + len(outcome.failed)
     _say(f"restored {outcome.done} of {total} image(s) into {out_dir}"
-         + (f"; {len(outcome.failed)} failed" if outcome.failed else ""), err=True)
+         + (f"; {len(outcome.failed)} failed" if outcome.failed else "")
+         + (f"; {len(skipped)} kept (already there)" if skipped else ""), err=True)
     return 1 if outcome.failed else 0
 
 
 # -- classify ----------------------------------------------------------------------------------
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    _add_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document (images and failures)")
     p.add_argument("--max-pixels", type=max_pixels_arg, metavar="N", help=max_pixels_help(whole=False))
     p.add_argument("-r", "--recursive", action="store_true", help="include images in subfolders of folder inputs")
@@ -387,14 +397,6 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    try:
-        return _classify(args)
-    except RestoreError as e:
-        print(f"vlir classify: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _classify(args: argparse.Namespace) -> int:
     jobs, missing = expand_inputs(args.inputs, args.recursive)
     failed = [{"path": p, "error": r} for p, r in missing]
     if not args.json:

@@ -16,7 +16,9 @@ Plain pydantic models (no torch), read by the trainer (``vlir train``) and the e
         - {name: perceiver, target: "perceiver:daclip", iterations: 2000, lr: 3.0e-5}
         - {name: restorer, target: restorer}
 
-Relative paths are read from the current working directory.
+In a spec file, relative input paths (data and eval folders, captions, proxies) are read from the
+file's folder (``vlir.core.spec.INPUT_PATHS``); ``train.out`` and ``--set`` values from the working
+directory.
 """
 from __future__ import annotations
 
@@ -74,12 +76,12 @@ class DataSpec(Section):
         "synthetic", description="synthetic | paired (DA-CLIP root/<degradation>/{LQ,GT})")
     degradations: list[DegradationSpec] = Field(default_factory=list)
     captions: str | None = Field(None, description="DA-CLIP caption CSV (filepath<TAB>caption: degradation)")
-    patch_size: int = Field(64, ge=8, description="square training crop")
-    batch_size: int = Field(8, ge=1, description="global batch (all processes together)")
+    patch_size: int = Field(64, ge=8, le=8192, description="square training crop")
+    batch_size: int = Field(8, ge=1, le=65536, description="global batch (all processes together)")
     augment: Augment = Field(default_factory=Augment, description="augmentations of training crops (flips always)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes per training process")
     seed: int = Field(0, description="seed of the data order, crops and degradations")
-    val_size: int | None = Field(128, ge=8, description="centre crop of validation images; null: whole images")
+    val_size: int | None = Field(128, ge=8, le=8192, description="centre crop of validation images; null: whole images")
     val_limit: int | None = Field(16, ge=1, description="at most this many validation samples")
 
     _lists = field_validator("train", "val", mode="before")(_as_list)
@@ -110,8 +112,8 @@ class StageSpec(Section):
     warmup: int | None = Field(None, ge=0)
     grad_clip: float | None = Field(None, ge=0, description="unset: the train section's value; 0: off")
     ema: float | None = Field(None, ge=0, lt=1, description="unset: the train section's value; 0: off")
-    batch_size: int | None = Field(None, ge=1, description="global batch of this stage")
-    patch_size: int | None = Field(None, ge=8, description="training crop of this stage")
+    batch_size: int | None = Field(None, ge=1, le=65536, description="global batch of this stage")
+    patch_size: int | None = Field(None, ge=8, le=8192, description="training crop of this stage")
     augment: Augment | None = Field(None, description="augmentations of this stage's training crops")
     degradations: list[str] | None = Field(
         None, description="synthetic data: train on these of data.degradations only (by type), e.g. [noise]; "
@@ -153,8 +155,7 @@ class TrainSpec(Section):
                                                              "min(ema, (1 + n) / (10 + n)) after n steps; null: off")
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="autocast: auto (on CUDA: bf16 where supported, else fp16; off on a CPU) | bf16 "
-                            "(also on a CPU with AVX512-BF16 or AMX: 1.4x, with channels_last 3.2x the steps/s of fp32 "
-                            "for a NAFNet, benchmarks/train_throughput.py) | fp16 (CUDA only) | off")
+                            "(also on a CPU with AVX512-BF16 or AMX) | fp16 (CUDA only) | off")
     channels_last: bool = Field(False, description="keep convolution weights in channels-last memory format "
                                                    "(faster convolutions on CPUs and tensor cores)")
     stages: list[StageSpec] = Field(default_factory=list)

@@ -10,7 +10,11 @@ Example::
       - {type: l1, weight: 1.0}
 
 All errors are reported together with their YAML paths, e.g.
-``backbone.params.width: Input should be a valid integer``.
+``backbone.params.width: Input should be a valid integer``. Each component entry is resolved by
+:meth:`vlir.core.registry.Registry.resolve` (preset, params, validation); how the sections fit
+together is checked by :func:`vlir.core.validate.check_wiring`, and ``vlir spec validate``
+(:func:`vlir.core.validate.validate`) adds input paths and a meta-device build of everything.
+Relative input paths in a spec file are read from the file's folder (:data:`INPUT_PATHS`).
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from .errors import SpecError
+from .io import file_problem
 from .sections import DataSpec, EvalSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +69,11 @@ class ConditionSpec(_Strict):
         False, description="training (and its validation): with vector: probs, route by the batch's degradation labels (one-hot "
                            "over the perceiver's classes) instead of the perceiver's predictions (teacher forcing)")
 
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler):
+        # written as given: a saved spec reloads with the same explicit fields (validate reads them)
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
     @property
     def vector_source(self) -> str | None:
         if self.vector is False:
@@ -73,6 +83,15 @@ class ConditionSpec(_Strict):
 
 class PipelineSpec(_Strict):
     vlir: int = Field(SPEC_VERSION, description="spec format version")
+
+    @field_validator("vlir")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SPEC_VERSION:
+            raise ValueError(f"spec format version {v} is not supported: this vlir reads version {SPEC_VERSION}"
+                             + (" (a newer vlir wrote it; upgrade vlir)" if v > SPEC_VERSION else ""))
+        return v
+
     name: str | None = None
     perceivers: list[ComponentSpec] = Field(default_factory=list)
     backbone: ComponentSpec
@@ -96,8 +115,24 @@ class PipelineSpec(_Strict):
             return None
         return cond.perceiver or self.roles()[0]
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that validates back to this spec: nulls only where they differ from the
+        default (``train.grad_clip: null`` is kept: it turns clipping off)."""
+        return _explicit_nulls(self, self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _explicit_nulls(model: Any, data: Any) -> Any:
+    """``data`` (the JSON dump of ``model``) without the null fields whose default is null."""
+    if isinstance(model, BaseModel) and isinstance(data, dict):
+        fields = type(model).model_fields
+        return {k: _explicit_nulls(getattr(model, k, None), v) for k, v in data.items()
+                if not (v is None and k in fields and fields[k].default is None)}
+    if isinstance(model, (list, tuple)) and isinstance(data, list):
+        return [_explicit_nulls(m, d) for m, d in zip(model, data)]
+    return data
 
 
 def _loc(prefix: str, loc: tuple) -> str:
@@ -110,8 +145,65 @@ def _loc(prefix: str, loc: tuple) -> str:
     return out
 
 
-def _pydantic_errors(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    return [(_loc(prefix, tuple(err["loc"])), err["msg"]) for err in e.errors()]
+def _step(node: Any, part: Any) -> Any:
+    """The annotation one step (a field name or an index) inside ``node``, or None."""
+    import types
+    import typing
+
+    origin = typing.get_origin(node)
+    if origin is typing.Annotated:
+        return _step(typing.get_args(node)[0], part)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(node):
+            found = _step(arg, part)
+            if found is not None:
+                return found
+        return None
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        field = node.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    args = typing.get_args(node)
+    if origin in (list, tuple, set) and isinstance(part, int) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _keys_at(model: Any, loc: tuple) -> list[str] | None:
+    """The field names of the model at ``loc`` inside ``model``, or None if it is not a model."""
+    import typing
+
+    node = model
+    for part in loc:
+        node = _step(node, part)
+        if node is None:
+            return None
+    for arg in (node, *typing.get_args(node)):  # Optional[Model]
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return list(arg.model_fields)
+    return None
+
+
+def pydantic_errors(e: ValidationError, prefix: str = "", model: Any = None) -> list[tuple[str, str]]:
+    """(YAML path, message) of each error of a pydantic validation; unknown keys (``extra="forbid"``)
+    name the close keys of ``model`` (the validated class) instead of "Extra inputs are not permitted"."""
+    from .registry import did_you_mean
+
+    out = []
+    for err in e.errors():
+        loc, msg = tuple(err["loc"]), err["msg"]
+        if err["type"] == "extra_forbidden" and loc and model is not None:
+            keys = _keys_at(model, loc[:-1])
+            if keys is not None:
+                key = str(loc[-1])
+                hint = did_you_mean(key, keys)
+                msg = f"unknown key {key!r}" + (hint or "; ") + (" " if hint else "") + \
+                      f"keys here: {', '.join(keys) or 'none'}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append((_loc(prefix, loc), msg))
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -131,6 +223,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# input files and folders of a spec (YAML paths; "[]" = each item of a list); relative ones are read
+# from the spec file's folder. train.out is an output and stays relative to the working directory.
+INPUT_PATHS = ("data.train[]", "data.val[]", "data.captions", "eval.data[]", "train.proxies[]",
+               "perceivers[].weights", "backbone.weights", "process.weights", "losses[].weights")
+
+
+def absolute_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """``raw`` (a spec dict, changed in place) with its relative :data:`INPUT_PATHS` joined to ``base``."""
+    base = Path(base)
+
+    def fix(v: Any) -> Any:
+        if not isinstance(v, str) or not v:
+            return v
+        p = Path(v).expanduser()
+        return v if p.is_absolute() else str(base / p)
+
+    for spec_path in INPUT_PATHS:
+        nodes: list[Any] = [raw]
+        parts = spec_path.split(".")
+        for i, part in enumerate(parts):
+            each = part.endswith("[]")
+            key = part[:-2] if each else part
+            last = i == len(parts) - 1
+            nxt = []
+            for node in nodes:
+                if not isinstance(node, dict) or key not in node:
+                    continue
+                value = node[key]
+                if last:
+                    if each and isinstance(value, list):
+                        node[key] = [fix(x) for x in value]
+                    else:
+                        node[key] = fix(value)  # one path where a list is expected (data.train: folder)
+                elif each:
+                    nxt.extend(value if isinstance(value, list) else [])
+                else:
+                    nxt.append(value)
+            nodes = nxt
+    return raw
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """A spec file as a dict, its relative input paths read from the file's folder."""
+    return absolute_paths(read_yaml(path), Path(path).expanduser().resolve().parent)
+
+
+_STRUCTURE = {"perceiver": ComponentSpec, "backbone": ComponentSpec, "process": ComponentSpec, "loss": LossSpec}
+
+
+def _raw_components(raw: dict[str, Any]):
+    """(yaml path, kind, raw entry) of every component of a raw spec dict."""
+    perceivers = raw.get("perceivers")
+    for i, p in enumerate(perceivers if isinstance(perceivers, list) else []):
+        yield f"perceivers[{i}]", "perceiver", p
+    yield "backbone", "backbone", raw.get("backbone")
+    if raw.get("process") is not None:
+        yield "process", "process", raw.get("process")
+    losses = raw.get("losses")
+    for i, l in enumerate(losses if isinstance(losses, list) else []):
+        yield f"losses[{i}]", "loss", l
+
+
 def _components(spec: PipelineSpec):
     """(yaml path, kind, ComponentSpec) for every component of a spec."""
     for i, p in enumerate(spec.perceivers):
@@ -143,84 +297,108 @@ def _components(spec: PipelineSpec):
 
 
 def _data_degradations(spec: PipelineSpec):
+    """(yaml path, DegradationSpec) of the degradations of the data and eval sections."""
     if spec.data is not None:
         for i, d in enumerate(spec.data.degradations):
             yield f"data.degradations[{i}]", d
+    if spec.eval is not None:
+        for i, d in enumerate(spec.eval.degradations):
+            yield f"eval.degradations[{i}]", d
 
 
-def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "Registry | None" = None) -> PipelineSpec:
+def _raw_degradations(raw: dict[str, Any]):
+    for section in ("data", "eval"):
+        sec = raw.get(section)
+        degs = sec.get("degradations") if isinstance(sec, dict) else None
+        for i, d in enumerate(degs if isinstance(degs, list) else []):
+            yield f"{section}.degradations[{i}]", d
+
+
+def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "Registry | None" = None, *,
+              adjust: bool = True, model_only: bool = False, losses: bool = True,
+              name: str | None = None) -> PipelineSpec:
     """Parse, adjust (hooks), validate and resolve a spec.
 
     The result has every component's params filled in completely (preset and defaults folded
-    in), so that it rebuilds the same pipeline anywhere.
+    in), so that it rebuilds the same pipeline anywhere. A spec file's relative input paths are
+    read from its folder (:data:`INPUT_PATHS`). Every error found is reported, each with its YAML
+    path: a structural error does not hide the params errors of the components around it.
+
+    ``adjust=False`` skips the ``vlir_adjust_spec`` hooks (a saved, resolved spec is taken as it
+    is); ``model_only`` resolves only what :class:`~vlir.core.pipeline.Pipeline` builds (no data,
+    train or eval checks) and ``losses=False`` leaves the losses unresolved too. ``name`` names
+    the source in errors (default: the file, or "spec").
     """
-    from .registry import RegistryError, get_registry
+    from .registry import get_registry
 
     registry = registry or get_registry()
     if isinstance(source, PipelineSpec):
-        raw, name = source.model_dump(mode="json", exclude_none=True), "spec"
+        raw = source.to_dict()
     elif isinstance(source, dict):
-        raw, name = copy.deepcopy(source), "spec"
+        raw = copy.deepcopy(source)
     else:
-        raw, name = read_yaml(source), str(source)
+        raw, name = read_spec(source), name or str(source)
+    name = name or "spec"
 
-    try:
-        registry.pm.hook.vlir_adjust_spec(spec=raw, registry=registry)
-    except SpecError as e:
-        raise SpecError(e.errors, source=name) from e
+    if adjust:
+        try:
+            registry.pm.hook.vlir_adjust_spec(spec=raw, registry=registry)
+        except SpecError as e:
+            raise SpecError(e.errors, source=name) from e
 
+    errors: list[tuple[str, str]] = []
+    spec: PipelineSpec | None = None
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_pydantic_errors(e), source=name) from e
+        errors.extend(pydantic_errors(e, model=PipelineSpec))
 
-    errors: list[tuple[str, str]] = []
-    for path, kind, comp in _components(spec):
-        try:
-            entry = registry.get(kind, comp.type)
-            cls = registry.load(kind, comp.type)
-        except RegistryError as e:
-            errors.append((f"{path}.type", str(e)))
+    # each component's params, also when the structure around them is wrong
+    if spec is not None:
+        comps = list(_components(spec))
+    else:
+        comps = []
+        for path, kind, entry in _raw_components(raw):
+            try:
+                comps.append((path, kind, _STRUCTURE[kind].model_validate(entry)))
+            except ValidationError:
+                continue  # reported above
+    failed: set[str] = set()
+    for path, kind, comp in comps:
+        if kind == "loss" and not losses:
             continue
-        presets = registry.presets(kind, comp.type)
-        values: dict[str, Any] = {}
-        if comp.preset is not None:
-            if comp.preset not in presets:
-                errors.append((f"{path}.preset", f"{kind} {comp.type!r} has no preset {comp.preset!r}; "
-                                                  f"presets: {', '.join(presets) or 'none'}"))
-                continue
-            values.update(presets[comp.preset])
-        values.update(comp.params)
         try:
-            params = cls.Params.model_validate(values)
-        except ValidationError as e:
-            errors.extend(_pydantic_errors(e, prefix=f"{path}.params"))
+            params = registry.resolve(kind, comp, path=path)
+        except SpecError as e:
+            errors.extend(e.errors)
+            failed.add(path)
             continue
         comp.params = params.model_dump(mode="json")
+        entry = registry.get(kind, comp.type)
         comp.provider, comp.version = entry.provider, entry.version or None
-        if comp.weights is not None and not Path(comp.weights).expanduser().is_file():
-            errors.append((f"{path}.weights", f"no such file: {comp.weights}"))
-    for path, deg in _data_degradations(spec):
-        try:
-            registry.get("degradation", deg.type)
-        except RegistryError as e:
-            errors.append((f"{path}.type", str(e)))
+        if comp.weights is not None and file_problem(comp.weights):
+            errors.append((f"{path}.weights", f"{comp.weights}: {file_problem(comp.weights)}"))
+    if not model_only:
+        from .sections import DegradationSpec
 
-    roles = spec.roles()
-    for i, r in enumerate(roles):
-        if r in roles[:i]:
-            errors.append((f"perceivers[{i}].role", f"duplicate perceiver role {r!r}; give each a distinct role"))
-    if spec.condition is not None and spec.condition.perceiver not in (None, "none") \
-            and spec.condition.perceiver not in roles:
-        errors.append(("condition.perceiver", f"no perceiver with role {spec.condition.perceiver!r}; "
-                                              f"perceivers: {', '.join(roles) or 'none'}"))
-    if not errors:
-        bcls = registry.load("backbone", spec.backbone.type)
-        if getattr(bcls, "diffusion", False) and spec.process is None:
-            errors.append(("process", f"backbone {spec.backbone.type!r} is a diffusion network and needs a "
-                                      "process, e.g. process: {type: irsde}"))
-        if not getattr(bcls, "diffusion", False) and spec.process is not None:
-            errors.append(("process", f"backbone {spec.backbone.type!r} is not a diffusion network; remove 'process'"))
+        degs = list(_data_degradations(spec)) if spec is not None else []
+        if spec is None:
+            for path, d in _raw_degradations(raw):
+                try:
+                    degs.append((path, DegradationSpec.model_validate(d)))
+                except ValidationError:
+                    continue
+        for path, deg in degs:
+            try:
+                registry.resolve("degradation", deg, path=path)
+            except SpecError as e:
+                errors.extend(e.errors)
+                failed.add(path)
+
+    if spec is not None:
+        from .validate import check_wiring
+
+        errors.extend(check_wiring(spec, registry, model_only=model_only, losses=losses, failed=failed))
     if errors:
         raise SpecError(errors, source=name)
     return spec

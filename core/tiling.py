@@ -152,6 +152,17 @@ def _window(size: int, tile: int, start: int, overlap: int, r: torch.Tensor) -> 
     return w
 
 
+def aligned(tile: int, overlap: int, multiple_of: int = 1, passes: int = 0) -> tuple[int, int]:
+    """The tile and overlap :func:`tiled_forward` cuts with: ``tile`` rounded down to a multiple of
+    ``multiple_of`` (when it is at least one), and with ``passes`` the overlap rounded up to one, so
+    that every tile starts on the model's padding grid."""
+    if tile >= multiple_of:
+        tile = tile // multiple_of * multiple_of
+    if passes:
+        overlap = -(-overlap // multiple_of) * multiple_of
+    return tile, overlap
+
+
 def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
                   multiple_of: int = 1, batch_tiles: int = 1, passes: int = 0,
                   pad_mode: str = "reflect") -> torch.Tensor:
@@ -165,7 +176,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
       ``fn`` whole in one call.
     - ``batch_tiles`` tiles are stacked per call, tile-major: rows ``[k*B:(k+1)*B]`` are
       tile ``k`` of every image. A conditioned ``fn`` with per-image conditioning for a
-      batch of B can expand it with ``cond.select(torch.arange(B).repeat(n))`` where
+      batch of B can index its tensors with ``torch.arange(B).repeat(n)`` where
       ``n = tiles.shape[0] // B``.
     - Output dtype is ``fn``'s; accumulation is in float32 or wider.
     - ``passes`` > 0 shares the model's global reductions (:func:`global_sum`) across the tiles:
@@ -177,15 +188,12 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
         raise ValueError(f"tiled_forward: expected x of shape (B, C, H, W), got {list(x.shape)}")
     if multiple_of < 1 or batch_tiles < 1:
         raise ValueError(f"tiled_forward: multiple_of ({multiple_of}) and batch_tiles ({batch_tiles}) must be >= 1")
-    if tile >= multiple_of:
-        tile = tile // multiple_of * multiple_of
     if tile < 1:
         raise ValueError(f"tiled_forward: tile must be >= 1, got {tile}")
     if passes < 0:
         raise ValueError(f"tiled_forward: passes must be >= 0, got {passes}")
     asked = overlap
-    if passes:  # tiles must start on the model's padding grid
-        overlap = -(-overlap // multiple_of) * multiple_of
+    tile, overlap = aligned(tile, overlap, multiple_of, passes)
     if not 0 <= overlap < tile:
         rounded = f" (rounded up to a multiple of {multiple_of}: {overlap})" if overlap != asked else ""
         raise ValueError(f"tiled_forward: overlap must be in [0, tile={tile}), got {asked}{rounded}")

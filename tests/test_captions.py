@@ -1,12 +1,9 @@
-"""Caption sources: DA-CLIP CSVs and templates (temporary files only)."""
+"""Caption sources: DA-CLIP CSVs (temporary files only)."""
 from __future__ import annotations
-
-import os
 
 import pytest
 
-from vlir.core.data.captions import (CaptionError, CaptionSource, CSVCaptions, TemplateCaptions,
-                                     split_title, write_csv)
+from vlir.core.data.captions import CaptionError, CaptionSource, CSVCaptions, split_title
 
 HEADER = "filepath\ttitle\n"
 
@@ -73,31 +70,17 @@ def test_csv_malformed_rows_name_file_and_line(tmp_path):
         CSVCaptions(write(tmp_path, "", "blank.csv"))
 
 
-def test_write_csv_round_trip(tmp_path):
+def test_csv_written_by_the_csv_module_reads_back(tmp_path):
+    import csv
+
     rows = [("u/noisy/LQ/1.png", "a dog", "noisy"), ("u/hazy/LQ/1.png", "a note: 'hi'", "hazy"),
             ("u/x/2.png", 'a "quoted" word', "rainy")]
-    path = tmp_path / "out" / "captions.csv"
-    assert write_csv(path, rows) == 3
-    assert path.read_text(encoding="utf-8").splitlines()[0] == "filepath\ttitle"
+    path = tmp_path / "captions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["filepath", "title"])
+        w.writerows([fp, f"{cap}: {deg}"] for fp, cap, deg in rows)
     src = CSVCaptions(path)
+    assert isinstance(src, CaptionSource)
     for fp, cap, deg in rows:
         assert src.caption(fp) == cap and src.degradation(fp) == deg
-    with pytest.raises(CaptionError, match="contains ': '"):
-        write_csv(tmp_path / "bad.csv", [("a.png", "x: y", None)])
-    assert not (tmp_path / "bad.csv").exists()
-
-
-def test_template_captions():
-    src = TemplateCaptions()
-    assert isinstance(src, CaptionSource)
-    assert src.caption("data/0001.png") == "a photo"
-    assert TemplateCaptions(degradation="noisy").caption("x.png") == "a photo: noisy"
-    t = TemplateCaptions("a photo of {words}")
-    assert t.caption("Set5/baby_GT.bmp") == "a photo of baby gt"
-    assert t.caption("CBSD68/101085.png") == "a photo"  # no words in the stem: fallback
-    assert TemplateCaptions("a photo of {stem} in {parent}").caption(os.path.join("birds", "robin.png")) \
-        == "a photo of robin in birds"
-    assert TemplateCaptions("{words}", degradation="hazy").caption("red-car_03.jpg") == "red car: hazy"
-    assert TemplateCaptions("{name}").caption("a/b.png") == "b.png"
-    with pytest.raises(CaptionError, match="only {stem}, {name}, {words} and {parent}"):
-        TemplateCaptions("a photo of {subject}")

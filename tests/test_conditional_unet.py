@@ -92,7 +92,7 @@ def test_forward_backward_and_conditioning():
         flat = Conditioning(tokens=cond.tokens[:, 0], vector=cond.vector)
         assert torch.allclose(base, model(lq, flat, x=x, t=t))
         # per-sample independence: a batch equals its parts
-        first = model(lq[:1], cond.select(slice(0, 1)), x=x[:1], t=t[:1])
+        first = model(lq[:1], Conditioning(tokens=cond.tokens[:1], vector=cond.vector[:1]), x=x[:1], t=t[:1])
         assert torch.allclose(base[:1], first, atol=1e-5)
         # without conditioning (or with missing fields) it still runs
         for c in (None, Conditioning(), Conditioning(vector=cond.vector), Conditioning(tokens=cond.tokens)):

@@ -1,5 +1,5 @@
 """Image I/O and datasets over folders with bad files: conversions, skips with logged reasons,
-determinism, balance, DA-CLIP's paired layout and cross-fitted medium-quality images."""
+determinism, balance and DA-CLIP's paired layout."""
 from __future__ import annotations
 
 import logging
@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vlir.core.data.datasets import (MediumQuality, PairedFolders, SyntheticDegradations, crop_flip,
-                                     cross_fit_medium, fold_indices)
+from vlir.core.data.datasets import PairedFolders, SyntheticDegradations, crop_flip
 from vlir.core.data.images import ImageError, read_image, write_image
 from vlir.plugins.degradations.haze import Haze
 from vlir.plugins.degradations.jpeg import JPEG
@@ -325,43 +324,3 @@ def test_augment_spec_reaches_training_data_only(tmp_path, caplog):
     ok = build_dataset(paired.model_copy(update={"augment": Augment(rot90=True)}), "train", 32)
     assert ok.augment == {"rot90": True, "channels": False}
 
-
-# -- medium quality -------------------------------------------------------------------------------
-def test_cross_fit_is_out_of_sample():
-    items = list(range(10))
-    seen: list[set[int]] = []
-
-    def train_fn(train):
-        seen.append(set(train))
-        return set(train)
-
-    def predict_fn(model, held):
-        assert not model & set(held), "predicting an item the model was trained on"
-        return [("pred", x, frozenset(model)) for x in held]
-
-    out = cross_fit_medium(items, train_fn, predict_fn, folds=2, seed=0)
-    assert [o[1] for o in out] == items
-    assert all(o[1] not in o[2] for o in out)
-    assert len(seen) == 2 and seen[0] | seen[1] == set(items) and not seen[0] & seen[1]
-    folds = fold_indices(10, 3, seed=1)
-    assert sorted(sum(folds, [])) == items and max(map(len, folds)) - min(map(len, folds)) <= 1
-    with pytest.raises(ValueError):
-        fold_indices(1, 2)
-
-
-def test_medium_quality_dataset(tmp_path):
-    write_zoo(tmp_path / "clean")
-    ds = SyntheticDegradations(tmp_path / "clean", degs(), patch_size=32)
-
-    def train_fn(train):  # a "restorer" that only knows the mean GT colour of its training items
-        return torch.stack([it["gt"] for it in train]).mean(dim=(0, 2, 3))
-
-    def predict_fn(colour, held):
-        return [0.5 * it["lq"] + 0.5 * colour[:, None, None] for it in held]
-
-    med = MediumQuality.cross_fit(ds, train_fn, predict_fn, folds=2, size=6)
-    assert len(med) == 6
-    it = med[0]
-    assert set(it) >= {"lq", "gt", "medium", "degradation", "caption"} and it["medium"].shape == it["gt"].shape
-    with pytest.raises(ValueError, match="medium image 0"):
-        MediumQuality([ds[0]], [torch.zeros(3, 8, 8)])

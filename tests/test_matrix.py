@@ -6,6 +6,7 @@ import torch
 
 from vlir.core import Pipeline
 from vlir.core.registry import Registry
+from vlir.core.train.objective import training_losses
 
 REG = Registry(autoload=False)
 PERCEIVERS = REG.names("perceiver")
@@ -33,7 +34,7 @@ def test_perceiver_feeds_backbone(perceiver, backbone, tmp_path):
     lq, gt = torch.rand(2, 3, 24, 20, generator=g), torch.rand(2, 3, 24, 20, generator=g)
     cond = pipe.condition(pipe.perceive(lq))
     assert cond is not None and (cond.vector is not None or cond.tokens is not None)
-    total, logs = pipe.training_losses({"lq": lq, "gt": gt, "degradation_name": ["noisy", "hazy"],
+    total, logs = training_losses(pipe, {"lq": lq, "gt": gt, "degradation_name": ["noisy", "hazy"],
                                         "caption": ["a photo", "a photo"]}, generator=g)
     assert torch.isfinite(total)
     total.backward()

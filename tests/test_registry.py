@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import make_dist, run_python
+from vlir.core.errors import SpecError
 from vlir.core.registry import (ComponentLoadError, DuplicateComponentError, Registry, UnknownComponentError)
 
 BACKBONE_CODE = """
@@ -55,8 +56,9 @@ def test_unknown_name_suggests_and_hints_install():
 
 def test_unknown_preset():
     reg = Registry(autoload=False)
-    with pytest.raises(UnknownComponentError, match="presets: .*sidd-width32"):
-        reg.resolve_params("backbone", "nafnet", preset="gopro")
+    with pytest.raises(SpecError, match="presets: .*sidd-width32") as info:
+        reg.resolve("backbone", {"type": "nafnet", "preset": "gopro"}, path="backbone")
+    assert [p for p, _ in info.value.errors] == ["backbone.preset"]
 
 
 def test_entry_point_component_is_listed_lazily_and_loads(tmp_path, on_path):

@@ -123,8 +123,8 @@ def test_recursive_keeps_subfolders_and_skips_earlier_outputs(tiny_pipeline, tmp
     _save(src / "a.png", _rgb(16, 16))
     _save(src / "sub" / "b.jpg", _rgb(16, 16, 1))
     out = src / "restored"
-    for _ in range(2):  # the second run must not pick up the first run's outputs
-        assert restore(src, "-o", out, "-r", "--pipeline", tiny_pipeline) == 0
+    for again in ((), ("--overwrite",)):  # the second run must not pick up the first run's outputs
+        assert restore(src, "-o", out, "-r", "--pipeline", tiny_pipeline, *again) == 0
         err = capsys.readouterr().err
         assert "restored 2 of 2" in err
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a.png", "sub/b.jpg"]
@@ -255,7 +255,7 @@ def test_unwritable_output_format_fails_cleanly(tiny_pipeline, tmp_path, capsys)
     img = _save(tmp_path / "a.png", _rgb(16, 16))
     out = tmp_path / "out"
     (out / "a.png").mkdir(parents=True)  # a folder where the output file should go
-    rc = restore(img, "-o", out, "--pipeline", tiny_pipeline)
+    rc = restore(img, "-o", out, "--pipeline", tiny_pipeline, "--overwrite")
     err = capsys.readouterr().err
     assert rc == 1 and f"{img}:" in err
     assert (out / "a.png").is_dir() and _leftovers(out) == []

@@ -1,4 +1,4 @@
-"""Caption sources that need no network: DA-CLIP caption CSVs and templates.
+"""Caption sources that need no network: DA-CLIP caption CSVs.
 
 A caption source answers ``caption(path) -> str | None``: the clean-content caption of an image
 (``None`` when it has none). DA-CLIP's CSV is tab-separated with a header ``filepath<TAB>title``
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
-__all__ = ["CaptionSource", "CaptionEntry", "CSVCaptions", "TemplateCaptions", "CaptionError",
-           "split_title", "write_csv"]
+__all__ = ["CaptionSource", "CaptionEntry", "CSVCaptions", "CaptionError", "split_title"]
 
 
 class CaptionError(ValueError):
@@ -142,57 +140,3 @@ class CSVCaptions:
     def degradation(self, path: str | os.PathLike) -> str | None:
         e = self.entry(path)
         return None if e is None else e.degradation
-
-
-_SPLIT = re.compile(r"[_\-.\s]+")
-
-
-def _words(stem: str) -> str:
-    """File stem as words: separators to spaces, number-only tokens dropped, lower case."""
-    return " ".join(t.lower() for t in _SPLIT.split(stem) if t and not t.isdigit())
-
-
-class TemplateCaptions:
-    """Captions from a template, without a model.
-
-    ``template`` may use ``{stem}`` (file stem), ``{name}`` (file name), ``{words}`` (stem as
-    words, numbers dropped) and ``{parent}`` (folder name). If the template needs ``{words}`` and the stem has none
-    (e.g. ``0001.png``), ``fallback`` is used. With ``degradation`` set, captions read
-    ``"{caption}: {degradation}"`` (DA-CLIP's title format).
-    """
-
-    def __init__(self, template: str = "a photo", degradation: str | None = None, fallback: str = "a photo"):
-        try:
-            template.format(stem="x", name="x", words="x", parent="x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise CaptionError(f"caption template {template!r}: only {{stem}}, {{name}}, {{words}} and {{parent}} "
-                               f"are known ({type(e).__name__}: {e})") from e
-        self.template = template
-        self.degradation = degradation
-        self.fallback = fallback
-
-    def caption(self, path: str | os.PathLike) -> str | None:
-        p = Path(path)
-        words = _words(p.stem)
-        text = self.fallback if ("{words}" in self.template and not words) else \
-            self.template.format(stem=p.stem, name=p.name, words=words, parent=p.parent.name)
-        text = " ".join(text.split())
-        return f"{text}: {self.degradation}" if self.degradation else text
-
-
-def write_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str, str | None]], sep: str = "\t") -> int:
-    """Write ``(filepath, caption, degradation)`` rows as a DA-CLIP caption CSV; returns the count."""
-    from vlir.core.io import atomic_path
-
-    n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter=sep, lineterminator="\n")
-            w.writerow(["filepath", "title"])
-            for filepath, caption, degradation in rows:
-                if ": " in caption and degradation is None:
-                    raise CaptionError(f"caption CSV {path}: caption {caption!r} of {filepath} contains ': ' "
-                                       "and no degradation; it would be split wrongly when read back")
-                w.writerow([str(filepath), f"{caption}: {degradation}" if degradation else caption])
-                n += 1
-    return n

@@ -18,9 +18,8 @@ import os
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -52,9 +51,10 @@ def _caption(source: Any, *paths: PathLike) -> str:
 
 # -- seeding, files -----------------------------------------------------------------------------
 def item_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (e.g. seed, epoch, index)."""
-    state = np.random.SeedSequence([int(k) % (1 << 64) for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    """A CPU generator seeded from integer keys (e.g. seed, epoch, index): :func:`vlir.core.seed.generator`."""
+    from ..seed import generator
+
+    return generator(*keys)
 
 
 @lru_cache(maxsize=64)
@@ -183,8 +183,9 @@ def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # -- degradations -------------------------------------------------------------------------------
-def resolve_degradation(spec: Any) -> torch.nn.Module:
-    """A degradation module from a module, a name, ``(name, params)`` or ``{name|type, preset, params}``."""
+def resolve_degradation(spec: Any, registry: Any = None) -> torch.nn.Module:
+    """A degradation module from a module, a name, ``(name, params)`` or ``{name|type, preset, params}``,
+    built by ``registry`` (default: the environment's)."""
     if isinstance(spec, torch.nn.Module):
         return spec
     preset = None
@@ -200,9 +201,11 @@ def resolve_degradation(spec: Any) -> torch.nn.Module:
     else:
         raise TypeError(f"cannot make a degradation from {spec!r}: expected a module, a name, "
                         "(name, params) or {name, preset, params}")
-    from ..registry import get_registry
+    if registry is None:
+        from ..registry import get_registry
 
-    return get_registry().build("degradation", name, preset=preset, params=dict(params or {}))
+        registry = get_registry()
+    return registry.build("degradation", {"type": name, "preset": preset, "params": dict(params or {})})
 
 
 def degradation_word(module: torch.nn.Module) -> str:
@@ -234,7 +237,7 @@ class SyntheticDegradations(_Epoch, Dataset):
                  patch_size: int | None = 64, length: int | None = None, seed: int = 0, balanced: bool = True,
                  captions: Any = None, flips: bool = True, scan: bool = True, cache: bool = False,
                  recursive: bool = True, rot90: bool = False, channels: bool = False,
-                 scale: tuple[float, float] = (1.0, 1.0)):
+                 scale: tuple[float, float] = (1.0, 1.0), registry: Any = None):
         if not degradations:
             raise ValueError("SyntheticDegradations needs at least one degradation")
         files = list_images(roots, recursive=recursive)
@@ -244,7 +247,10 @@ class SyntheticDegradations(_Epoch, Dataset):
             raise ValueError(f"no usable images under {roots}")
         self.files = files
         self._specs = list(degradations)
-        self._modules: list[torch.nn.Module] | None = None
+        # with a registry (a pipeline's) the modules are built now; else through the environment's
+        # registry on first use (the registry itself is not kept: datasets go to worker processes)
+        self._modules: list[torch.nn.Module] | None = \
+            None if registry is None else [resolve_degradation(s, registry) for s in self._specs]
         self.patch_size = patch_size
         self.length = length if length is not None else len(files) * len(self._specs)
         self.seed = seed
@@ -415,67 +421,3 @@ class PairedFolders(_Epoch, Dataset):
         caption = _caption(self.captions, a, b)
         return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k], "caption": caption,
                 "lq_caption": lq_caption(caption, self.names[k]), "path": str(a), "gt_path": str(b)}
-
-
-# -- medium quality (Perceive-IR) -----------------------------------------------------------------
-def fold_indices(n: int, folds: int = 2, seed: int = 0) -> list[list[int]]:
-    """Split ``range(n)`` into ``folds`` disjoint, nearly equal, randomly ordered folds."""
-    if folds < 2:
-        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    if n < folds:
-        raise ValueError(f"cannot split {n} items into {folds} folds")
-    perm = torch.randperm(n, generator=item_generator(seed, 13)).tolist()
-    return [sorted(perm[f::folds]) for f in range(folds)]
-
-
-def cross_fit_medium(images: Sequence[Any], train_fn: Callable[[list[Any]], Any],
-                     predict_fn: Callable[[Any, list[Any]], Sequence[Any]], folds: int = 2, seed: int = 0
-                     ) -> list[Any]:
-    """Medium-quality outputs, each predicted by a model that never saw its input.
-
-    For each fold, ``train_fn(items of the other folds) -> model`` trains a (deliberately
-    under-trained) restorer and ``predict_fn(model, items of this fold) -> outputs`` restores
-    the held-out items. Returns the outputs in the order of ``images``.
-    """
-    n = len(images)
-    out: list[Any] = [None] * n
-    for f, held in enumerate(fold_indices(n, folds, seed)):
-        held_set = set(held)
-        train = [images[i] for i in range(n) if i not in held_set]
-        log.info("cross-fitting medium quality: fold %d/%d, training on %d, predicting %d",
-                 f + 1, folds, len(train), len(held))
-        model = train_fn(train)
-        preds = list(predict_fn(model, [images[i] for i in held]))
-        if len(preds) != len(held):
-            raise ValueError(f"predict_fn returned {len(preds)} outputs for {len(held)} items (fold {f})")
-        for i, p in zip(held, preds):
-            out[i] = p
-    return out
-
-
-class MediumQuality(Dataset):
-    """Fixed items (dicts with ``lq``, ``gt``, ...) with a ``medium`` image each."""
-
-    def __init__(self, items: Sequence[Mapping[str, Any]], medium: Sequence[torch.Tensor]):
-        if len(items) != len(medium):
-            raise ValueError(f"MediumQuality: {len(items)} items but {len(medium)} medium images")
-        for i, (it, m) in enumerate(zip(items, medium)):
-            if tuple(m.shape) != tuple(it["gt"].shape):
-                raise ValueError(f"MediumQuality: medium image {i} has shape {tuple(m.shape)}, "
-                                 f"gt has {tuple(it['gt'].shape)}")
-        self.items = list(items)
-        self.medium = list(medium)
-
-    @classmethod
-    def cross_fit(cls, dataset: Dataset, train_fn: Callable, predict_fn: Callable, folds: int = 2,
-                  seed: int = 0, size: int | None = None) -> "MediumQuality":
-        """Materialise ``size`` items of ``dataset`` (default all) and cross-fit their medium images."""
-        n = len(dataset) if size is None else min(size, len(dataset))
-        items = [dataset[i] for i in range(n)]
-        return cls(items, cross_fit_medium(items, train_fn, predict_fn, folds, seed))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.items[i], "medium": self.medium[i]}

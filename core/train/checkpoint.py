@@ -1,56 +1,26 @@
 """Training checkpoints: plain dicts of tensors and primitives, written atomically.
 
-They load with ``torch.load(weights_only=True)`` (``vlir.core.io.load_checkpoint``): random
-number generator states are stored as tensors and lists, never as pickled objects.
+They load with ``torch.load(weights_only=True)`` (``vlir.core.io.load_checkpoint``). A run
+folder's newest checkpoint that cannot be read (a copy cut short, a full disk) is skipped for
+the newest one that can (:func:`load_newest`).
 """
 from __future__ import annotations
 
-import random
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..io import CheckpointError, atomic_path, load_checkpoint
 
+log = logging.getLogger("vlir.train")
 FORMAT = "vlir-train"
-VERSION = 1
+VERSION = 2  # 2: no random states (every step seeds its own streams: vlir.core.train.trainer)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-# -- random number generators ------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and Python ``random`` states as tensors and lists."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": int(version), "internal": list(internal),
-                   "gauss_next": None if gauss_next is None else float(gauss_next)},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached"])))
-    p = state["python"]
-    random.setstate((int(p["version"]), tuple(int(x) for x in p["internal"]), p["gauss_next"]))
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available():
-        for i, s in enumerate(cuda[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
-
-
-# -- files -------------------------------------------------------------------------------------
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
@@ -96,15 +66,57 @@ def save(state: dict[str, Any], folder: str | Path, step: int, keep: int | None 
     return path
 
 
+def _reason(e: BaseException) -> str:
+    """Why a file did not load, in one short clause (torch's advice to load unsafely left out)."""
+    cause = e.__cause__ or e
+    text = (str(cause).strip().splitlines() or [""])[0]
+    if "weights only" in text.lower() or "weights_only" in text:
+        return "it holds objects other than tensors and plain containers, which vlir does not load"
+    text = text.split(". ")[0].rstrip(".")  # torch's first sentence; the rest is advice
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only=True``) and check its format."""
-    obj = load_checkpoint(path)
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes): a write that was cut short")
+    try:
+        obj = load_checkpoint(path)
+    except CheckpointError as e:
+        if not path.is_file():
+            raise
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({_reason(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vlir training checkpoint (no format: {FORMAT})")
     if int(obj.get("version", 0)) > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {obj['version']} is newer than this "
                               f"vlir reads ({VERSION}); upgrade vlir")
     return obj
+
+
+def load_newest(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or the newest readable one of a run folder (``run/checkpoints``) or checkpoint
+    folder; unreadable newer ones are skipped with a warning. Returns (path, state)."""
+    path = Path(path)
+    if path.is_file():
+        return path, load(path)
+    for folder in (path / "checkpoints", path):
+        found = list_checkpoints(folder)
+        if not found:
+            continue
+        errors = []
+        for _, p in reversed(found):
+            try:
+                state = load(p)
+            except CheckpointError as e:
+                errors.append(str(e))
+                continue
+            for message in errors:
+                log.warning("skipping %s; resuming from %s, the newest readable checkpoint", message, p.name)
+            return p, state
+        raise CheckpointError(f"{folder}: no readable checkpoint:\n  " + "\n  ".join(errors))
+    raise FileNotFoundError(f"{path}: no training checkpoint (step_*.pt) here or under {path / 'checkpoints'}")
 
 
 def resolve(path: str | Path) -> Path:

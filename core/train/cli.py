@@ -11,52 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import threads
+from ..cli import apply_sets as apply_overrides, parse_set as parse_override  # noqa: F401 - the one --set parser
 
 RUN_SPEC = "run.yaml"  # as vlir.core.train.trainer.RUN_SPEC (kept here: this module does not import torch)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], YAML-parsed value)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"--set {key}: value {value!r} is not valid YAML ({e})") from e
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
-    """Set dotted keys in a raw spec dict; integer parts index lists (``train.stages.0.lr``)."""
-    from ..spec import SpecError
-
-    out = copy.deepcopy(raw)
-    for keys, value in overrides:
-        node: Any = out
-        for i, k in enumerate(keys):
-            last = i == len(keys) - 1
-            where = ".".join(keys[:i + 1])
-            if isinstance(node, list):
-                if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
-                    raise SpecError([(where, f"--set: {k!r} is not an index of a list of {len(node)}")])
-                if last:
-                    node[int(k)] = value
-                else:
-                    node = node[int(k)]
-            elif isinstance(node, dict):
-                if last:
-                    node[k] = value
-                else:
-                    if node.get(k) is None:
-                        node[k] = {}
-                    node = node[k]
-            else:
-                raise SpecError([(where, f"--set: cannot set a key inside a {type(node).__name__}")])
-    return out
 
 
 def select_stages(raw: dict[str, Any], names: list[str], source: str) -> dict[str, Any]:
@@ -80,9 +37,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: train.out, or the --resume folder)")
     p.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.iterations=100 --set data.train=imgs")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-spec-change", action="store_true",
+                   help="with --resume: continue although the spec differs from the checkpoint's (the "
+                        "differences are logged; without this flag they are refused)")
+    p.add_argument("--quiet", action="store_true", help="print nothing while training (no progress bar, "
+                                                        "no validation lines)")
     p.add_argument("--stages", metavar="NAMES", help="run only these stages of train.stages (comma-separated "
                                                      "names), e.g. to train independent stages as parallel runs")
 
@@ -99,7 +58,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..spec import SpecError, load_spec, read_yaml
+    from ..spec import SpecError, read_spec
+    from ..validate import validate
     from .checkpoint import list_checkpoints
     from .trainer import Trainer
 
@@ -112,25 +72,29 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.resume:
             raise SpecError([("", "give a spec file, or --resume DIR to continue a run")], source="vlir train")
         source = str(_run_folder(args.resume) / RUN_SPEC)
-    raw = apply_overrides(read_yaml(source), args.set or [])
+    raw = apply_overrides(read_spec(source), args.set or [])  # --set paths: from the working directory
     if getattr(args, "stages", None):
         raw = select_stages(raw, args.stages.split(","), source)
-    spec = load_spec(raw)
+    spec = validate(raw, name=source)  # everything training would fail on, before any work
     if spec.data is None:
         raise SpecError([("data", "training needs a data section (data.train: folders of images)")], source=source)
     out = Path(args.out or (_run_folder(args.resume) if args.resume else (spec.train.out if spec.train else "runs/vlir")))
     if not args.resume and list_checkpoints(out / "checkpoints"):
         raise SpecError([("train.out", f"{out} already has checkpoints; continue with --resume {out} "
                                        "or choose another --out")], source=source)
-    trainer = Trainer(spec, out, device=args.device, resume=args.resume, progress=not args.quiet)
+    if getattr(args, "allow_spec_change", False) and not args.resume:
+        raise SpecError([("", "--allow-spec-change is for --resume")], source="vlir train")
+    trainer = Trainer(spec, out, device=args.device, resume=args.resume, progress="off" if args.quiet else "auto",
+                      allow_spec_change=getattr(args, "allow_spec_change", False))
     result = trainer.fit()
     if trainer.dist.main:
         if result is None:
-            print(f"stopped after {trainer.steps_this_run} step(s) at step {trainer.step}; continue with: "
-                  f"vlir train --resume {out}", file=sys.stderr)
+            why = f" ({trainer.stop_signal})" if trainer.stop_signal else ""
+            print(f"stopped{why} after {trainer.steps_this_run} step(s) at step {trainer.step}, with a checkpoint; "
+                  f"continue with: vlir train --resume {out}", file=sys.stderr)
         else:
             print(f"trained pipeline: {result}")
-    return 0
+    return (trainer.signals.exit_code or 0) if result is None else 0
 
 
 add_arguments = add_train_arguments

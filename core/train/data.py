@@ -71,21 +71,23 @@ class Concat(Dataset):
         raise IndexError(i)
 
 
-def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None = None) -> Dataset:
+def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None = None,
+                  registry: Any = None) -> Dataset:
     """The training (``split='train'``) or validation (``'val'``) dataset of a data section.
 
     Both are balanced over the degradations (item ``i`` has class ``i % K``); validation items
     have a fixed seed and no flips, and there are at most ``limit`` of them.
     """
     try:
-        return _build_dataset(data, split, patch_size, limit)
+        return _build_dataset(data, split, patch_size, limit, registry)
     except SpecError:
         raise
     except (ValueError, FileNotFoundError) as e:  # unusable folders: name the field
         raise SpecError([(f"data.{split}", str(e))]) from e
 
 
-def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None) -> Dataset:
+def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None,
+                   registry: Any) -> Dataset:
     from ..data.datasets import PairedFolders, SyntheticDegradations
 
     paths = data.train if split == "train" else data.val
@@ -102,7 +104,7 @@ def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: in
         ds: Dataset = SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
                                             seed=data.seed + (0 if train else 1), balanced=True,
                                             captions=captions, flips=train, rot90=aug.rot90,
-                                            channels=aug.channels, scale=aug.scale)
+                                            channels=aug.channels, scale=aug.scale, registry=registry)
     else:
         aug = data.augment if train else Augment()
         if aug.scale != (1.0, 1.0):

@@ -33,15 +33,11 @@ class Dist:
 
 
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or None (CUDA when available, else CPU)."""
-    if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """``--device`` resolved (:func:`vlir.core.cli.resolve_device`), made torch's current CUDA device."""
+    from ..cli import resolve_device
+
+    device = resolve_device(name, local_rank)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     return device
 
@@ -110,12 +106,3 @@ def broadcast_float(d: Dist, value: float | None) -> float | None:
                      dtype=torch.float64, device=d.device)
     dist.broadcast(t, src=0)
     return float(t[0]) if t[1] > 0 else None
-
-
-def gather_objects(d: Dist, obj: Any) -> list[Any]:
-    """Every process's ``obj`` (a list on every rank, in rank order)."""
-    if not d.distributed:
-        return [obj]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out

@@ -3,9 +3,12 @@
 A run folder holds ``run.yaml`` (the resolved spec), ``checkpoints/step_*.pt``, ``log.jsonl``,
 ``tb/`` (tensorboard) and, at the end, ``pipeline/`` (``Pipeline.load`` and the CLI read it).
 
-Resuming restores weights, optimiser, schedule, EMA, random states and the data position, so
-a run that was stopped and resumed ends with the same weights as one that was not. Several
-processes (``torchrun``) split each global batch; only rank 0 writes files.
+Resuming restores weights, optimiser, schedule, EMA and the data position; every step seeds its
+own random streams from (``train.seed``, step, rank) and the data stream is a function of its
+position, so a run that was stopped and resumed ends with the same weights as one that was not,
+whatever ran in between. Resuming refuses a changed spec (unless asked to continue with it) and
+weights that do not fit; see :mod:`vlir.core.train.resume`. Several processes (``torchrun``)
+split each global batch; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -17,38 +20,31 @@ import math
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..io import atomic_write_text
+from ..io import CheckpointError, atomic_write_text, remove_stale_temp
 from ..pipeline import Pipeline
 from ..sections import DataSpec, StageSpec, TrainSpec
+from ..seed import generator, mix, seed_everything
 from ..spec import PipelineSpec, SpecError
 from . import checkpoint as ckpt
 from . import ddp
+from .console import Console
 from .data import StepBatches, build_dataset, check_folders, loader, to_device
 from .ema import EMA
+from .objective import Objective, validation_restore
+from .resume import spec_changes, truncate_log, weight_mismatches
+from .stop import StopSignals
 
 log = logging.getLogger("vlir.train")
 RUN_SPEC = "run.yaml"  # the resolved spec of a run (not named spec.yaml: a run folder is no pipeline folder)
-
-
-def mix_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (seed, step, rank, ...)."""
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31 | int(state[1]) >> 1) & (2 ** 63 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
+LOG = "log.jsonl"
+_GLOBAL = 0x6C0B  # key of the global generators' seed of a step (the step's own generator has none)
 
 
 def lr_factor(step: int, iterations: int, warmup: int, floor: float) -> float:
@@ -71,30 +67,44 @@ def amp_dtype(setting: Any, device: torch.device) -> torch.dtype | None:
         raise SpecError([(e.option, e.reason)]) from None
 
 
-class Objective(nn.Module):
-    """One stage's loss as a module (so that DDP can wrap it): ``forward(batch, generator) -> (loss, logs)``."""
+@dataclass
+class StageRun:
+    """What one stage trains with: built by ``_start_stage``, stepped by ``_train``."""
 
-    def __init__(self, pipeline: Pipeline, target: str):
-        super().__init__()
-        self.pipeline = pipeline
-        self.target = target
+    stage: StageSpec
+    params: list[tuple[str, nn.Parameter]]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: Any  # torch.amp.GradScaler with fp16 autocast, else None
+    ema: EMA | None
+    objective: Objective
+    model: nn.Module  # the objective, DDP-wrapped when distributed
+    batches: Iterator[dict[str, Any]]
+    batch_size: int
+    epoch_len: int
+    first: dict[str, Any] | None = None  # a batch drawn before the first step (DDP's unused-parameter probe)
+    sums: dict[str, float] = field(default_factory=dict)  # logs since the last log row
+    count: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
 
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None):
-        if self.target == "restorer":
-            return self.pipeline.training_losses(batch, generator)
-        out = self.pipeline.perceivers[self.target].objective(batch)
-        if "loss" not in out:
-            raise KeyError(f"perceiver {self.target!r}: objective() returned no 'loss' entry ({sorted(out)})")
-        logs = {k: float(v.detach()) for k, v in out.items()
-                if isinstance(v, torch.Tensor) and v.numel() == 1}
-        return out["loss"], logs
+    @property
+    def iterations(self) -> int:
+        return self.stage.iterations
 
 
 class Trainer:
-    """Train the pipeline of a resolved spec (see :mod:`vlir.core.sections` for the options)."""
+    """Train the pipeline of a resolved spec (see :mod:`vlir.core.sections` for the options).
+
+    ``resume``: a run folder or checkpoint file to continue from; ``allow_spec_change``: continue
+    although ``spec`` differs from the checkpoint's. ``progress``: ``auto`` (a bar on a terminal,
+    plain lines otherwise), ``bar``, ``lines``, or ``off``/False.
+    """
 
     def __init__(self, spec: PipelineSpec, out: str | Path, *, device: str | None = None,
-                 resume: str | Path | None = None, registry: Any = None, progress: bool = True):
+                 resume: str | Path | None = None, registry: Any = None, progress: bool | str = True,
+                 allow_spec_change: bool = False):
         if spec.data is None or not spec.data.train:
             raise SpecError([("data.train", "training needs data: folders of clean images (layout: synthetic) "
                                             "or DA-CLIP roots (layout: paired)")])
@@ -103,11 +113,11 @@ class Trainer:
         self.cfg: TrainSpec = spec.train or TrainSpec()
         self.stages: list[StageSpec] = self.cfg.resolved_stages()
         self.out = Path(out)
-        self.progress = progress
         check_folders(self.data.train, "data.train")
         check_folders(self.data.val, "data.val")
         self.dist = ddp.setup(device)
         self.device = self.dist.device
+        self.console = Console(progress if self.dist.main else "off")
         try:
             self.amp = amp_dtype(self.cfg.amp, self.device)
             seed_everything(self.cfg.seed)
@@ -123,19 +133,27 @@ class Trainer:
             self.stage_step = 0
             self.steps_this_run = 0
             self.resumed_from: Path | None = None
+            self.spec_changes: list[tuple[str, str, str]] = []  # accepted with allow_spec_change
             self._resume: dict[str, Any] | None = None
             if resume is not None:
-                self._load(ckpt.resolve(resume))
+                self._load(resume, allow_spec_change)
             self.val_data = None
             if self.data.val:
-                self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit)
+                self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit,
+                                              registry=self.registry)
             self.writer = None
             self.stage: StageSpec | None = None  # the stage being trained
             self.ema: EMA | None = None  # its EMA, if on
             self.last_val: dict[str, float] = {}  # the latest validation values (rank 0)
+            self.signals = StopSignals()
         except BaseException:
             ddp.teardown(self.dist)
             raise
+
+    @property
+    def stop_signal(self) -> str | None:
+        """``SIGINT`` or ``SIGTERM`` when one stopped the run."""
+        return self.signals.received
 
     # -- set-up ------------------------------------------------------------------------------
     def _target_module(self, target: str) -> str:
@@ -241,35 +259,36 @@ class Trainer:
         return component
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _saved_parameters(self) -> dict[str, set[str]]:
+        """Per component, the parameter keys checkpoints hold now (trainable ones of trained components)."""
+        trained = self._trained_components()
+        out: dict[str, set[str]] = {}
+        for name, module in self.pipeline.named_components():
+            prefix = self._prefix(name)
+            out[name] = {k for k, _ in module.named_parameters()
+                         if name in trained and self.trainable.get(f"{prefix}.{k}", False)}
+        return out
+
     def _component_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Trained parameters of the trained components and every component's buffers."""
-        trained = self._trained_components()
+        saved = self._saved_parameters()
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name, module in self.pipeline.named_components():
             params = dict(module.named_parameters())
-            prefix = self._prefix(name)
-            keep = {}
-            for k, v in module.state_dict().items():
-                if k in params:
-                    if name in trained and self.trainable.get(f"{prefix}.{k}", False):
-                        keep[k] = v
-                else:
-                    keep[k] = v
+            keep = {k: v for k, v in module.state_dict().items() if k not in params or k in saved[name]}
             if keep:
                 out[name] = keep
         return out
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load(path)
-        comps = self._components()
-        for name, sd in state["components"].items():
-            if name not in comps:
-                raise SpecError([("", f"checkpoint {path} has weights of component {name!r} that this spec "
-                                      f"does not build (components: {', '.join(comps)})")])
-            result = comps[name].load_state_dict(sd, strict=False)
-            if result.unexpected_keys:
-                raise SpecError([("", f"checkpoint {path}: component {name!r} does not fit the spec; unexpected "
-                                      f"keys {result.unexpected_keys[:5]}")])
+    def _load(self, resume: str | Path, allow_spec_change: bool) -> None:
+        """Read the checkpoint to resume from and put its weights and counters in place; the stage's
+        optimiser, schedule and EMA states wait in ``_resume`` for :meth:`_start_stage`."""
+        path, state = ckpt.load_newest(resume)
+        changes = spec_changes(state["spec"], self.spec.to_yaml()) if state.get("spec") else []
+        if changes and not allow_spec_change:
+            raise SpecError([(p, f"{old} in the checkpoint's spec, {new} now") for p, old, new in changes],
+                            source=f"resume from {path}: the spec differs from the checkpoint's (undo the "
+                                   "changes, or pass --allow-spec-change to continue with the new values)")
         n = len(self.stages)
         if int(state["stage"]) > n:
             raise SpecError([("train.stages", f"checkpoint {path} is at stage {state['stage']} but the spec "
@@ -277,30 +296,39 @@ class Trainer:
         self.step = int(state["step"])
         self.stage_index = int(state["stage"])
         self.stage_step = int(state["stage_step"])
+        comps = self._components()
+        wrong = weight_mismatches(state["components"], {k: m.state_dict() for k, m in comps.items()},
+                                  self._saved_parameters())
+        if wrong:
+            more = [f"... and {len(wrong) - 10} more"] if len(wrong) > 10 else []
+            raise CheckpointError(f"{path}: {len(wrong)} tensor(s) do not fit the modules this spec builds "
+                                  "(a changed architecture?):\n  " + "\n  ".join(wrong[:10] + more))
+        for name, sd in state["components"].items():
+            comps[name].load_state_dict(sd, strict=False)  # keys and shapes checked above
         self.resumed_from = path
+        self.spec_changes = changes
         self._resume = state
         if self.dist.main:
             log.info("resuming from %s (step %d, stage %d, stage step %d)", path, self.step,
                      self.stage_index + 1, self.stage_step)
+            for p, old, new in changes:
+                log.warning("resuming with a changed spec: %s: %s -> %s", p, old, new)
 
-    def _save(self, opt, sched, scaler, ema: EMA | None, mid_stage: bool) -> Path | None:
-        rng = ddp.gather_objects(self.dist, ckpt.rng_state())
+    def _save(self, run: StageRun, mid_stage: bool) -> Path | None:
         if not self.dist.main:
             ddp.barrier(self.dist)
             return None
-        batch = self._batch(self.stage) if self.stage is not None else None
         state = {
             "step": self.step, "stage": self.stage_index, "stage_step": self.stage_step,
-            "stage_name": self.stage.label if self.stage is not None else None,
+            "stage_name": run.stage.label,
             "world": self.dist.world,
             "components": self._component_state(),
-            "optimizer": opt.state_dict() if mid_stage else None,
-            "scheduler": sched.state_dict() if mid_stage else None,
-            "scaler": scaler.state_dict() if (mid_stage and scaler is not None) else None,
-            "ema": ema.state_dict() if (mid_stage and ema is not None) else None,
-            "rng": rng,
-            "data": {"stage": self.stage_index, "position": self.stage_step * batch if batch else 0,
-                     "batch": batch, "seed": self.data.seed},
+            "optimizer": run.opt.state_dict() if mid_stage else None,
+            "scheduler": run.sched.state_dict() if mid_stage else None,
+            "scaler": run.scaler.state_dict() if (mid_stage and run.scaler is not None) else None,
+            "ema": run.ema.state_dict() if (mid_stage and run.ema is not None) else None,
+            "data": {"stage": self.stage_index, "position": self.stage_step * run.batch_size,
+                     "batch": run.batch_size, "seed": self.data.seed},
             "spec": self.spec.to_yaml(),
         }
         path = ckpt.save(state, self.out / "checkpoints", self.step, keep=self.cfg.keep_checkpoints)
@@ -309,24 +337,35 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------
     def _open_logs(self) -> None:
+        """Clean the run folder for this start and open the logs: temporary files of interrupted
+        writes go, ``log.jsonl`` loses the rows after the step the run starts from, tensorboard
+        purges its events after it, and ``run.yaml`` is the spec the run goes on with."""
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, self.out / "checkpoints", self.out / "pipeline"):
+            for p in remove_stale_temp(folder, owner=True):
+                log.info("removed %s, left by an interrupted write", p)
+        truncate_log(self.out / LOG, self.step)
         atomic_write_text(self.out / RUN_SPEC, self.spec.to_yaml())
+        if self.spec_changes:
+            self._log("spec_change", {}, extra={"from": str(self.resumed_from), "changes": [
+                {"path": p, "was": old, "now": new} for p, old, new in self.spec_changes]})
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tb"))
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
         except Exception as e:  # noqa: BLE001 - logs are optional; training goes on
             log.warning("tensorboard logging is off (%s: %s)", type(e).__name__, e)
             self.writer = None
 
-    def _log(self, kind: str, values: dict[str, float], images: torch.Tensor | None = None) -> None:
+    def _log(self, kind: str, values: dict[str, float], images: torch.Tensor | None = None,
+             extra: dict[str, Any] | None = None) -> None:
         if not self.dist.main:
             return
         row = {"kind": kind, "step": self.step, "stage": self.stage.label if self.stage else None,
-               "time": round(time.time(), 3), **{k: round(float(v), 6) for k, v in values.items()}}
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+               "time": round(time.time(), 3), **{k: round(float(v), 6) for k, v in values.items()}, **(extra or {})}
+        with open(self.out / LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for k, v in values.items():
@@ -336,7 +375,7 @@ class Trainer:
                 self.writer.add_image(f"{kind}/lq_restored_gt", images, self.step)
             self.writer.flush()
 
-    # -- one stage ---------------------------------------------------------------------------
+    # -- one stage: start, (resume), steps, end ----------------------------------------------
     def _batch(self, stage: StageSpec) -> int:
         return stage.batch_size or self.data.batch_size
 
@@ -353,38 +392,27 @@ class Trainer:
             batch["proxy_masks"] = lq.new_zeros(lq.shape[0], 0)
         return batch
 
+    def _next_batch(self, run: StageRun) -> dict[str, Any]:
+        return self._add_proxies(to_device(next(run.batches), self.device))
+
     def _autocast(self):
         if self.amp is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp)
 
-    def _unused_parameters(self, objective: Objective, params, batch) -> bool:
-        """Whether some trained parameter gets no gradient (one trial step, state put back)."""
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-        gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, 0xD1CE))
-        with self._autocast():
-            loss, _ = objective(batch, gen)
-        loss.float().backward()
-        unused = [n for n, p in params if p.grad is None]
-        for _, p in params:
-            p.grad = None
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        if unused and self.dist.main:
-            log.info("DDP: %d trained parameters get no gradient (e.g. %s): find_unused_parameters on",
-                     len(unused), unused[0])
-        return bool(unused)
+    def _seed_step(self) -> torch.Generator:
+        """The random streams of the next step, functions of (``train.seed``, step, rank) alone: the
+        global generators (dropout, plugins) are seeded, and the step's own generator returned."""
+        seed_everything(mix(self.cfg.seed, self.step, self.dist.rank, _GLOBAL))
+        return generator(self.cfg.seed, self.step, self.dist.rank, device=self.device)
 
-    def _run_stage(self) -> bool:
-        """Train the current stage from ``stage_step``; True when stopped by ``max_steps_this_run``."""
-        from tqdm.auto import tqdm
-
+    def _start_stage(self) -> StageRun:
+        """Optimiser, schedule, scaler, EMA, data stream and objective of the current stage; with
+        a checkpoint of this stage, their states and the data position are the checkpoint's."""
         stage = self.stage = self.stages[self.stage_index]
         params = self._prepare(stage)
-        tensors = [p for _, p in params]
-        opt = torch.optim.AdamW(tensors, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay)
+        opt = torch.optim.AdamW([p for _, p in params], lr=stage.lr, betas=tuple(stage.betas),
+                                weight_decay=stage.weight_decay)
         n_iter, warmup, floor = stage.iterations, stage.warmup, stage.lr_min / stage.lr
 
         def schedule(s: int) -> float:
@@ -393,146 +421,174 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         ema = self.ema = EMA(params, stage.ema) if stage.ema else None
-        state = self._resume
-        if state is not None and int(state["stage"]) == self.stage_index and self.stage_step > 0:
-            if state["optimizer"] is None:
-                raise SpecError([("", f"checkpoint {self.resumed_from} has no optimiser state for stage "
-                                      f"{stage.label!r}")])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                if state.get("ema") is None:
-                    raise SpecError([("train.ema", f"checkpoint {self.resumed_from} has no EMA state; the run "
-                                                   "was started without EMA")])
-                ema.load_state_dict(state["ema"])
+        self._restore_states(stage, opt, sched, scaler, ema)
         batch_size = self._batch(stage)
-        patch = stage.patch_size or self.data.patch_size
-        dataset = build_dataset(self._stage_data(stage), "train", patch)
-        epoch_len = len(dataset)
+        dataset = build_dataset(self._stage_data(stage), "train", stage.patch_size or self.data.patch_size,
+                                registry=self.registry)
         sampler = StepBatches(self.stage_step, n_iter, batch_size, self.dist.rank, self.dist.world)
         batches = iter(loader(dataset, sampler, self.data.num_workers, self.device.type == "cuda",
-                              seed=mix_seed(self.data.seed, self.stage_index)))
-
-        objective = Objective(self.pipeline, "restorer" if stage.target == "restorer"
-                              else self._target_module(stage.target))
-        model: nn.Module = objective
-        first = None
+                              seed=mix(self.data.seed, self.stage_index)))
+        objective = Objective(self.pipeline, self._target_module(stage.target))
+        run = StageRun(stage, params, opt, sched, scaler, ema, objective, objective, batches, batch_size, len(dataset))
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+            run.model = self._wrap_ddp(run)
+        return run
 
-            unused = self.cfg.find_unused_parameters
-            if unused is None and self.stage_step < n_iter:
-                first = self._add_proxies(to_device(next(batches), self.device))
-                unused = ddp.any_true(self.dist, self._unused_parameters(objective, params, first))
-            kw: dict[str, Any] = {"device_ids": [self.device.index] if self.device.type == "cuda" else None,
-                                  "find_unused_parameters": bool(unused)}
-            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
-                kw["forward_sync_buffers"] = False  # buffers are equal everywhere; no sync per step
-            else:
-                kw["broadcast_buffers"] = False
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model = DDP(objective, **kw)
-            # DDP notes that depthwise-convolution gradients have other strides than its buckets: harmless
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-        if state is not None:  # last: nothing between here and the first step draws random numbers
-            rngs = state["rng"]
-            if len(rngs) != self.dist.world and self.dist.main:
-                log.warning("checkpoint written by %d process(es), resumed by %d: random states of rank 0 reused",
-                            len(rngs), self.dist.world)
-            ckpt.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-            self._resume = None
-
-        bar = tqdm(total=n_iter, initial=self.stage_step, disable=not (self.dist.main and self.progress),
-                   desc=f"stage {self.stage_index + 1}/{len(self.stages)} {stage.label}", dynamic_ncols=True,
-                   mininterval=0.5)
-        sums: dict[str, float] = {}
-        epoch_sums: dict[str, float] = {}
-        epoch_steps = 0
-        count = 0
-        t0 = time.perf_counter()
-        stopped = False
-        try:
-            while self.stage_step < n_iter:
-                batch = first if first is not None else self._add_proxies(to_device(next(batches), self.device))
-                first = None
-                gen = torch.Generator(device=self.device).manual_seed(
-                    mix_seed(self.cfg.seed, self.step, self.dist.rank))
-                with self._autocast():
-                    loss, logs = model(batch, gen)
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"loss is {float(loss)} at step {self.step + 1} "
-                                             f"(stage {stage.label!r}); logs: {logs}")
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                else:
-                    loss.backward()
-                if stage.grad_clip:
-                    norm = torch.nn.utils.clip_grad_norm_(tensors, stage.grad_clip)
-                    logs["grad_norm"] = float(norm)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                logs["lr"] = opt.param_groups[0]["lr"]
-                sched.step()
-                if ema is not None:
-                    ema.update()
-                self.step += 1
-                self.stage_step += 1
-                self.steps_this_run += 1
-                count += 1
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                    epoch_sums[k] = epoch_sums.get(k, 0.0) + float(v)
-                epoch_steps += 1
-                bar.update(1)
-                if self.dist.main and self.progress:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "lr")}, refresh=False)
-                self.registry.pm.hook.vlir_train_step_end(trainer=self, step=self.step, logs=logs)
-
-                done = self.stage_step >= n_iter
-                if self.step % self.cfg.log_every == 0 or done:
-                    mean = ddp.mean_dict(self.dist, {k: v / count for k, v in sums.items()})
-                    elapsed = time.perf_counter() - t0
-                    mean["steps_per_s"] = count / elapsed if elapsed > 0 else float("nan")
-                    self._log("train", mean)
-                    sums, count, t0 = {}, 0, time.perf_counter()
-                before, after = (self.stage_step - 1) * batch_size, self.stage_step * batch_size
-                for e in range(before // epoch_len, after // epoch_len):
-                    mean = {k: v / max(1, epoch_steps) for k, v in epoch_sums.items()}
-                    self.registry.pm.hook.vlir_train_epoch_end(trainer=self, epoch=e, logs=mean)
-                    epoch_sums, epoch_steps = {}, 0
-                if self.step % self.cfg.val_every == 0 or done:
-                    self._validate(stage, ema)
-                stop = self.cfg.max_steps_this_run is not None and self.steps_this_run >= self.cfg.max_steps_this_run
-                if done:
-                    break
-                if self.step % self.cfg.save_every == 0 or stop:
-                    self._save(opt, sched, scaler, ema, mid_stage=True)
-                if stop:
-                    stopped = True
-                    break
-        finally:
-            bar.close()
-        if stopped:
-            return True
-        # end of the stage: the averaged weights become the weights
+    def _restore_states(self, stage: StageSpec, opt, sched, scaler, ema: EMA | None) -> None:
+        """Optimiser, schedule, scaler and EMA states from the checkpoint being resumed, when it is one
+        written inside this stage (one written at a stage's end starts the next stage afresh)."""
+        state, self._resume = self._resume, None
+        if state is None or int(state["stage"]) != self.stage_index or self.stage_step == 0:
+            return
+        if state["optimizer"] is None:
+            raise SpecError([("", f"checkpoint {self.resumed_from} has no optimiser state for stage "
+                                  f"{stage.label!r}")])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if ema is not None:
-            ema.copy_to()
+            if state.get("ema") is None:
+                raise SpecError([("train.ema", f"checkpoint {self.resumed_from} has no EMA state; the run "
+                                               "was started without EMA")])
+            ema.load_state_dict(state["ema"])
+
+    def _wrap_ddp(self, run: StageRun) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        unused = self.cfg.find_unused_parameters
+        if unused is None and self.stage_step < run.iterations:
+            run.first = self._next_batch(run)
+            unused = ddp.any_true(self.dist, self._unused_parameters(run.objective, run.params, run.first))
+        kw: dict[str, Any] = {"device_ids": [self.device.index] if self.device.type == "cuda" else None,
+                              "find_unused_parameters": bool(unused)}
+        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+            kw["forward_sync_buffers"] = False  # buffers are equal everywhere; no sync per step
+        else:
+            kw["broadcast_buffers"] = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = DDP(run.objective, **kw)
+        # DDP notes that depthwise-convolution gradients have other strides than its buckets: harmless
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return model
+
+    def _unused_parameters(self, objective: Objective, params, batch) -> bool:
+        """Whether some trained parameter gets no gradient (one trial step; buffers and gradients put back)."""
+        buffers = [(b, b.detach().clone()) for b in objective.buffers()]
+        with self._autocast():
+            loss, _ = objective(batch, generator(self.cfg.seed, 0xD1CE, device=self.device))
+        loss.float().backward()
+        unused = [n for n, p in params if p.grad is None]
+        for _, p in params:
+            p.grad = None
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        if unused and self.dist.main:
+            log.info("DDP: %d trained parameters get no gradient (e.g. %s): find_unused_parameters on",
+                     len(unused), unused[0])
+        return bool(unused)
+
+    def _step(self, run: StageRun) -> dict[str, float]:
+        """One optimisation step; the counters move last. Returns the step's logs."""
+        gen = self._seed_step()
+        batch, run.first = (run.first if run.first is not None else self._next_batch(run)), None
+        with self._autocast():
+            loss, logs = run.model(batch, gen)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss is {float(loss)} at step {self.step + 1} "
+                                     f"(stage {run.stage.label!r}); logs: {logs}")
+        run.opt.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.opt)
+        else:
+            loss.backward()
+        if run.stage.grad_clip:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_([p for _, p in run.params], run.stage.grad_clip))
+        if run.scaler is not None:
+            run.scaler.step(run.opt)
+            run.scaler.update()
+        else:
+            run.opt.step()
+        logs["lr"] = run.opt.param_groups[0]["lr"]
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update()
+        self.step += 1
+        self.stage_step += 1
+        self.steps_this_run += 1
+        return logs
+
+    def _after_step(self, run: StageRun, logs: dict[str, float]) -> None:
+        """Hooks, log rows, epoch ends and validation of the step just made."""
+        self.console.step(logs)
+        self.registry.pm.hook.vlir_train_step_end(trainer=self, step=self.step, logs=logs)
+        run.count += 1
+        run.epoch_steps += 1
+        for k, v in logs.items():
+            run.sums[k] = run.sums.get(k, 0.0) + float(v)
+            run.epoch_sums[k] = run.epoch_sums.get(k, 0.0) + float(v)
+        done = self.stage_step >= run.iterations
+        if self.step % self.cfg.log_every == 0 or done:
+            mean = ddp.mean_dict(self.dist, {k: v / run.count for k, v in run.sums.items()})
+            elapsed = time.perf_counter() - run.t0
+            mean["steps_per_s"] = run.count / elapsed if elapsed > 0 else float("nan")
+            self._log("train", mean)
+            self.console.train(self.step, self.stage_step, run.iterations, mean)
+            run.sums, run.count, run.t0 = {}, 0, time.perf_counter()
+        before, after = (self.stage_step - 1) * run.batch_size, self.stage_step * run.batch_size
+        for e in range(before // run.epoch_len, after // run.epoch_len):
+            mean = {k: v / max(1, run.epoch_steps) for k, v in run.epoch_sums.items()}
+            self.registry.pm.hook.vlir_train_epoch_end(trainer=self, epoch=e, logs=mean)
+            run.epoch_sums, run.epoch_steps = {}, 0
+        if self.step % self.cfg.val_every == 0 or done:
+            self._validate(run.stage, run.ema)
+
+    def _must_stop(self) -> bool:
+        """``max_steps_this_run`` reached, or a stop signal on any process (all processes call this)."""
+        budget = self.cfg.max_steps_this_run is not None and self.steps_this_run >= self.cfg.max_steps_this_run
+        return ddp.any_true(self.dist, self.signals.received is not None) or budget
+
+    def _train(self, run: StageRun) -> bool:
+        """Steps to the stage's end (True), or until the run must stop (False; a checkpoint is written)."""
+        while self.stage_step < run.iterations:
+            logs = self._step(run)
+            self._after_step(run, logs)
+            if self.stage_step >= run.iterations:
+                break
+            if self._must_stop():
+                self._save(run, mid_stage=True)
+                return False
+            if self.step % self.cfg.save_every == 0:
+                self._save(run, mid_stage=True)
+        return True
+
+    def _end_stage(self, run: StageRun) -> None:
+        """The averaged weights become the weights; a checkpoint marks the next stage's start."""
+        if run.ema is not None:
+            run.ema.copy_to()
         self.stage_index += 1
         self.stage_step = 0
-        self._save(opt, sched, scaler, None, mid_stage=False)
+        self._save(run, mid_stage=False)
         self.ema = None
-        del model, objective, opt, sched, ema
+
+    def _run_stage(self) -> bool:
+        """Train the current stage from ``stage_step``; True when the run must stop here."""
+        run = self._start_stage()
+        n = len(self.stages)
+        self.console.start_stage(f"stage {self.stage_index + 1}/{n} {run.stage.label}", run.iterations,
+                                 self.stage_step)
+        try:
+            finished = self._train(run)
+        finally:
+            self.console.end_stage()
+        if finished:
+            self._end_stage(run)
+        del run
         gc.collect()
-        return self.cfg.max_steps_this_run is not None and self.steps_this_run >= self.cfg.max_steps_this_run
+        return not finished or self._must_stop()
 
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -549,6 +605,7 @@ class Trainer:
                     for m, mode in modes.items():
                         m.training = mode
             self._log("val", values, images)
+            self.console.validation(self.step, values)
         psnr = ddp.broadcast_float(self.dist, values.get("psnr") if self.dist.main else None)
         if psnr is not None and stage.target == "restorer":
             for loss in self.pipeline.losses.values():
@@ -560,6 +617,7 @@ class Trainer:
     def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
         from torch.utils.data import DataLoader
 
+        from ..inference import run_backbone  # the one tiling/overlap rule (whole patches here)
         from ..metrics import psnr_torch
         from .data import collate
 
@@ -575,10 +633,9 @@ class Trainer:
             b = batch["lq"].shape[0]
             with self._autocast():
                 if stage.target == "restorer":
-                    gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, 0x7A1, i))
                     # as in training: teacher-forced routing (condition.teacher) comes from the labels
-                    cond, _ = self.pipeline.batch_condition(batch)
-                    restored = self.pipeline.run_backbone(batch["lq"], cond, steps, gen).float().clamp(0, 1)
+                    restored = validation_restore(self.pipeline, batch, steps,
+                                                  generator(self.cfg.seed, 0x7A1, i, device=self.device))
                     parts = {"psnr": psnr_torch(restored, batch["gt"].float()),
                              "input_psnr": psnr_torch(batch["lq"].float(), batch["gt"].float())}
                     for name in set(batch.get("degradation_name") or []):  # per degradation: psnr/noisy, ...
@@ -605,16 +662,17 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------
     def fit(self) -> Path | None:
-        """Run the remaining stages; the final pipeline's folder, or None if stopped early."""
+        """Run the remaining stages; the final pipeline's folder, or None if stopped early
+        (``max_steps_this_run``, or Ctrl-C / SIGTERM: :attr:`stop_signal`)."""
         try:
-            self._open_logs()
-            if self.stage_index >= len(self.stages) and self._resume is not None and self.dist.main:
-                log.info("all stages were already done; saving the pipeline")
-            while self.stage_index < len(self.stages):
-                if self._run_stage():
-                    if self.stage_index < len(self.stages):
+            with self.signals:
+                self._open_logs()
+                if self.stage_index >= len(self.stages) and self._resume is not None and self.dist.main:
+                    log.info("all stages were already done; saving the pipeline")
+                while self.stage_index < len(self.stages):
+                    if self._run_stage() and self.stage_index < len(self.stages):
                         return None
-            return self._finish()
+                return self._finish()
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -632,8 +690,8 @@ class Trainer:
 
 def train(spec: Any, out: str | Path | None = None, **kw: Any) -> Path | None:
     """Train a spec (file, dict or PipelineSpec); returns the final pipeline folder (None if stopped early)."""
-    from ..spec import load_spec
+    from ..validate import validate
 
-    resolved = load_spec(spec)
+    resolved = validate(spec)  # everything training would fail on, before any work
     out = out or (resolved.train.out if resolved.train else TrainSpec().out)
     return Trainer(resolved, out, **kw).fit()

@@ -14,13 +14,14 @@ The network sees ``cat(x_t - lq, lq)`` and predicts the noise of ``x_t``. Attent
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from vlir.core.components import Backbone
+from vlir.core.components import Backbone, Dim, Width
 from vlir.core.conditioning import Conditioning
 
 HEAD_CHANNELS = 32  # channels per attention head (official num_head_channels)
@@ -226,15 +227,15 @@ class ConditionalUNet(Backbone):
     multiple_of = 16  # 2 ** len(ch_mult) for the default depth
 
     class Params(Backbone.Params):
-        in_nc: int = 3
-        out_nc: int = 3
-        nf: int = 64
-        ch_mult: list[int] = [1, 2, 4, 8]
-        context_dim: int | None = 512  # None or <= 0: no conditioning
+        in_nc: Width = 3
+        out_nc: Width = 3
+        nf: Width = 64
+        ch_mult: list[Annotated[int, Field(ge=1, le=64)]] = Field([1, 2, 4, 8], min_length=1, max_length=8)
+        context_dim: Annotated[int, Field(le=65536)] | None = 512  # None or <= 0: no conditioning
         use_degra_context: bool = True  # prompt module on cond.vector
         use_image_context: bool = True  # cross-attention on cond.tokens
         upscale: int = 1  # official field, unused there; only 1 is supported
-        degra_dim: int | None = None  # cond.vector size when it differs from context_dim (not official)
+        degra_dim: Dim | None = None  # cond.vector size when it differs from context_dim (not official)
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)

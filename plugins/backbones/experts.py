@@ -21,9 +21,12 @@ from pydantic import Field
 from vlir.core import Backbone, Conditioning
 
 
+MAX_EXPERTS = 128  # a bound against typos (100000 experts would exhaust memory before any error)
+
+
 class Experts(Backbone):
     class Params(Backbone.Params):
-        experts: int = Field(6, ge=1, description="number of experts = degradation classes of the perceiver")
+        experts: int = Field(6, ge=1, le=MAX_EXPERTS, description="number of experts = degradation classes of the perceiver")
         expert: str = Field("nafnet", description="registered backbone used for every expert")
         expert_params: dict[str, Any] = Field(default_factory=dict, description="params of each expert")
         overrides: dict[int, dict[str, Any]] = Field(
@@ -41,13 +44,20 @@ class Experts(Backbone):
     def condition_params(cls, vector_dim: int | None, token_dim: int | None) -> dict[str, Any]:
         return {"experts": vector_dim} if vector_dim else {}
 
-    def __init__(self, params=None, **overrides: Any):
+    def __init__(self, params=None, registry=None, **overrides: Any):
         super().__init__(params, **overrides)
-        from vlir.core.registry import get_registry
+        from vlir.core.errors import SpecError
 
         p = self.params
-        reg = get_registry()
-        if getattr(reg.load("backbone", p.expert), "diffusion", False):
+        if registry is None:  # built directly, not through a registry (which passes itself)
+            from vlir.core.registry import get_registry
+
+            registry = get_registry()
+        try:
+            cls = registry.load("backbone", p.expert)
+        except LookupError as e:
+            raise SpecError([("expert", str(e))]) from e
+        if getattr(cls, "diffusion", False):
             raise ValueError(f"experts: expert {p.expert!r} is a diffusion backbone; use a direct one")
         for field, keys in (("overrides", p.overrides), ("identity", p.identity)):
             wrong = sorted(k for k in keys if not 0 <= k < p.experts)
@@ -58,10 +68,20 @@ class Experts(Backbone):
             raise ValueError(f"experts: classes {both} are in both overrides and identity (an identity has no params)")
         if len(set(p.identity)) == p.experts:
             raise ValueError(f"experts.identity: all {p.experts} classes are identities; keep at least one expert")
-        self.nets = torch.nn.ModuleList(
-            torch.nn.Identity() if k in p.identity
-            else reg.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
-            for k in range(p.experts))
+
+        def expert(k: int) -> torch.nn.Module:
+            # a params error names expert_params, or the override of class k that brings the key
+            try:
+                return registry.build("backbone", p.expert, params={**p.expert_params, **p.overrides.get(k, {})})
+            except SpecError as e:
+                def where(sub: str) -> str:
+                    key = sub.removeprefix("params.")
+                    top = key.split(".")[0].split("[")[0]
+                    return f"overrides.{k}.{key}" if top in p.overrides.get(k, {}) else f"expert_params.{key}"
+                raise SpecError([(where(sub), msg) for sub, msg in e.errors]) from e
+
+        self.nets = torch.nn.ModuleList(torch.nn.Identity() if k in p.identity else expert(k)
+                                        for k in range(p.experts))
         # tiling aligns to the deepest expert; a shallower one then sees a wider padded border than
         # it gives itself on a whole image, so its tiled pooling differs slightly at that border
         self.multiple_of = math.lcm(*(getattr(n, "multiple_of", 1) for n in self.nets))

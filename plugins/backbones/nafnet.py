@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from vlir.core.components import Backbone
+from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
 
 from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
@@ -134,24 +135,30 @@ class NAFNet(Backbone):
     bf16_safe = True  # bf16 autocast: see benchmarks/results/backbones_precision.md
 
     class Params(Backbone.Params):
-        img_channel: int = 3
-        width: int = 32
-        enc_blk_nums: list[int] = [2, 2, 4, 8]
-        middle_blk_num: int = 12
-        dec_blk_nums: list[int] = [2, 2, 2, 2]
-        cond_dim: int | None = None  # degradation-vector dim: FiLM in every block
-        cond_hidden: int = 128  # width of the shared embedding feeding the FiLMs
-        context_dim: int | None = None  # content-token dim: cross-attention in the middle blocks
+        img_channel: Width = 3
+        width: Width = 32
+        enc_blk_nums: Levels = [2, 2, 4, 8]
+        middle_blk_num: Blocks = 12
+        dec_blk_nums: Levels = [2, 2, 2, 2]
+        cond_dim: Dim | None = None  # degradation-vector dim: FiLM in every block
+        cond_hidden: Dim = 128  # width of the shared embedding feeding the FiLMs
+        context_dim: Dim | None = None  # content-token dim: cross-attention in the middle blocks
         pad_mode: Literal["reflect", "replicate", "zeros"] = "zeros"
         tlc: bool = False  # test-time local pooling (official NAFNetLocal)
-        tlc_base_size: int = 384  # TLC window in input pixels (official: 1.5 x the 256 training crop)
+        tlc_base_size: int = Field(384, ge=8)  # TLC window in input pixels (official: 1.5 x the 256 training crop)
+
+        @field_validator("dec_blk_nums")
+        @classmethod
+        def _levels(cls, v: list[int], info: ValidationInfo) -> list[int]:
+            enc = info.data.get("enc_blk_nums")
+            if enc is not None and len(enc) != len(v):
+                raise ValueError(f"dec_blk_nums {v} and enc_blk_nums {enc} need the same length "
+                                 "(one decoder level per encoder level)")
+            return v
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)
         p = self.params
-        if len(p.enc_blk_nums) != len(p.dec_blk_nums):
-            raise ValueError(f"NAFNet: enc_blk_nums {p.enc_blk_nums} and dec_blk_nums {p.dec_blk_nums} "
-                             "need the same length (one decoder level per encoder level)")
         emb = p.cond_hidden if p.cond_dim else None
         self.intro = nn.Conv2d(p.img_channel, p.width, 3, padding=1)
         self.ending = nn.Conv2d(p.width, p.img_channel, 3, padding=1)

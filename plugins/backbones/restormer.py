@@ -8,13 +8,14 @@ in every latent (lowest level) block.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from vlir.core.components import Backbone
+from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
 
 from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
@@ -151,19 +152,19 @@ class Restormer(Backbone):
     bf16_safe: ClassVar[bool] = True  # bf16 autocast: see benchmarks/results/backbones_precision.md
 
     class Params(Backbone.Params):
-        inp_channels: int = 3
-        out_channels: int = 3
-        dim: int = 48
-        num_blocks: list[int] = [4, 6, 6, 8]
-        num_refinement_blocks: int = 4
-        heads: list[int] = [1, 2, 4, 8]
+        inp_channels: Width = 3
+        out_channels: Width = 3
+        dim: Width = 48
+        num_blocks: Levels = [4, 6, 6, 8]
+        num_refinement_blocks: Blocks = 4
+        heads: list[Annotated[int, Field(ge=1, le=256)]] = [1, 2, 4, 8]
         ffn_expansion_factor: float = 2.66
         bias: bool = False
         layer_norm: Literal["WithBias", "BiasFree"] = "WithBias"
         dual_pixel_task: bool = False  # dual-pixel defocus deblurring (inp_channels 6, no input residual)
-        cond_dim: int | None = None  # degradation-vector dim: FiLM in every block
-        cond_hidden: int = 128  # width of the shared embedding feeding the FiLMs
-        context_dim: int | None = None  # content-token dim: cross-attention in the latent blocks
+        cond_dim: Dim | None = None  # degradation-vector dim: FiLM in every block
+        cond_hidden: Dim = 128  # width of the shared embedding feeding the FiLMs
+        context_dim: Dim | None = None  # content-token dim: cross-attention in the latent blocks
         pad_mode: Literal["reflect", "replicate", "zeros"] = "reflect"
 
     def __init__(self, params=None, **overrides: Any):

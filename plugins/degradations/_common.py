@@ -22,9 +22,23 @@ def _check_span(v):
     return v
 
 
+def _non_negative(v):
+    if min(span(v)) < 0:
+        raise ValueError(f"expected values >= 0, got {v}")
+    return v
+
+
+def _positive(v):
+    if min(span(v)) <= 0:
+        raise ValueError(f"expected values > 0, got {v}")
+    return v
+
+
 # a fixed value or a (low, high) range sampled uniformly per image
 FloatRange = Annotated[Union[float, tuple[float, float]], AfterValidator(_check_span)]
 IntRange = Annotated[Union[int, tuple[int, int]], AfterValidator(_check_span)]
+NonNegativeRange = Annotated[FloatRange, AfterValidator(_non_negative)]  # e.g. a noise sigma (0: none)
+PositiveRange = Annotated[FloatRange, AfterValidator(_positive)]  # e.g. a blur sigma
 
 
 def span(v) -> tuple[float, float]:

@@ -6,7 +6,7 @@ from pydantic import field_validator
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, filter_per_image, finish, gaussian_kernels, uniform
+from ._common import PositiveRange, as_float, filter_per_image, finish, gaussian_kernels, uniform
 
 
 class GaussianBlur(Degradation):
@@ -19,7 +19,7 @@ class GaussianBlur(Degradation):
     label = "blurry"
 
     class Params(Degradation.Params):
-        sigma: FloatRange = (1.0, 3.0)
+        sigma: PositiveRange = (1.0, 3.0)
         kernel_size: int = 21
 
         @field_validator("kernel_size")

@@ -5,7 +5,7 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, finish, randn, uniform
+from ._common import NonNegativeRange, as_float, finish, randn, uniform
 
 
 class GaussianNoise(Degradation):
@@ -14,7 +14,7 @@ class GaussianNoise(Degradation):
     label = "noisy"
 
     class Params(Degradation.Params):
-        sigma: FloatRange = (15.0, 50.0)
+        sigma: NonNegativeRange = (15.0, 50.0)
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "noise")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -263,8 +262,3 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def logit_scale_init() -> float:
-    """CLIP's initial logit scale, log(1 / 0.07)."""
-    return math.log(1 / 0.07)
