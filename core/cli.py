@@ -49,7 +49,8 @@ COMMANDS: list[Command] = [
     Command("classify", "vlir.core.restore", "degradation class probabilities and quality score per image", MODEL),
     Command("demo", "vlir.core.demo", "degrade a bundled image, restore it with the default model, write a grid",
             MODEL),
-    Command("serve", "vlir.core.serve", "a local web page: drop an image, see its degradations, restore, download"),
+    Command("serve", "vlir.core.serve", "a local web page: drop an image, see its degradations, restore, download",
+            ("device", "threads")),
     Command("export", "vlir.core.export", "export a pipeline's backbone as ONNX graphs for onnxruntime"),
 ]
 

@@ -206,6 +206,24 @@ class Pipeline(torch.nn.Module):
 
         return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble)
 
+    def restore_steps(self, lq: torch.Tensor, *, steps: int = 1, path: "list[str] | str | None" = None,
+                      prompt: str | None = None, abstain: float | None = None, tile: int | None = None,
+                      overlap: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
+                      ) -> tuple[torch.Tensor, dict[str, Perception], list]:
+        """Restore a batch step by step, along a given ``path`` of class words (or the words of a
+        ``prompt``: "remove the rain"), or leaving images under ``abstain`` as they are
+        (:func:`vlir.core.chain.restore_steps`). Returns the images, the input's perceptions and
+        each image's :class:`vlir.core.chain.Path` (print it: ``low-light 0.97 → noisy 0.81``)."""
+        from .chain import classes, restore_steps, words_from_prompt
+
+        if prompt is not None:
+            path = words_from_prompt(prompt, classes(self)[1])
+        if isinstance(path, str):
+            path = [w.strip() for w in path.split(",") if w.strip()]
+        with torch.inference_mode():
+            return restore_steps(self, lq, steps=steps, path=path, abstain=abstain, tile=tile, overlap=overlap,
+                                 generator=generator, ensemble=ensemble)
+
     def ensemble_symmetries(self, perceptions: dict[str, Perception]) -> tuple[int, ...]:
         """The self-ensemble's flips and turns for these perceptions (:func:`vlir.core.inference.ensemble_symmetries`)."""
         from .inference import ensemble_symmetries

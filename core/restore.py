@@ -280,6 +280,16 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", action="store_true",
                    help="self-ensemble: average over the flips and quarter turns the degradation allows "
                         "(up to 8x slower, usually a little better)")
+    g = p.add_argument_group("what to remove (pipelines routed by class probabilities, such as the default model)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--degradation", metavar="WORDS", help="remove these degradations, in this order, whatever the "
+                                                           "perceiver sees: class words, comma-separated (rainy,noisy)")
+    w.add_argument("--prompt", metavar="TEXT", help='say it in words: "remove the rain, then the noise"')
+    g.add_argument("--chain", type=int, metavar="K", help="restore step by step, at most K steps: remove the most "
+                                                          "likely degradation, look again, stop when nothing is left "
+                                                          "or a step does not help (undone)")
+    g.add_argument("--abstain", type=float, metavar="P", help="leave an image as it is when the perceiver's top class "
+                                                              "probability is under P (0..1)")
     p.add_argument("--suffix", default="", metavar="S", help="added to each output file's stem, e.g. _restored")
     p.add_argument("--quality", type=quality, default=95, metavar="Q", help="JPEG/WebP output quality, 1..100 (default 95)")
     p.add_argument("--seed", type=int, default=0, help="seed of diffusion sampling (per image)")
@@ -349,6 +359,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from .inference import tile_plan
 
     tile_plan(pipe, tile, overlap)  # an overlap that does not fit the model's tiles: before any file
+    steering = steering_of(pipe, args)  # bad words or an unsteerable pipeline: before any file
     for job in _progress(jobs, "restoring", args.no_progress):
         if job.skip:
             continue
@@ -360,8 +371,14 @@ def run_restore(args: argparse.Namespace) -> int:
         try:
             img, info = read_image(job.src, max_pixels=limit)
             gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-            restored, perceptions = pipe.restore(img[None].to(device), tile=tile, overlap=overlap,
-                                                 steps=args.steps, generator=gen, ensemble=args.ensemble)
+            path = None
+            if steering is None:
+                restored, perceptions = pipe.restore(img[None].to(device), tile=tile, overlap=overlap,
+                                                     steps=args.steps, generator=gen, ensemble=args.ensemble)
+            else:
+                restored, perceptions, paths = pipe.restore_steps(
+                    img[None].to(device), tile=tile, overlap=overlap, generator=gen, ensemble=args.ensemble, **steering)
+                path = paths[0]
             depth = info["bit_depth"] if dst.suffix.lower() in SIXTEEN_BIT else 8
             dst.parent.mkdir(parents=True, exist_ok=True)
             if args.existing != "overwrite" and _exists(dst):  # written by someone else since the plan
@@ -379,12 +396,31 @@ def run_restore(args: argparse.Namespace) -> int:
             note += " [16-bit input written as 8-bit: the format has no 16-bit]"
         if dropped_metadata(dst, depth, info):
             note += f" [{' and '.join(dropped_metadata(dst, depth, info))} not kept: {dst.suffix} cannot hold it]"
-        _say(f"{job.src} -> {dst}: {describe(summarize(perceptions))}{note}")
+        shown = describe(summarize(perceptions)) + (f"; path: {path}" if path is not None else "")
+        _say(f"{job.src} -> {dst}: {shown}{note}")
     total = outcome.done + len(outcome.failed)
     _say(f"restored {outcome.done} of {total} image(s) into {out_dir}"
          + (f"; {len(outcome.failed)} failed" if outcome.failed else "")
          + (f"; {len(skipped)} kept (already there)" if skipped else ""), err=True)
     return 1 if outcome.failed else 0
+
+
+def steering_of(pipe: "Pipeline", args: argparse.Namespace) -> dict[str, Any] | None:
+    """``Pipeline.restore_steps`` arguments of ``--degradation`` / ``--prompt`` / ``--chain`` /
+    ``--abstain`` (None: none given), checked against the pipeline before any file is read."""
+    from .chain import check_words, classes, words_from_prompt, why_not_steerable, SteerError
+
+    if args.degradation is None and args.prompt is None and args.chain is None and args.abstain is None:
+        return None
+    names = classes(pipe)[1]
+    path = None
+    if args.degradation is not None:
+        path = check_words(pipe, [w.strip() for w in args.degradation.split(",") if w.strip()])
+    elif args.prompt is not None:
+        path = words_from_prompt(args.prompt, names)
+    if (path is not None or (args.chain or 1) > 1) and (reason := why_not_steerable(pipe)):
+        raise SteerError(f"--degradation, --prompt and --chain need a pipeline that can be steered: {reason}")
+    return {"path": path, "steps": args.chain or 1, "abstain": args.abstain}
 
 
 # -- classify ----------------------------------------------------------------------------------

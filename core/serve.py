@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import re
 import socket
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .cli import threads
 from .data.images import MAX_PIXELS, max_pixels_arg
 from .errors import UserError
 
@@ -72,37 +69,19 @@ class BadRequest(Exception):
 
 
 # -- instructions ------------------------------------------------------------------------------
-def _stem(word: str) -> str:
-    """A crude stem, enough for class words: 'rainy'/'rain', 'noisy'/'denoise', 'hazy'/'haze',
-    'compressed'/'compression', 'blurry'/'deblur'."""
-    w = word.lower()
-    if w.startswith("de") and len(w) > 5:  # denoise, deblur, dehaze, derain
-        w = w[2:]
-    for end in ("ing", "ion", "ed", "es", "y", "e", "s"):
-        if w.endswith(end) and len(w) - len(end) >= 3:
-            return w[: -len(end)]
-    return w
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
-
-
 def match_instruction(text: str, classes: list[str]) -> str:
-    """The class word an instruction names ("remove the rain" -> "rainy"): the class with the most
-    of its words in the text, a word matching when one stem begins the other (stems of three
-    letters or more). No class or a tie is a :class:`BadRequest` naming the class words."""
-    said = [_stem(w) for w in _words(text) if len(_stem(w)) >= 3]
-    scores = {}
-    for name in classes:
-        own = [_stem(w) for w in _words(name)]
-        scores[name] = sum(any(s.startswith(o) or o.startswith(s) for s in said) for o in own if len(o) >= 3)
-    best = max(scores.values(), default=0)
-    found = [n for n, s in scores.items() if s == best]
-    if best == 0:
+    """The one class word an instruction names ("remove the rain" -> "rainy"), by
+    :func:`vlir.core.chain.words_from_prompt`; none, or several (the page removes one at a time),
+    is a :class:`BadRequest` naming the class words."""
+    from .chain import SteerError, words_from_prompt
+
+    try:
+        found = words_from_prompt(text, classes)
+    except SteerError:
         raise BadRequest(400, f"the instruction {text!r} names no degradation this model knows; "
-                              f"use one of its words: {', '.join(classes)}")
+                              f"use one of its words: {', '.join(classes)}") from None
     if len(found) > 1:
+        found = [c for c in classes if c in found]
         raise BadRequest(400, f"the instruction {text!r} matches several degradations ({', '.join(found)}); "
                               "name one")
     return found[0]
@@ -115,17 +94,16 @@ class Service:
     def __init__(self, pipe: "Pipeline", name: str = "pipeline", *, tile: int | None = TILE,
                  overlap: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_bytes: int = int(MAX_UPLOAD_MB * 1e6), wait_s: float = WAIT_S):
-        from .inference import tiling
+        from .chain import classes, why_not_steerable
+        from .inference import tile_plan
 
         self.pipe, self.name = pipe, name
-        self.tile, self.overlap = tiling(tile or None, overlap)
+        self.tile, self.overlap = tile_plan(pipe, tile or None, overlap)
         self.max_pixels, self.max_bytes, self.wait_s = max_pixels, max_bytes, wait_s
         self.lock = threading.Lock()
-        self.role = pipe.feed if pipe.feed is not None else next(iter(pipe.perceivers), None)
-        self.classes = list(getattr(pipe.perceivers[self.role], "class_names", None) or []) if self.role else []
-        c = pipe.spec.condition
+        self.role, self.classes = classes(pipe)
         # a chosen class can steer the backbone when it is conditioned on the class probabilities
-        self.steerable = bool(self.classes) and pipe.feed is not None and c is not None and c.vector_source == "probs"
+        self.steerable = why_not_steerable(pipe) is None
 
     def info(self) -> dict[str, Any]:
         return {"pipeline": self.name, "classes": self.classes, "steerable": self.steerable,
@@ -198,6 +176,7 @@ class Service:
         import torch
 
         from .api import pipeline_dtype
+        from .chain import steer
         from .inference import run_backbone
 
         pipe = self.pipe
@@ -209,10 +188,7 @@ class Service:
                 cond = pipe.condition(perceptions)
             else:  # the perception as the model gave it, routed as if it had seen the chosen class
                 perceptions = pipe.perceive(lq)
-                p = perceptions[self.role]
-                one_hot = torch.zeros_like(p.class_probs)
-                one_hot[:, self.classes.index(chosen)] = 1
-                cond = pipe.condition({**perceptions, self.role: replace(p, class_probs=one_hot)})
+                cond = pipe.condition(steer(pipe, perceptions, chosen))
                 out = run_backbone(pipe, lq, cond, tile=self.tile, overlap=self.overlap, generator=gen).clamp(0, 1)
         return out[0].float().cpu(), perceptions, cond
 
@@ -379,8 +355,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repository id (default: default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=PORT, help=f"port (default {PORT}; 0: any free port)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
-    p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
     p.add_argument("--tile", type=int, default=TILE, metavar="N",
                    help=f"images larger than N pixels run in N x N tiles (default {TILE}; 0: whole images)")
     p.add_argument("--max-pixels", type=max_pixels_arg, default=MAX_PIXELS, metavar="N",
@@ -415,7 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .restore import resolve_device
+    from .cli import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

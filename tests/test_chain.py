@@ -96,3 +96,52 @@ def test_pipelines_that_cannot_be_steered_say_why():
         restore_steps(pipeline(), images(1), path=["foggy"])
     with pytest.raises(SteerError, match="at least 1"):
         restore_steps(pipeline(), images(1), steps=0)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    from vlir.core.data.images import write_image
+
+    pipe = pipeline()
+    folder = pipe.save(tmp_path / "pipe")
+    src = tmp_path / "in.png"
+    write_image(src, images(1)[0])
+    return folder, src
+
+
+def _restore(args, capsys):
+    from vlir.core.cli import main
+
+    rc = main(["restore", "--no-progress", *map(str, args)])
+    return rc, capsys.readouterr()
+
+
+def _read(path):
+    from vlir.core.data.images import read_image
+
+    return read_image(path)[0]
+
+
+def test_cli_prompt_and_degradation_route_as_asked(saved, tmp_path, capsys):
+    folder, src = saved
+    rc, out = _restore([src, "-o", tmp_path / "a", "--pipeline", folder, "--prompt", "remove the rain"], capsys)
+    assert rc == 0 and "path: rainy" in out.out
+    rc, out = _restore([src, "-o", tmp_path / "b", "--pipeline", folder, "--degradation", "rainy"], capsys)
+    assert rc == 0
+    pipe = Pipeline.load(folder).eval()
+    with torch.no_grad():
+        want = expert(pipe, _read(src)[None], "rainy")
+    assert torch.equal(_read(tmp_path / "a" / "in.png"), _read(tmp_path / "b" / "in.png"))
+    assert (_read(tmp_path / "b" / "in.png") - want[0]).abs().max() <= 1 / 255 + 1e-6
+    rc, out = _restore([src, "-o", tmp_path / "c", "--pipeline", folder, "--degradation", "rainy,foggy"], capsys)
+    assert rc == 2 and "unknown degradation 'foggy'" in out.err and not list((tmp_path / "c").glob("*.png"))
+
+
+def test_cli_abstain_leaves_the_photo_and_chain_prints_the_path(saved, tmp_path, capsys):
+    folder, src = saved
+    rc, out = _restore([src, "-o", tmp_path / "a", "--pipeline", folder, "--abstain", "1"], capsys)
+    assert rc == 0 and "left as is" in out.out
+    assert torch.equal(_read(tmp_path / "a" / "in.png"), _read(src))
+    rc, out = _restore([src, "-o", tmp_path / "b", "--pipeline", folder, "--chain", "3"], capsys)
+    assert rc == 0 and "path: " in out.out
