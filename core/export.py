@@ -158,8 +158,10 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # its fused attention op has no ONNX form
     try:
+        # the TorchScript exporter (dynamo=False): it needs no onnxscript, and it traces shapes as
+        # tensors, so padding and cropping stay dynamic in height and width
         with atomic_path(path) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")  # its deprecation and tracer notes
             torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=inputs,
                               output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
     finally:
@@ -213,7 +215,8 @@ def export_net(b, name: str, out: Path, stem: str = "backbone", *, check: bool =
     except Exception as e:  # noqa: BLE001 - the exporter's own reason, named after the component
         raise ExportError(f"backbone {name!r}: the ONNX exporter failed: {_first_line(e)}") from e
     info["inputs"] = _io(["lq", *cond_names], [lq, *cond.values()], dyn)
-    info["outputs"] = _io(["restored"], [lq], dyn)
+    with torch.no_grad():
+        info["outputs"] = _io(["restored"], [whole(lq, *cond.values())], dyn)
 
     if b.tile_passes:
         # the layout of every reduction's sums, from an eager run of one tile
