@@ -20,6 +20,7 @@ EXTERNAL = {
     "restore": ("vlir.core.restore", "restore images, folders or globs"),
     "classify": ("vlir.core.restore", "degradation class probabilities and quality score per image"),
     "demo": ("vlir.core.demo", "degrade a bundled image, restore it with the default model, write a grid"),
+    "serve": ("vlir.core.serve", "a local web page: drop an image, see its degradations, restore, download"),
     "export": ("vlir.core.export", "export a pipeline's backbone as ONNX graphs for onnxruntime"),
 }
 

@@ -16,6 +16,7 @@ def test_wheel_ships_registry_and_plugins_and_works(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "vlir/core/registry.yaml" in names
     assert "vlir/plugins/backbones/nafnet.py" in names and "vlir/core/pipeline.py" in names
+    assert {"vlir/core/assets/serve/index.html", "vlir/core/assets/serve/app.js"} <= set(names)  # vlir serve's page
     assert not any(n.startswith(("tests/", "core/", "plugins/")) for n in names)
     text = zipfile.ZipFile(wheel).read("vlir/core/registry.yaml").decode()
     assert text == (ROOT / "registry.yaml").read_text()

@@ -372,39 +372,10 @@ class PairedFolders(_Epoch, Dataset):
         if lq_dir is None or gt_dir is None:
             raise ValueError(f"{folder}: expected sub-folders LQ and GT")
 
-        def by_stem(d: Path) -> dict[str, Path]:
-            out: dict[str, Path] = {}
-            for p in list_images(d):
-                key = str(p.relative_to(d).with_suffix(""))
-                if key in out:
-                    raise ValueError(f"{d}: two files with the same name {key!r}: {out[key].name}, {p.name}")
-                out[key] = p
-            return out
+        from .pairs import pair_files, usable_pairs  # one pairing rule for every paired layout
 
-        lq, gt = by_stem(lq_dir), by_stem(gt_dir)
-        if lq.keys() != gt.keys():
-            only_lq, only_gt = sorted(lq.keys() - gt.keys()), sorted(gt.keys() - lq.keys())
-
-            def show(xs):
-                return ", ".join(xs[:5]) + (f" ... ({len(xs)} in all)" if len(xs) > 5 else "") if xs else "none"
-
-            raise ValueError(f"{folder}: LQ and GT files do not match; only in LQ: {show(only_lq)}; "
-                             f"only in GT: {show(only_gt)}")
-        pairs = [(lq[k], gt[k]) for k in sorted(lq)]
-        if not scan:
-            return pairs
-        good_lq, sizes_lq = scan_images([a for a, _ in pairs], patch or 1, what=str(lq_dir))
-        good_gt, sizes_gt = scan_images([b for _, b in pairs], patch or 1, what=str(gt_dir))
-        ok_lq, ok_gt = set(good_lq), set(good_gt)
-        out = []
-        for a, b in pairs:
-            if a not in ok_lq or b not in ok_gt:
-                log.warning("skipping pair %s / %s: %s unusable", a, b, "LQ" if a not in ok_lq else "GT")
-            elif sizes_lq[a] != sizes_gt[b]:
-                log.warning("skipping pair %s / %s: sizes differ (%s vs %s)", a, b, sizes_lq[a], sizes_gt[b])
-            else:
-                out.append((a, b))
-        return out
+        pairs = pair_files(lq_dir, gt_dir)
+        return usable_pairs(pairs, patch or 1, what=str(folder)) if scan else pairs
 
     def __len__(self) -> int:
         return self.length

@@ -136,3 +136,47 @@ def as_float(img: torch.Tensor, who: str) -> tuple[torch.Tensor, torch.dtype]:
 
 def finish(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.clamp(0, 1).to(dtype)
+
+
+def log_uniform(value, n: int, generator=None) -> torch.Tensor:
+    """``n`` float64 CPU draws, uniform in log space between a range's ends (for scales such as noise levels)."""
+    lo, hi = span(value)
+    if lo <= 0:
+        raise ValueError(f"log-uniform range must be positive, got {value}")
+    return torch.exp(uniform((math.log(lo), math.log(hi)), n, generator))
+
+
+def anisotropic_gaussian_kernels(sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor,
+                                 size: int) -> torch.Tensor:
+    """Anisotropic Gaussian kernels [n, size, size] (sum 1): standard deviations ``sigma_x`` and
+    ``sigma_y`` (pixels) along axes turned by ``theta`` (radians). Equals BasicSR's
+    ``bivariate_Gaussian(size, sigma_x, sigma_y, theta, isotropic=False)``."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    c, s = torch.cos(theta.double())[:, None, None], torch.sin(theta.double())[:, None, None]
+    sx2 = sigma_x.double().clamp_min(1e-6)[:, None, None] ** 2
+    sy2 = sigma_y.double().clamp_min(1e-6)[:, None, None] ** 2
+    # covariance R diag(sx2, sy2) R^T, R the rotation by theta; inverse quadratic form
+    a, b, d = c * c * sx2 + s * s * sy2, c * s * (sx2 - sy2), s * s * sx2 + c * c * sy2
+    det = a * d - b * b
+    q = (d * xx ** 2 - 2 * b * xx * yy + a * yy ** 2) / det
+    k = torch.exp(-0.5 * q)
+    return (k / k.sum(dim=(1, 2), keepdim=True)).float()
+
+
+def disc_kernels(radius: torch.Tensor, size: int) -> torch.Tensor:
+    """Defocus (pill-box) kernels [n, size, size] (sum 1) of ``radius`` pixels, edges anti-aliased."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    dist = (xx ** 2 + yy ** 2).sqrt()[None]
+    k = (radius.double().clamp_min(0.5)[:, None, None] + 0.5 - dist).clamp(0, 1)
+    return (k / k.sum(dim=(1, 2), keepdim=True)).float()
+
+
+def srgb_to_linear(x: torch.Tensor, gamma: float | torch.Tensor = 2.2) -> torch.Tensor:
+    """Undo a camera's display gamma (a plain power law, as in most synthetic camera pipelines)."""
+    return x.clamp(0, 1) ** gamma
+
+
+def linear_to_srgb(x: torch.Tensor, gamma: float | torch.Tensor = 2.2) -> torch.Tensor:
+    return x.clamp(1e-8, 1) ** (1.0 / gamma)

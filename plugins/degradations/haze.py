@@ -5,14 +5,16 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, finish, smooth_field, uniform
+from ._common import FloatRange, as_float, finish, rand, smooth_field, uniform
 
 
 class Haze(Degradation):
     """``I = J t + A (1 - t)``, ``t = exp(-beta d)``.
 
     The depth ``d`` in [0, 1] mixes a vertical ramp (far at the top) with a smooth random field
-    of ``cells`` x ``cells`` cells; ``beta`` and the grey airlight ``A`` are drawn per image.
+    of ``cells`` x ``cells`` cells; ``beta`` and the airlight ``A`` are drawn per image. ``tint``
+    colours the airlight (a per-channel offset up to that size: bluish skies, yellow smog); 0 keeps
+    it grey.
     """
 
     label = "hazy"
@@ -23,6 +25,7 @@ class Haze(Degradation):
         airlight: FloatRange = (0.7, 1.0)
         cells: int = 4
         ramp: float = 0.5  # weight of the vertical ramp in the depth map
+        tint: float = 0.0
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "haze")
@@ -34,4 +37,6 @@ class Haze(Degradation):
         a = min(max(self.params.ramp, 0.0), 1.0)
         d = a * ramp + (1 - a) * field
         t = torch.exp(-beta * d)
+        if self.params.tint > 0:  # drawn only when asked, so untinted haze keeps its random stream
+            air = air * (1 + self.params.tint * (2 * rand((n, 3, 1, 1), generator) - 1)).to(x.device)
         return finish(x * t + air * (1 - t), dtype)

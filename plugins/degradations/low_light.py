@@ -5,11 +5,16 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, finish, randn, uniform
+from ._common import FloatRange, as_float, finish, rand, randn, span, uniform
 
 
 class LowLight(Degradation):
-    """``y = scale * x ** gamma``, then noise of variance ``shot * y + read ** 2`` (all per image)."""
+    """``y = scale * x ** gamma``, then noise of variance ``shot * y + read ** 2`` (all per image).
+
+    ``cast`` gives the dark image a colour cast (per-channel gains ``1 + U(-cast, cast)``, as a
+    camera's white balance fails in low light); 0 keeps the colours. ``gain`` is the camera's
+    amplification after the sensor (ISO): it brightens the dark image and its noise alike.
+    """
 
     label = "low-light"
 
@@ -18,6 +23,8 @@ class LowLight(Degradation):
         scale: FloatRange = (0.1, 0.5)
         shot: FloatRange = (0.0, 0.01)  # signal-dependent variance per unit intensity
         read: FloatRange = (0.0, 0.01)  # signal-independent std, [0, 1] scale
+        cast: float = 0.0
+        gain: FloatRange = 1.0
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "low_light")
@@ -29,5 +36,10 @@ class LowLight(Degradation):
         gamma, scale, shot, read = draw(self.params.gamma), draw(self.params.scale), \
             draw(self.params.shot), draw(self.params.read)
         y = scale * x.clamp(0, 1) ** gamma
+        if self.params.cast > 0:  # drawn only when asked, so the plain model keeps its random stream
+            y = y * (1 + self.params.cast * (2 * rand((n, 3, 1, 1), generator) - 1)).to(x.device)
         std = (shot * y + read ** 2).sqrt()
-        return finish(y + std * randn(x.shape, generator, x.device), dtype)
+        out = y + std * randn(x.shape, generator, x.device)
+        if span(self.params.gain) != (1.0, 1.0):
+            out = out * draw(self.params.gain)
+        return finish(out, dtype)

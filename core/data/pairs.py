@@ -1,0 +1,166 @@
+"""Real LQ/GT pairs from two folders, and weighted mixtures of datasets.
+
+``FolderPairs(lq_dir, gt_dir, label)`` reads pairs such as ``LOL/train/{low,high}`` or
+``Rain100H/test/{rainy,norain}`` with a declared degradation word. Files pair by name
+(:func:`pair_files`): the same relative path without suffix, or, where that leaves files unpaired,
+the same name once a leading word and separator are dropped (``rain-12.png`` with
+``norain-12.png``, ``low_5.png`` with ``high_5.png``).
+
+``Weighted(datasets, weights)`` draws each item from one dataset with the given probabilities, so
+real pairs and synthetic degradations mix in one stage. Items are the dicts of
+:mod:`vlir.core.data.datasets` and deterministic given the seed, the epoch and the index.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .datasets import (PathLike, _caption, _Epoch, crop_flip, item_generator, list_images, log, lq_caption,
+                       scan_images)
+from .images import ImageError, read_image
+
+_PREFIX = re.compile(r"^[A-Za-z]+[-_]")
+
+
+def _keys(folder: Path, strip: bool) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in list_images(folder):
+        rel = p.relative_to(folder).with_suffix("")
+        key = str(rel.with_name(_PREFIX.sub("", rel.name))) if strip else str(rel)
+        if key in out:
+            raise ValueError(f"{folder}: two files pair as {key!r}: {out[key].name} and {p.name}")
+        out[key] = p
+    return out
+
+
+def _show(xs: list[str]) -> str:
+    return ", ".join(xs[:5]) + (f" ... ({len(xs)} in all)" if len(xs) > 5 else "") if xs else "none"
+
+
+def pair_files(lq_dir: PathLike, gt_dir: PathLike) -> list[tuple[Path, Path]]:
+    """The (LQ, GT) file pairs of two folders, sorted; every file must have its partner.
+
+    Pairs by relative path without suffix; if that leaves files unpaired, by the name without a
+    leading word and separator (``rain-1`` / ``norain-1``). Unpaired files are an error naming them.
+    """
+    lq_dir, gt_dir = Path(lq_dir), Path(gt_dir)
+    for d, what in ((lq_dir, "LQ"), (gt_dir, "GT")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} folder {d} does not exist")
+    for strip in (False, True):
+        lq, gt = _keys(lq_dir, strip), _keys(gt_dir, strip)
+        if lq.keys() == gt.keys():
+            return [(lq[k], gt[k]) for k in sorted(lq, key=_natural)]
+    lq, gt = _keys(lq_dir, False), _keys(gt_dir, False)
+    raise ValueError(f"{lq_dir} and {gt_dir} do not pair by file name (nor with a leading word such as "
+                     f"'rain-' dropped); only in LQ: {_show(sorted(lq.keys() - gt.keys()))}; "
+                     f"only in GT: {_show(sorted(gt.keys() - lq.keys()))}")
+
+
+def usable_pairs(pairs: list[tuple[Path, Path]], min_size: int = 1, what: str = "pairs"
+                 ) -> list[tuple[Path, Path]]:
+    """The pairs whose two files are readable, at least ``min_size`` on each side and of one size;
+    the others are skipped with a warning naming them."""
+    good_lq, sizes_lq = scan_images([a for a, _ in pairs], min_size, what=f"{what} LQ")
+    good_gt, sizes_gt = scan_images([b for _, b in pairs], min_size, what=f"{what} GT")
+    ok_lq, ok_gt = set(good_lq), set(good_gt)
+    kept = []
+    for a, b in pairs:
+        if a not in ok_lq or b not in ok_gt:
+            log.warning("skipping pair %s / %s: %s unusable", a, b, "LQ" if a not in ok_lq else "GT")
+        elif sizes_lq[a] != sizes_gt[b]:
+            log.warning("skipping pair %s / %s: sizes differ (%s vs %s)", a, b, sizes_lq[a], sizes_gt[b])
+        else:
+            kept.append((a, b))
+    return kept
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+class FolderPairs(_Epoch, Dataset):
+    """Pairs of ``lq_dir`` and ``gt_dir`` (:func:`pair_files`) of one degradation word ``label``.
+
+    Without ``patch_size`` items are whole images in order (evaluation); with it, aligned random
+    crops and flips. Unreadable pairs and pairs whose sizes differ are skipped with a warning.
+    ``degradation`` is ``index`` (the label's class index in the stage; set by the caller).
+    """
+
+    def __init__(self, lq_dir: PathLike, gt_dir: PathLike, label: str, patch_size: int | None = None,
+                 seed: int = 0, index: int = 0, captions: Any = None, flips: bool | None = None,
+                 scan: bool = True, rot90: bool = False, channels: bool = False):
+        if not label:
+            raise ValueError(f"pairs {lq_dir}: a degradation word (label) is needed")
+        pairs = pair_files(lq_dir, gt_dir)
+        if scan:
+            pairs = usable_pairs(pairs, patch_size or 1, what=str(lq_dir))
+        if not pairs:
+            raise ValueError(f"{lq_dir} / {gt_dir}: no usable pairs")
+        self.pairs = pairs
+        self.label = label
+        self.index = index
+        self.patch_size = patch_size
+        self.seed = seed
+        self.captions = captions
+        self.flips = (patch_size is not None) if flips is None else flips
+        self.augment = {"rot90": rot90, "channels": channels}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self.pairs):
+            raise IndexError(f"index {i} out of range for {len(self.pairs)} pairs")
+        a, b = self.pairs[i]
+        lq, _ = read_image(a)
+        gt, _ = read_image(b)
+        if lq.shape != gt.shape:
+            raise ImageError(a, f"size {tuple(lq.shape[1:])} differs from GT {b} {tuple(gt.shape[1:])}")
+        g = item_generator(self.seed, self.epoch, i, 23)
+        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips, **self.augment)
+        caption = _caption(self.captions, a, b)
+        return {"lq": lq, "gt": gt, "degradation": self.index, "degradation_name": self.label,
+                "caption": caption, "lq_caption": lq_caption(caption, self.label), "path": str(a), "gt_path": str(b)}
+
+
+class Weighted(_Epoch, Dataset):
+    """``length`` items, each drawn from one of ``datasets`` with probability ``weights`` (normalised),
+    and within it at a random index; deterministic given ``seed``, the epoch and the index."""
+
+    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], length: int, seed: int = 0):
+        if len(datasets) != len(weights) or not datasets:
+            raise ValueError(f"weighted mixture: {len(datasets)} datasets but {len(weights)} weights")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weighted mixture: weights must be >= 0 with a positive sum, got {list(weights)}")
+        if any(len(d) == 0 for d in datasets):
+            raise ValueError("weighted mixture: a dataset is empty")
+        self.datasets = list(datasets)
+        self.weights = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+        self.length = int(length)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(dataset, index within it) of item ``i``."""
+        g = item_generator(self.seed, self.epoch, i, 29)
+        k = int(torch.multinomial(self.weights, 1, generator=g))
+        return k, int(torch.randint(len(self.datasets[k]), (1,), generator=g))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} items")
+        k, j = self.locate(i)
+        return self.datasets[k][j]
