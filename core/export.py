@@ -158,8 +158,10 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # its fused attention op has no ONNX form
     try:
+        # the TorchScript exporter (dynamo=False): it needs no onnxscript, and it traces shapes as
+        # tensors, so padding and cropping stay dynamic in height and width
         with atomic_path(path) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")  # its deprecation and tracer notes
             torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=inputs,
                               output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
     finally:
@@ -213,7 +215,8 @@ def export_net(b, name: str, out: Path, stem: str = "backbone", *, check: bool =
     except Exception as e:  # noqa: BLE001 - the exporter's own reason, named after the component
         raise ExportError(f"backbone {name!r}: the ONNX exporter failed: {_first_line(e)}") from e
     info["inputs"] = _io(["lq", *cond_names], [lq, *cond.values()], dyn)
-    info["outputs"] = _io(["restored"], [lq], dyn)
+    with torch.no_grad():
+        info["outputs"] = _io(["restored"], [whole(lq, *cond.values())], dyn)
 
     if b.tile_passes:
         # the layout of every reduction's sums, from an eager run of one tile
@@ -425,7 +428,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="saved pipeline folder, spec file, or 'default' (the built-in default model)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--no-check", action="store_true",
-                   help="skip the check of every graph against torch at two sizes")
+                   help="skip checking the graphs against torch (whole images at two sizes, one tiled run)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -437,15 +440,22 @@ def run_export(args: argparse.Namespace) -> int:
     from .default import open_pipeline
 
     src = args.pipeline
-    if src != "default" and not Path(src).expanduser().exists():
-        raise FileNotFoundError(f"pipeline {src}: no such folder or spec file")
-    path = Path(src).expanduser()
-    pipe = open_pipeline(None if src == "default" else str(path) if path.is_dir() else None,
-                         str(path) if src != "default" and path.is_file() else None, "cpu")
+    if src == "default":
+        pipe = open_pipeline(device="cpu")
+    else:
+        path = Path(src).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"pipeline {src}: no such folder or spec file")
+        folder = path.is_dir()
+        pipe = open_pipeline(str(path) if folder else None, None if folder else str(path), "cpu")
     try:
         out = export_onnx(pipe, args.out, check=not args.no_check)
     except UserError as e:  # ExportError, or onnxruntime missing for the check
         print(f"vlir export: error: {src}: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out / META_FILE} and the graphs of backbone {pipe.spec.backbone.type!r} into {out}")
+    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    towers = [r for r, p in meta["perceivers"].items() if p["engine"] == "onnxruntime"]
+    print(f"wrote {out}: backbone {pipe.spec.backbone.type!r}"
+          + (f" and the image towers of perceiver(s) {', '.join(towers)}" if towers else "")
+          + f" as ONNX (described in {META_FILE}); run it with: vlir restore --engine onnx --pipeline {out} ...")
     return 0

@@ -96,7 +96,7 @@ class OnnxBackbone(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"{self.name}, onnxruntime {self._providers[0]}"
 
-    def _cond(self, cond: Any, batch: int) -> dict[str, Any]:
+    def _cond(self, cond: Any) -> dict[str, Any]:
         feeds = {}
         for name in self.cond_names:
             t = getattr(cond, name, None) if cond is not None else None
@@ -113,9 +113,9 @@ class OnnxBackbone(torch.nn.Module):
             raise ValueError(f"{self.name} (onnx): expected lq of shape [B, {self.channels}, H, W], got {list(lq.shape)}")
         h, w = lq.shape[-2:]
         x = pad_to_multiple(lq.float(), self.multiple_of, self._pad_mode)
-        feeds = {"lq": _numpy(x), **self._cond(cond, lq.shape[0])}
-        run = _PASS.get()
-        if run is None:  # whole image (or a tile whose reductions stay its own)
+        feeds = {"lq": _numpy(x), **self._cond(cond)}
+        run = _PASS.get() if self.tile_passes else None  # a backbone without reductions ignores the passes
+        if run is None:  # a whole image, or a tile whose reductions stay its own
             out = self.whole.run(["restored"], feeds)[0]
             return torch.from_numpy(out).to(lq.device, lq.dtype)[:, :, :h, :w]
         # a pass of a tiled run that shares the reductions: core in, the core's sums out

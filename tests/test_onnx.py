@@ -241,3 +241,24 @@ def test_benchmark_quick(tmp_path):
     (row,) = json.loads(out.read_text())["backbones"]
     assert row["max_abs_diff"] < ATOL and row["torch"]["median_ms"] > 0 and row["onnxruntime"]["median_ms"] > 0
     assert "| nafnet sidd-width32 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_default_model_exports_and_restores_the_same(tmp_path):
+    """The built-in default model (DA-CLIP perceiver routing NAFNet experts): every expert and the
+    perceiver's towers on onnxruntime, whole and tiled, as torch restores."""
+    from vlir.core.default import load_default
+    from vlir.core.export import export_onnx
+    from vlir.core.onnx_engine import load_onnx_pipeline
+
+    pipe = load_default("cpu")
+    out = export_onnx(pipe, tmp_path / "default", check=False)
+    meta = json.loads((out / "onnx.json").read_text())
+    assert len(meta["backbone"]["nets"]) == 6 and meta["perceivers"]["daclip"]["engine"] == "onnxruntime"
+    onnx_pipe = load_onnx_pipeline(out)
+    x = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(4)) * 0.6 + 0.2
+    for tile in (None, 32):
+        ref, ref_p = pipe.restore(x, tile=tile)
+        got, got_p = onnx_pipe.restore(x, tile=tile)
+        assert (got - ref).abs().max() < ATOL, tile
+        assert (got_p["daclip"].class_probs - ref_p["daclip"].class_probs).abs().max() < ATOL
