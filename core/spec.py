@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import yamlsafe
 from .errors import SpecError
 from .sections import DataSpec, EvalSpec, TrainSpec
 
@@ -122,7 +123,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise SpecError([("", f"cannot read spec file: {e.strerror or e}")], source=str(path)) from e
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text, source=str(path))  # bounded: no alias bombs, no deep nesting
     except yaml.YAMLError as e:
         raise SpecError([("", f"not valid YAML (only plain YAML is accepted, no Python tags): {e}")],
                         source=str(path)) from e
