@@ -94,38 +94,95 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 
 # -- inspect ----------------------------------------------------------------------------------
-def inspect_component(kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
-                      size: tuple[int, int] = (256, 256)) -> dict[str, Any]:
-    """Parameter counts, MACs and state-dict layout of a component, built on the meta device."""
+def macs_text(macs: int) -> str:
+    """``1.23 G``, ``45.6 M``, ``7.8 K`` or a plain count below a thousand."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.2f} {unit}"
+    return str(int(macs))
+
+
+class _NoMACs(Exception):
+    """A component with no forward to count (a process, a loss that needs training inputs)."""
+
+
+def _example(module: Any, size: tuple[int, int]) -> tuple[dict[str, Any] | None, str | None]:
+    """Inputs for one forward of ``module``, or None and why not."""
+    if not callable(getattr(module, "example_inputs", None)):
+        return None, f"a {module.kind} has no forward of its own (inspect the backbone it drives)"
+    inputs = module.example_inputs(size=size, batch=1)
+    needs = [k for k in getattr(module, "inputs", ()) if k not in inputs and k not in getattr(module, "optional_inputs", ())]
+    if module.kind == "loss" and needs:
+        return None, f"needs {', '.join(needs)} (given in training only)"
+    return inputs, None
+
+
+def _macs(module: Any, size: tuple[int, int]) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    inputs, why = _example(module, size)
+    if inputs is None:
+        raise _NoMACs(why)
+    module.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(**inputs)
+    return counter.get_total_flops() // 2
+
+
+def inspect_component(kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
+                      size: tuple[int, int] = (256, 256)) -> dict[str, Any]:
+    """Parameter counts, MACs and state-dict layout of a component, built without reading weights.
+
+    Built on the meta device (no memory, no init). A component whose construction or forward needs
+    real values (an ``.item()`` at init, data-dependent routing, CPU-made tensors) is built on the CPU
+    instead, with random weights, for what the meta build cannot give.
+    """
+    import warnings
+
+    import torch
 
     from .registry import get_registry
 
     reg = get_registry()
-    p = reg.resolve_params(kind, name, preset, params)
-    if "pretrained" in type(p).model_fields:
-        p = p.model_copy(update={"pretrained": None})  # layout only: no weights are read
+    resolved = reg.resolve_params(kind, name, preset, params)
+    layout_only = {"pretrained": None, "allow_random_vgg": True}  # no downloads, no weight files read
+    p = resolved.model_copy(update={k: v for k, v in layout_only.items() if k in type(resolved).model_fields})
     cls = reg.load(kind, name)
-    with torch.device("meta"):
-        module = cls(p)
-        named = list(module.named_parameters())
-        info: dict[str, Any] = {
-            "kind": kind, "name": name, "preset": preset,
-            "params": reg.resolve_params(kind, name, preset, params).model_dump(mode="json"),
-            "total_params": sum(t.numel() for _, t in named),
-            "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
-            "size": list(size),
-        }
+
+    def build(device: str) -> Any:
+        with torch.device(device), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "random VGG weights": expected here
+            return cls(p)
+
+    try:
+        module, device = build("meta"), "meta"
+    except Exception:  # noqa: BLE001 - needs real values at init: build it for real
+        module, device = build("cpu"), "cpu"
+    named = list(module.named_parameters())
+    info: dict[str, Any] = {
+        "kind": kind, "name": name, "preset": preset,
+        "params": resolved.model_dump(mode="json"),
+        "total_params": sum(t.numel() for _, t in named),
+        "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
+        "size": list(size),
+        "built_on": device,
+    }
+    info["state_dict"] = [[k, list(v.shape)] for k, v in module.state_dict().items()]
+    for attempt in ("first", "cpu"):
         try:
-            module.eval()
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                module(**module.example_inputs(size=size, batch=1))
-            info["macs"] = counter.get_total_flops() // 2
+            with torch.device(device):
+                info["macs"] = _macs(module, size)
+            info.pop("macs_error", None)
+            break
+        except _NoMACs as e:
+            info["macs"], info["macs_error"] = None, str(e)
+            break
         except Exception as e:  # noqa: BLE001 - MACs are informative; keys and counts still print
-            info["macs"] = None
-            info["macs_error"] = f"{type(e).__name__}: {e}"
-        info["state_dict"] = [[k, list(v.shape)] for k, v in module.state_dict().items()]
+            info["macs"], info["macs_error"] = None, f"{type(e).__name__}: {e}"
+            if device != "meta":
+                break
+            module, device = build("cpu"), "cpu"  # a data-dependent forward: run it on real values
     return info
 
 
@@ -150,7 +207,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  parameters: {info['total_params']:,} total, {info['trainable_params']:,} trainable")
     h, w = info["size"]
     if info["macs"] is not None:
-        print(f"  MACs at {h}x{w}: {info['macs'] / 1e9:.2f} G")
+        print(f"  MACs at {h}x{w}: {macs_text(info['macs'])}")
     else:
         print(f"  MACs at {h}x{w}: n/a ({info['macs_error']})")
     if not args.no_keys:
