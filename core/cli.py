@@ -72,25 +72,46 @@ def cmd_components(args: argparse.Namespace) -> int:
     reg = get_registry()
     entries = reg.list(args.kind, args.pattern)
     conflicts = {(c[0].kind, c[0].name) for c in reg.conflicts()}
+    broken: dict[int, str] = {}
+    if args.check:  # import every listed component's module
+        broken = {id(e): err for e, err in reg.check(entries) if err}
     if args.json:
         rows = [{"name": e.name, "kind": e.kind, "provider": e.provider, "version": e.version,
                  "summary": e.summary, "presets": sorted(e.presets), "target": e.target_path,
-                 "conflict": (e.kind, e.name) in conflicts} for e in entries]
+                 "conflict": (e.kind, e.name) in conflicts,
+                 **({"ok": id(e) not in broken, "error": broken.get(id(e))} if args.check else {})}
+                for e in entries]
         print(json.dumps({"components": rows, "errors": [vars(x) for x in reg.errors]}, indent=2))
-        return 0
+        return 1 if broken else 0
     if entries:
         w = max(len(e.name) for e in entries)
         for e in entries:
-            flag = "  [CONFLICT: provided twice]" if (e.kind, e.name) in conflicts else ""
+            flag = ""
+            if (e.kind, e.name) in conflicts:
+                flag = (f"  [CONFLICT: provided twice; the built-in wins, this one is {e.provider}:{e.name}]"
+                        if e.source != "builtin" else "  [CONFLICT: provided twice]")
+            if id(e) in broken:
+                flag += f"  [BROKEN: {broken[id(e)]}]"
             print(f"{e.kind:<11} {e.name:<{w}}  {e.provider} {e.version}".rstrip() + f"  {e.summary}{flag}")
     else:
         msg = f"no components match {args.pattern!r}" + (f" in kind {args.kind!r}" if args.kind else "")
         if args.pattern and not any(c in args.pattern for c in "*?["):
             msg += did_you_mean(args.pattern, {e.name for e in reg.list(args.kind)})
         print(msg)
-    for err in reg.errors:
-        print(f"plugin load error: {err}", file=sys.stderr)
-    return 0
+    if args.check:
+        print(f"{len(entries) - len(broken)} of {len(entries)} components import"
+              + (f"; broken: {', '.join(f'{e.kind} {e.name}' for e in entries if id(e) in broken)}" if broken else ""),
+              file=sys.stderr)
+    return 1 if broken else 0
+
+
+def report_plugin_errors() -> None:
+    """Plugins that failed to load, on stderr, once per command (if the command built the registry)."""
+    from . import registry
+
+    if registry._default_registry.cache_info().currsize:
+        for err in registry.get_registry().errors:
+            print(f"vlir: plugin load error (skipped): {err}", file=sys.stderr)
 
 
 # -- inspect ----------------------------------------------------------------------------------
@@ -257,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="name pattern, e.g. 'naf*'")
     p.add_argument("--kind", help="perceiver, backbone, loss, process or degradation")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="import every component's module and report broken ones (exit 1 if any)")
     p.set_defaults(func=cmd_components)
 
     p = sub.add_parser("inspect", help="parameter counts, MACs and state-dict keys of a component")
@@ -322,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        report_plugin_errors()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .conditioning import Conditioning, Perception
+from .hookspecs import call_hook
 from .io import atomic_write_text, load_checkpoint, load_state_dict_checked, save_safetensors
 from .spec import SpecError, load_spec, read_yaml
 
@@ -52,7 +53,7 @@ class Pipeline(torch.nn.Module):
         self.spec = spec
 
         def make(kind: str, comp: "ComponentSpec"):
-            cls = self.registry.load(kind, comp.type)
+            cls = self.registry.load(kind, comp.type, comp.provider)
             params = cls.Params.model_validate(comp.params)
             if skip_pretrained and "pretrained" in type(params).model_fields:
                 params = params.model_copy(update={"pretrained": None})
@@ -70,7 +71,7 @@ class Pipeline(torch.nn.Module):
         self.losses = torch.nn.ModuleDict(
             {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
         self.feed = spec.feeding_role()
-        self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
+        call_hook(self.registry, "vlir_pipeline_built", pipeline=self)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -144,7 +145,7 @@ class Pipeline(torch.nn.Module):
             comp.weights = None
         spec.versions = _versions()
         atomic_write_text(path / SPEC_FILE, spec.to_yaml())
-        self.registry.pm.hook.vlir_pipeline_saved(pipeline=self, path=str(path))
+        call_hook(self.registry, "vlir_pipeline_saved", pipeline=self, path=str(path))
         return path
 
     # -- running --------------------------------------------------------------------------------

@@ -99,6 +99,17 @@ def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "?", dist.version or ""
 
 
+def _same_dist(a: str, b: str) -> bool:
+    """Distribution names compare as pip does: case, '-', '_' and '.' do not matter."""
+    norm = lambda n: n.lower().replace("_", "-").replace(".", "-")  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _dist_summary(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return (dist.metadata["Summary"] or "") if dist is not None else ""
+
+
 def _entry_points(group: str) -> list[metadata.EntryPoint]:
     seen, out = set(), []
     for ep in metadata.entry_points(group=group):
@@ -186,7 +197,7 @@ class Registry:
                 if self._blocked(ep.name, dist):
                     continue
                 self._add(Entry(kind=kind, name=ep.name, target=ep.value, provider=dist, version=version,
-                                source="entry-point"))
+                                source="entry-point", summary=_dist_summary(ep)))
 
     def _add(self, entry: Entry) -> None:
         same = self._entries.setdefault((entry.kind, entry.name), [])
@@ -211,17 +222,34 @@ class Registry:
     def conflicts(self) -> list[list[Entry]]:
         return [v for v in self._entries.values() if len(v) > 1]
 
-    def get(self, kind: str, name: str) -> Entry:
+    def get(self, kind: str, name: str, provider: str | None = None) -> Entry:
+        """The entry of a component. ``name`` may be ``package:name`` (that package's component, or an
+        error). When several packages provide ``name``: the one ``provider`` names (a saved spec's
+        ``provider:``) if among them, else the built-in, else an error naming them all."""
         kind = normalise_kind(kind)
+        strict = ":" in name
+        if strict:
+            provider, name = name.split(":", 1)
         entries = self._entries.get((kind, name))
         if not entries:
             raise UnknownComponentError(self._unknown_message(kind, name))
-        if len(entries) > 1:
-            who = " and ".join(f"{e.provider} {e.version} ({e.target_path})".replace("  ", " ") for e in entries)
-            raise DuplicateComponentError(
-                f"{kind} {name!r} is provided by two packages: {who}; uninstall one, "
-                f"or block one with VLIR_BLOCK_PLUGINS=<package>")
-        return entries[0]
+        if provider:
+            mine = [e for e in entries if _same_dist(e.provider, provider)]
+            if mine:
+                return mine[0]
+            if strict:
+                raise UnknownComponentError(
+                    f"{kind} {name!r} is not provided by {provider!r}; it is provided by "
+                    f"{', '.join(repr(e.provider) for e in entries)}")
+        if len(entries) == 1:
+            return entries[0]
+        builtin = [e for e in entries if e.source == "builtin"]
+        if builtin:  # a third-party name never hides a built-in; it is reached as 'package:name'
+            return builtin[0]
+        who = " and ".join(f"{e.provider} {e.version} ({e.target_path})".replace("  ", " ") for e in entries)
+        raise DuplicateComponentError(
+            f"{kind} {name!r} is provided by two packages: {who}; name one as 'package:{name}' (or "
+            f"provider: package), uninstall one, or block one with VLIR_BLOCK_PLUGINS=<package>")
 
     def _unknown_message(self, kind: str, name: str) -> str:
         names = self.names(kind)
@@ -239,12 +267,13 @@ class Registry:
             msg += " Third-party plugins are disabled (VLIR_DISABLE_PLUGIN_AUTOLOAD=1)."
         return msg
 
-    def load(self, kind: str, name: str) -> type:
-        """Import and return the component class (cached)."""
+    def load(self, kind: str, name: str, provider: str | None = None) -> type:
+        """Import and return the component class (cached); ``name`` and ``provider`` as for :meth:`get`."""
         from .components import API_VERSION, BASES
 
-        entry = self.get(kind, name)
-        key = (entry.kind, name)
+        entry = self.get(kind, name, provider)
+        name = entry.name
+        key = (entry.kind, name, entry.provider)
         if key in self._classes:
             return self._classes[key]
         target = entry.target
@@ -271,21 +300,35 @@ class Registry:
                 f"{obj.api_version}; this vlir has {API_VERSION}: upgrade vlir")
         if "name" not in vars(obj) or not vars(obj)["name"]:
             obj.name = name
+        doc = (vars(obj).get("__doc__") or "").strip()
+        if doc and (entry.source == "entry-point" or not entry.summary):
+            entry.summary = doc.splitlines()[0].strip()  # once imported, its own docstring's first line
         self._classes[key] = obj
         return obj
 
-    def presets(self, kind: str, name: str) -> dict[str, dict[str, Any]]:
-        entry = self.get(kind, name)
-        cls_presets = getattr(self.load(kind, name), "presets", {}) if entry.source != "builtin" else {}
+    def check(self, entries: "Iterable[Entry] | None" = None) -> list[tuple[Entry, str | None]]:
+        """Import components (default: all): (entry, None) for those that load, (entry, error) if not."""
+        out: list[tuple[Entry, str | None]] = []
+        for entry in self.list() if entries is None else entries:
+            try:
+                self.load(entry.kind, f"{entry.provider}:{entry.name}")
+                out.append((entry, None))
+            except RegistryError as e:
+                out.append((entry, str(e)))
+        return out
+
+    def presets(self, kind: str, name: str, provider: str | None = None) -> dict[str, dict[str, Any]]:
+        entry = self.get(kind, name, provider)
+        cls_presets = getattr(self.load(kind, name, provider), "presets", {}) if entry.source != "builtin" else {}
         return {**cls_presets, **entry.presets}
 
     def resolve_params(self, kind: str, name: str, preset: str | None = None,
-                       params: dict[str, Any] | None = None):
+                       params: dict[str, Any] | None = None, provider: str | None = None):
         """Validated ``Params`` of a component from a preset and overrides (pydantic errors propagate)."""
-        cls = self.load(kind, name)
+        cls = self.load(kind, name, provider)
         values: dict[str, Any] = {}
         if preset is not None:
-            presets = self.presets(kind, name)
+            presets = self.presets(kind, name, provider)
             if preset not in presets:
                 raise UnknownComponentError(
                     f"{kind} {name!r} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
@@ -293,10 +336,11 @@ class Registry:
         values.update(params or {})
         return cls.Params.model_validate(values)
 
-    def build(self, kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None):
+    def build(self, kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
+              provider: str | None = None):
         """Build a component instance from its registry name, preset and params."""
-        cls = self.load(kind, name)
-        return cls(self.resolve_params(kind, name, preset, params))
+        cls = self.load(kind, name, provider)
+        return cls(self.resolve_params(kind, name, preset, params, provider))
 
 
 def _vlir_version() -> str:

@@ -155,6 +155,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
     The result has every component's params filled in completely (preset and defaults folded
     in), so that it rebuilds the same pipeline anywhere.
     """
+    from .hookspecs import call_hook
     from .registry import RegistryError, get_registry
 
     registry = registry or get_registry()
@@ -166,7 +167,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
         raw, name = read_yaml(source), str(source)
 
     try:
-        registry.pm.hook.vlir_adjust_spec(spec=raw, registry=registry)
+        call_hook(registry, "vlir_adjust_spec", spec=raw, registry=registry)
     except SpecError as e:
         raise SpecError(e.errors, source=name) from e
 
@@ -178,12 +179,12 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
     errors: list[tuple[str, str]] = []
     for path, kind, comp in _components(spec):
         try:
-            entry = registry.get(kind, comp.type)
-            cls = registry.load(kind, comp.type)
+            entry = registry.get(kind, comp.type, comp.provider)  # a saved spec's provider decides
+            cls = registry.load(kind, comp.type, comp.provider)
         except RegistryError as e:
             errors.append((f"{path}.type", str(e)))
             continue
-        presets = registry.presets(kind, comp.type)
+        presets = registry.presets(kind, comp.type, comp.provider)
         values: dict[str, Any] = {}
         if comp.preset is not None:
             if comp.preset not in presets:
@@ -216,7 +217,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
         errors.append(("condition.perceiver", f"no perceiver with role {spec.condition.perceiver!r}; "
                                               f"perceivers: {', '.join(roles) or 'none'}"))
     if not errors:
-        bcls = registry.load("backbone", spec.backbone.type)
+        bcls = registry.load("backbone", spec.backbone.type, spec.backbone.provider)
         if getattr(bcls, "diffusion", False) and spec.process is None:
             errors.append(("process", f"backbone {spec.backbone.type!r} is a diffusion network and needs a "
                                       "process, e.g. process: {type: irsde}"))
