@@ -206,3 +206,36 @@ def test_the_default_model_restores_unchanged_with_a_fake_nafnet_installed(fake_
         assert all(type(n).__module__ != "fake_naf" for n in pipe.backbone.nets)
         restored, _ = pipe.restore(x)
     assert torch.equal(restored, plain)
+
+
+# -- the README's plugin section ------------------------------------------------------------------
+def test_a_backbone_written_from_the_readme_reads_the_conditioning(tmp_path):
+    """The README's example, as written there, is sized from the perceiver and uses its vector."""
+    import re
+    import types
+
+    from vlir.core import hookimpl
+    from vlir.core.pipeline import Pipeline
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Writing a plugin"):readme.index("## Architecture")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    mod = types.ModuleType("readme_backbone")
+    exec(compile(code, "README.md", "exec"), mod.__dict__)
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def vlir_components():
+            return [{"kind": "backbone", "name": "tinyres", "target": mod.TinyRes}]
+
+    reg = Registry(autoload=False, plugins=[Plugin])
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny"}], "backbone": {"type": "tinyres"}}
+    pipe = Pipeline.from_spec(spec, registry=reg)
+    assert pipe.backbone.params.cond_dim == pipe.perceivers["daclip"].output_dims(pipe.perceivers["daclip"].params)[0]
+    torch.nn.init.normal_(pipe.backbone.film.weight)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        cond = pipe.perceivers["daclip"](x).to_conditioning()
+        assert not torch.allclose(pipe.backbone(x, cond), pipe.backbone(x))
+    assert reg.get("backbone", "tinyres").summary == "Residual conv stack with FiLM from the degradation vector."
