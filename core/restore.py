@@ -237,6 +237,11 @@ def check_model_source(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"spec {spec}: no such file")
     if not pipeline and not spec:
         default_dir()
+    from .spec import read_yaml  # torch-free: a hostile spec is refused before torch is imported
+
+    for file in (Path(pipeline).expanduser() / "spec.yaml" if pipeline else None, spec):
+        if file and Path(file).expanduser().is_file():
+            read_yaml(Path(file).expanduser())
 
 
 def _reason(e: BaseException) -> str:
@@ -318,8 +323,8 @@ def _restore(args: argparse.Namespace) -> int:
     if not jobs:
         raise RestoreError("no input images" + (f" ({len(missing)} input(s) matched nothing)" if missing else ""))
     plan = plan_outputs(jobs, out_dir, args.suffix)
-    device = resolve_device(args.device)
     check_model_source(args)
+    device = resolve_device(args.device)
     check_output_dir(out_dir)
 
     import torch
