@@ -4,6 +4,10 @@ Plugins implement these with ``@vlir.core.hookimpl`` and are found through the e
 group ``vlir.hooks`` (name -> module or object). vlir's own behaviour (the built-in components
 of ``registry.yaml`` and the wiring of perceivers into backbones) is a plugin like any other:
 ``vlir.core.builtin``.
+
+Hooks are called through :func:`call_hook`: an exception a plugin raises stops the command with a
+:class:`HookError` naming the plugin and its package (exit status 2), except a ``SpecError`` or
+``UserError`` raised on purpose, which is shown as it is.
 """
 from __future__ import annotations
 

@@ -121,3 +121,39 @@ def test_restore_pipeline_folder_refuses(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(folder / "spec.yaml") in err and message in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_hostile_benchmark_measures_a_refused_case(tmp_path):
+    """``benchmarks/hostile.py`` runs a case in its own process and records exit code, time, RSS."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "hostile.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "hostile.py"), "--only", "5000 deep",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["case"] == "5000 deep: spec validate" and case["exit_code"] == 2 and case["refused"]
+    assert 0 < case["peak_rss_mib"] < 1536 and case["seconds"] > 0
+    assert "nested more than 64 levels deep" in case["output_tail"][-1]
+
+
+def test_png_declaring_a_size_is_a_real_png(tmp_path):
+    import sys
+    import warnings
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from hostile import png_declaring
+
+    with Image.open(png_declaring(tmp_path / "a.png", 48, 64)) as im:
+        assert im.size == (64, 48) and im.mode == "RGB"
+        assert np.asarray(im).max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 144 MP: that is the point
+        with Image.open(png_declaring(tmp_path / "big.png", 12000, 12000)) as im:  # header only
+            assert im.size == (12000, 12000)
+    assert (tmp_path / "big.png").stat().st_size < 600_000
