@@ -1,6 +1,6 @@
 """Hostile inputs: is each refused within seconds and under 1.5 GB peak RSS?
 
-    python benchmarks/hostile.py [--timeout 30] [--cap-gb 4] [--out benchmarks/results/hostile.json]
+    python benchmarks/hostile.py [--timeout 60] [--cap-gb 4] [--out benchmarks/results/hostile.json]
 
 Each case runs one ``vlir`` command in its own process: an alias bomb in a nested field
 (``experts.expert_params``) read by ``vlir spec validate``, ``vlir train`` and from a pipeline folder's ``spec.yaml``
@@ -128,7 +128,7 @@ def run(argv: list[str], timeout: float, cap_bytes: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a case is killed")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a case is killed")
     ap.add_argument("--cap-gb", type=float, default=4.0, help="address-space cap of each case (safety net)")
     ap.add_argument("--only", help="run the cases whose name contains this text")
     ap.add_argument("--out", default=str(RESULTS / "hostile.json"))
