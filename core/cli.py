@@ -151,6 +151,19 @@ def _macs(module: Any, size: tuple[int, int]) -> int:
     return counter.get_total_flops() // 2
 
 
+def _count(module: Any, device: str, size: tuple[int, int]) -> tuple[int | None, str | None, bool]:
+    """(MACs, None, True), or (None, why, whether another device might count it)."""
+    import torch
+
+    try:
+        with torch.device(device):
+            return _macs(module, size), None, True
+    except _NoMACs as e:  # nothing to count on any device
+        return None, str(e), False
+    except Exception as e:  # noqa: BLE001 - MACs are informative; keys and counts still print
+        return None, f"{type(e).__name__}: {e}", True
+
+
 def inspect_component(kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
                       size: tuple[int, int] = (256, 256)) -> dict[str, Any]:
     """Parameter counts, MACs and state-dict layout of a component, built without reading weights.
@@ -190,20 +203,12 @@ def inspect_component(kind: str, name: str, preset: str | None = None, params: d
         "built_on": device,
     }
     info["state_dict"] = [[k, list(v.shape)] for k, v in module.state_dict().items()]
-    for attempt in ("first", "cpu"):
-        try:
-            with torch.device(device):
-                info["macs"] = _macs(module, size)
-            info.pop("macs_error", None)
-            break
-        except _NoMACs as e:
-            info["macs"], info["macs_error"] = None, str(e)
-            break
-        except Exception as e:  # noqa: BLE001 - MACs are informative; keys and counts still print
-            info["macs"], info["macs_error"] = None, f"{type(e).__name__}: {e}"
-            if device != "meta":
-                break
-            module, device = build("cpu"), "cpu"  # a data-dependent forward: run it on real values
+    macs, error, countable = _count(module, device, size)
+    if macs is None and countable and device == "meta":  # e.g. data-dependent routing: real values
+        macs, error, _ = _count(build("cpu"), "cpu", size)
+    info["macs"] = macs
+    if error is not None:
+        info["macs_error"] = error
     return info
 
 
