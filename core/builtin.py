@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from .classes import QUALITY_TIERS, default_class_words
 from .hookspecs import hookimpl
 
 
@@ -61,6 +62,7 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
         from vlir.plugins.backbones.auto import resolve  # the type and its sizes read from the weights file
 
         resolve(backbone, registry=registry)
+    default_class_words(spec, registry)  # a perceiver's classes default to the data's degradations
     perceiver = _feeding_perceiver(spec)
     if not isinstance(backbone, dict) or perceiver is None:
         return
@@ -70,12 +72,14 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
         vector_dim, token_dim = pcls.output_dims(pparams)
         cond = spec.get("condition") if isinstance(spec.get("condition"), dict) else {}
         source = cond.get("vector", True)
+        wiring: dict[str, Any] = {}
         if source is False:
             vector_dim = None
         elif source == "probs":
             vector_dim = pcls.class_count(pparams)
+            wiring = registry.load("backbone", backbone["type"]).class_params(pcls.class_words(pparams))
         elif source == "quality":
-            vector_dim = 3
+            vector_dim = len(QUALITY_TIERS)
         if cond.get("tokens") is False:
             token_dim = None
         bcls = registry.load("backbone", backbone["type"])
@@ -86,6 +90,6 @@ def vlir_adjust_spec(spec: dict[str, Any], registry) -> None:
     params = backbone.setdefault("params", {})
     if not isinstance(params, dict):
         return
-    for key, value in bcls.condition_params(vector_dim, token_dim).items():
+    for key, value in {**bcls.condition_params(vector_dim, token_dim), **wiring}.items():
         if key not in params and key not in preset:
             params[key] = value

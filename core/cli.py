@@ -169,59 +169,141 @@ def run_components(args: argparse.Namespace) -> int:
     reg = get_registry()
     entries = reg.list(args.kind, args.pattern)
     conflicts = {(c[0].kind, c[0].name) for c in reg.conflicts()}
+    broken: dict[int, str] = {}
+    if args.check:  # import every listed component's module
+        broken = {id(e): err for e, err in reg.check(entries) if err}
     if args.json:
         rows = [{"name": e.name, "kind": e.kind, "provider": e.provider, "version": e.version,
                  "summary": e.summary, "presets": sorted(e.presets), "target": e.target_path,
-                 "conflict": (e.kind, e.name) in conflicts} for e in entries]
+                 "conflict": (e.kind, e.name) in conflicts,
+                 **({"ok": id(e) not in broken, "error": broken.get(id(e))} if args.check else {})}
+                for e in entries]
         print(json.dumps({"components": rows, "errors": [vars(x) for x in reg.errors]}, indent=2))
-        return 0
+        return 1 if broken else 0
     if entries:
         w = max(len(e.name) for e in entries)
         for e in entries:
-            flag = "  [CONFLICT: provided twice]" if (e.kind, e.name) in conflicts else ""
+            flag = ""
+            if (e.kind, e.name) in conflicts:
+                flag = (f"  [CONFLICT: provided twice; the built-in wins, this one is {e.provider}:{e.name}]"
+                        if e.source != "builtin" else "  [CONFLICT: provided twice]")
+            if id(e) in broken:
+                flag += f"  [BROKEN: {broken[id(e)]}]"
             print(f"{e.kind:<11} {e.name:<{w}}  {e.provider} {e.version}".rstrip() + f"  {e.summary}{flag}")
     else:
         msg = f"no components match {args.pattern!r}" + (f" in kind {args.kind!r}" if args.kind else "")
         if args.pattern and not any(c in args.pattern for c in "*?["):
             msg += did_you_mean(args.pattern, {e.name for e in reg.list(args.kind)})
         print(msg)
-    for err in reg.errors:
-        print(f"plugin load error: {err}", file=sys.stderr)
-    return 0
+    if args.check:
+        print(f"{len(entries) - len(broken)} of {len(entries)} components import"
+              + (f"; broken: {', '.join(f'{e.kind} {e.name}' for e in entries if id(e) in broken)}" if broken else ""),
+              file=sys.stderr)
+    return 1 if broken else 0
+
+
+def report_plugin_errors() -> None:
+    """Plugins that failed to load, on stderr, once per command (if the command built the registry)."""
+    from . import registry
+
+    if registry._default_registry.cache_info().currsize:
+        for err in registry.get_registry().errors:
+            print(f"vlir: plugin load error (skipped): {err}", file=sys.stderr)
 
 
 # -- inspect ----------------------------------------------------------------------------------
-def inspect_component(kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
-                      size: tuple[int, int] = (256, 256)) -> dict[str, Any]:
-    """Parameter counts, MACs and state-dict layout of a component, built on the meta device."""
+def macs_text(macs: int) -> str:
+    """``1.23 G``, ``45.6 M``, ``7.8 K`` or a plain count below a thousand."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.2f} {unit}"
+    return str(int(macs))
+
+
+class _NoMACs(Exception):
+    """A component with no forward to count (a process, a loss that needs training inputs)."""
+
+
+def _example(module: Any, size: tuple[int, int]) -> tuple[dict[str, Any] | None, str | None]:
+    """Inputs for one forward of ``module``, or None and why not."""
+    if not callable(getattr(module, "example_inputs", None)):
+        return None, f"a {module.kind} has no forward of its own (inspect the backbone it drives)"
+    inputs = module.example_inputs(size=size, batch=1)
+    needs = [k for k in getattr(module, "inputs", ()) if k not in inputs and k not in getattr(module, "optional_inputs", ())]
+    if module.kind == "loss" and needs:
+        return None, f"needs {', '.join(needs)} (given in training only)"
+    return inputs, None
+
+
+def _macs(module: Any, size: tuple[int, int]) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    inputs, why = _example(module, size)
+    if inputs is None:
+        raise _NoMACs(why)
+    module.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(**inputs)
+    return counter.get_total_flops() // 2
+
+
+def _count(module: Any, device: str, size: tuple[int, int]) -> tuple[int | None, str | None, bool]:
+    """(MACs, None, True), or (None, why, whether another device might count it)."""
+    import torch
+
+    try:
+        with torch.device(device):
+            return _macs(module, size), None, True
+    except _NoMACs as e:  # nothing to count on any device
+        return None, str(e), False
+    except Exception as e:  # noqa: BLE001 - MACs are informative; keys and counts still print
+        return None, f"{type(e).__name__}: {e}", True
+
+
+def inspect_component(kind: str, name: str, preset: str | None = None, params: dict[str, Any] | None = None,
+                      size: tuple[int, int] = (256, 256)) -> dict[str, Any]:
+    """Parameter counts, MACs and state-dict layout of a component, built without reading weights.
+
+    Built on the meta device (no memory, no init). A component whose construction or forward needs
+    real values (an ``.item()`` at init, data-dependent routing, CPU-made tensors) is built on the CPU
+    instead, with random weights, for what the meta build cannot give.
+    """
+    import warnings
 
     from .registry import get_registry
 
     reg = get_registry()
-    entry = {"type": name, "preset": preset, "params": dict(params or {})}
-    resolved = reg.resolve(kind, entry)
-    # layout only: no weights are read
-    module = reg.build(kind, entry, device="meta", load_weights=False, skip_pretrained=True)
-    with torch.device("meta"):
-        named = list(module.named_parameters())
-        info: dict[str, Any] = {
-            "kind": kind, "name": name, "preset": preset,
-            "params": resolved.model_dump(mode="json"),
-            "total_params": sum(t.numel() for _, t in named),
-            "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
-            "size": list(size),
-        }
-        try:
-            module.eval()
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                module(**module.example_inputs(size=size, batch=1))
-            info["macs"] = counter.get_total_flops() // 2
-        except Exception as e:  # noqa: BLE001 - MACs are informative; keys and counts still print
-            info["macs"] = None
-            info["macs_error"] = f"{type(e).__name__}: {e}"
-        info["state_dict"] = [[k, list(v.shape)] for k, v in module.state_dict().items()]
+    resolved = reg.resolve(kind, {"type": name, "preset": preset, "params": dict(params or {})})
+    layout_only = {"pretrained": None, "allow_random_vgg": True}  # no downloads, no weight files read
+    p = resolved.model_copy(update={k: v for k, v in layout_only.items() if k in type(resolved).model_fields})
+
+    def build(device: str) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "random VGG weights": expected here
+            return reg.build(kind, {"type": name, "params": p.model_dump(mode="json")}, device=device,
+                             load_weights=False)
+
+    try:
+        module, device = build("meta"), "meta"
+    except Exception:  # noqa: BLE001 - needs real values at init: build it for real
+        module, device = build("cpu"), "cpu"
+    named = list(module.named_parameters())
+    info: dict[str, Any] = {
+        "kind": kind, "name": name, "preset": preset,
+        "params": resolved.model_dump(mode="json"),
+        "total_params": sum(t.numel() for _, t in named),
+        "trainable_params": sum(t.numel() for _, t in named if t.requires_grad),
+        "size": list(size),
+        "built_on": device,
+    }
+    info["state_dict"] = [[k, list(v.shape)] for k, v in module.state_dict().items()]
+    macs, error, countable = _count(module, device, size)
+    if macs is None and countable and device == "meta":  # e.g. data-dependent routing: real values
+        macs, error, _ = _count(build("cpu"), "cpu", size)
+    info["macs"] = macs
+    if error is not None:
+        info["macs_error"] = error
     return info
 
 
@@ -246,7 +328,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"  parameters: {info['total_params']:,} total, {info['trainable_params']:,} trainable")
     h, w = info["size"]
     if info["macs"] is not None:
-        print(f"  MACs at {h}x{w}: {info['macs'] / 1e9:.2f} G")
+        print(f"  MACs at {h}x{w}: {macs_text(info['macs'])}")
     else:
         print(f"  MACs at {h}x{w}: n/a ({info['macs_error']})")
     if not args.no_keys:
@@ -289,6 +371,8 @@ def add_components_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="name pattern, e.g. 'naf*'")
     p.add_argument("--kind", help="perceiver, backbone, loss, process or degradation")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="import every component's module and report broken ones (exit 1 if any)")
 
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -397,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"vlir {args.command}: error: {memory_message(e)}", file=sys.stderr)
             return 1
+        finally:
+            report_plugin_errors()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,6 +138,13 @@ class Backbone(Component):
         """
         return {}
 
+    @classmethod
+    def class_params(cls, class_words: list[str]) -> dict[str, Any]:
+        """Params overrides that tell a backbone routed by class probabilities (``condition:
+        {vector: probs}``) the class words of those probabilities, in order (``experts`` names its
+        classes by them). Called like :meth:`condition_params`; default: nothing to change."""
+        return {}
+
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
         return {"lq": torch.rand(batch, 3, *size)}
 
@@ -170,7 +177,7 @@ class Perceiver(Component):
     @property
     def class_names(self) -> list[str]:
         """Names of the degradation classes of ``class_probs`` (empty if it has none)."""
-        return list(getattr(self.params, "degradations", None) or [])
+        return self.class_words(self.params)
 
     def class_labels(self, batch: Mapping[str, Any], device: Any = None, required: bool = True
                      ) -> "torch.Tensor | None":
@@ -196,10 +203,16 @@ class Perceiver(Component):
         return idx
 
     @classmethod
+    def class_words(cls, params: Params) -> list[str]:
+        """Class words of ``class_probs``, in order, from params alone (empty if it has none)."""
+        from .classes import CLASS_WORDS_FIELD
+
+        return list(getattr(params, CLASS_WORDS_FIELD, None) or [])
+
+    @classmethod
     def class_count(cls, params: Params) -> int | None:
         """Number of degradation classes (length of ``class_probs``), from params alone."""
-        names = getattr(params, "degradations", None)
-        return len(names) if names else None
+        return len(cls.class_words(params)) or None
 
     def example_inputs(self, size: tuple[int, int] = (64, 64), batch: int = 1) -> dict[str, Any]:
         return {"lq": torch.rand(batch, 3, *size)}

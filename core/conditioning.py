@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-QUALITY_TIERS = ("low", "medium", "high")
+from .classes import QUALITY_TIERS
 
 
 @dataclass

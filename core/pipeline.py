@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .conditioning import Conditioning, Perception
+from .hookspecs import call_hook
 from .io import atomic_write_text, load_checkpoint, load_state_dict_checked, save_safetensors
 from .spec import SpecError, load_spec, read_yaml
 
@@ -67,7 +68,7 @@ class Pipeline(torch.nn.Module):
             {r: make("loss", l, f"losses[{i}]") for i, (r, l) in enumerate(zip(loss_roles, spec.losses))}
             if build_losses else {})
         self.feed = spec.feeding_role()
-        self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
+        call_hook(self.registry, "vlir_pipeline_built", pipeline=self)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -143,7 +144,7 @@ class Pipeline(torch.nn.Module):
             comp.weights = None
         spec.versions = _versions()
         atomic_write_text(path / SPEC_FILE, spec.to_yaml())
-        self.registry.pm.hook.vlir_pipeline_saved(pipeline=self, path=str(path))
+        call_hook(self.registry, "vlir_pipeline_saved", pipeline=self, path=str(path))
         return path
 
     # -- running --------------------------------------------------------------------------------

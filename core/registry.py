@@ -88,6 +88,17 @@ def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "?", dist.version or ""
 
 
+def _same_dist(a: str, b: str) -> bool:
+    """Distribution names compare as pip does: case, '-', '_' and '.' do not matter."""
+    norm = lambda n: n.lower().replace("_", "-").replace(".", "-")  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _dist_summary(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return (dist.metadata["Summary"] or "") if dist is not None else ""
+
+
 def _entry_points(group: str) -> list[metadata.EntryPoint]:
     seen, out = set(), []
     for ep in metadata.entry_points(group=group):
@@ -175,7 +186,7 @@ class Registry:
                 if self._blocked(ep.name, dist):
                     continue
                 self._add(Entry(kind=kind, name=ep.name, target=ep.value, provider=dist, version=version,
-                                source="entry-point"))
+                                source="entry-point", summary=_dist_summary(ep)))
 
     def _add(self, entry: Entry) -> None:
         same = self._entries.setdefault((entry.kind, entry.name), [])
@@ -200,17 +211,34 @@ class Registry:
     def conflicts(self) -> list[list[Entry]]:
         return [v for v in self._entries.values() if len(v) > 1]
 
-    def get(self, kind: str, name: str) -> Entry:
+    def get(self, kind: str, name: str, provider: str | None = None) -> Entry:
+        """The entry of a component. ``name`` may be ``package:name`` (that package's component, or an
+        error). When several packages provide ``name``: the one ``provider`` names (a saved spec's
+        ``provider:``) if among them, else the built-in, else an error naming them all."""
         kind = normalise_kind(kind)
+        strict = ":" in name
+        if strict:
+            provider, name = name.split(":", 1)
         entries = self._entries.get((kind, name))
         if not entries:
             raise UnknownComponentError(self._unknown_message(kind, name))
-        if len(entries) > 1:
-            who = " and ".join(f"{e.provider} {e.version} ({e.target_path})".replace("  ", " ") for e in entries)
-            raise DuplicateComponentError(
-                f"{kind} {name!r} is provided by two packages: {who}; uninstall one, "
-                f"or block one with VLIR_BLOCK_PLUGINS=<package>")
-        return entries[0]
+        if provider:
+            mine = [e for e in entries if _same_dist(e.provider, provider)]
+            if mine:
+                return mine[0]
+            if strict:
+                raise UnknownComponentError(
+                    f"{kind} {name!r} is not provided by {provider!r}; it is provided by "
+                    f"{', '.join(repr(e.provider) for e in entries)}")
+        if len(entries) == 1:
+            return entries[0]
+        builtin = [e for e in entries if e.source == "builtin"]
+        if builtin:  # a third-party name never hides a built-in; it is reached as 'package:name'
+            return builtin[0]
+        who = " and ".join(f"{e.provider} {e.version} ({e.target_path})".replace("  ", " ") for e in entries)
+        raise DuplicateComponentError(
+            f"{kind} {name!r} is provided by two packages: {who}; name one as 'package:{name}' (or "
+            f"provider: package), uninstall one, or block one with VLIR_BLOCK_PLUGINS=<package>")
 
     def _unknown_message(self, kind: str, name: str) -> str:
         names = self.names(kind)
@@ -228,12 +256,13 @@ class Registry:
             msg += " Third-party plugins are disabled (VLIR_DISABLE_PLUGIN_AUTOLOAD=1)."
         return msg
 
-    def load(self, kind: str, name: str) -> type:
-        """Import and return the component class (cached)."""
+    def load(self, kind: str, name: str, provider: str | None = None) -> type:
+        """Import and return the component class (cached); ``name`` and ``provider`` as for :meth:`get`."""
         from .components import API_VERSION, BASES
 
-        entry = self.get(kind, name)
-        key = (entry.kind, name)
+        entry = self.get(kind, name, provider)
+        name = entry.name
+        key = (entry.kind, name, entry.provider)
         if key in self._classes:
             return self._classes[key]
         target = entry.target
@@ -260,22 +289,37 @@ class Registry:
                 f"{obj.api_version}; this vlir has {API_VERSION}: upgrade vlir")
         if "name" not in vars(obj) or not vars(obj)["name"]:
             obj.name = name
+        doc = (vars(obj).get("__doc__") or "").strip()
+        if doc and (entry.source == "entry-point" or not entry.summary):
+            entry.summary = doc.splitlines()[0].strip()  # once imported, its own docstring's first line
         self._classes[key] = obj
         return obj
 
-    def presets(self, kind: str, name: str) -> dict[str, dict[str, Any]]:
-        entry = self.get(kind, name)
-        cls_presets = getattr(self.load(kind, name), "presets", {}) if entry.source != "builtin" else {}
+    def check(self, entries: "Iterable[Entry] | None" = None) -> list[tuple[Entry, str | None]]:
+        """Import components (default: all): (entry, None) for those that load, (entry, error) if not."""
+        out: list[tuple[Entry, str | None]] = []
+        for entry in self.list() if entries is None else entries:
+            try:
+                self.load(entry.kind, f"{entry.provider}:{entry.name}")
+                out.append((entry, None))
+            except RegistryError as e:
+                out.append((entry, str(e)))
+        return out
+
+    def presets(self, kind: str, name: str, provider: str | None = None) -> dict[str, dict[str, Any]]:
+        entry = self.get(kind, name, provider)
+        cls_presets = getattr(self.load(kind, name, provider), "presets", {}) if entry.source != "builtin" else {}
         return {**cls_presets, **entry.presets}
 
     def resolve(self, kind: str, entry: Any, *, path: str = "", preset: str | None = None,
-                params: dict[str, Any] | None = None):
+                params: dict[str, Any] | None = None, provider: str | None = None):
         """Validated ``Params`` of a spec entry: its preset's values, then its ``params`` on top.
 
         ``entry`` is a spec entry (a mapping or model with ``type``, ``preset``, ``params``) or a
         component name (with ``preset`` and ``params`` given here). Every error is a
         :class:`~vlir.core.errors.SpecError` whose paths start at ``path`` (the entry's YAML path):
-        ``<path>.type``, ``<path>.preset``, ``<path>.params.<field>``.
+        ``<path>.type``, ``<path>.preset``, ``<path>.params.<field>``. ``provider`` (default: the
+        entry's ``provider:``) picks among packages that register the same name (:meth:`get`).
         """
         from pydantic import ValidationError
 
@@ -284,14 +328,15 @@ class Registry:
 
         kind = normalise_kind(kind)
         name, preset, params = _entry_fields(entry, preset, params)
+        provider = provider or _entry_provider(entry)
         who = f"{kind} {name!r}"
         try:
-            cls = self.load(kind, name)
+            cls = self.load(kind, name, provider)
         except RegistryError as e:
             raise SpecError([(_join(path, "type"), str(e))], source=who) from e
         values: dict[str, Any] = {}
         if preset is not None:
-            presets = self.presets(kind, name)
+            presets = self.presets(kind, name, provider)
             if preset not in presets:
                 raise SpecError([(_join(path, "preset"), f"{kind} {name!r} has no preset {preset!r}; "
                                                          f"presets: {', '.join(presets) or 'none'}")], source=who)
@@ -306,12 +351,13 @@ class Registry:
             raise SpecError(pydantic_errors(e, _join(path, "params"), cls.Params), source=who) from e
 
     def resolve_params(self, kind: str, name: str, preset: str | None = None,
-                       params: dict[str, Any] | None = None):
+                       params: dict[str, Any] | None = None, provider: str | None = None):
         """:meth:`resolve` of a component name (kept for scripts)."""
-        return self.resolve(kind, name, preset=preset, params=params)
+        return self.resolve(kind, name, preset=preset, params=params, provider=provider)
 
     def build(self, kind: str, entry: Any, preset: str | None = None, params: dict[str, Any] | None = None, *,
-              path: str = "", device: Any = None, load_weights: bool = True, skip_pretrained: bool = False):
+              path: str = "", device: Any = None, load_weights: bool = True, skip_pretrained: bool = False,
+              provider: str | None = None):
         """Build a component from a spec entry (or a name with ``preset`` and ``params``).
 
         Params come from :meth:`resolve`. ``device`` (e.g. ``"meta"`` for a dry run) is the default
@@ -325,10 +371,11 @@ class Registry:
         from .errors import SpecError
 
         kind = normalise_kind(kind)
-        p = self.resolve(kind, entry, path=path, preset=preset, params=params)
+        provider = provider or _entry_provider(entry)
+        p = self.resolve(kind, entry, path=path, preset=preset, params=params, provider=provider)
         if skip_pretrained and "pretrained" in type(p).model_fields:
             p = p.model_copy(update={"pretrained": None})
-        cls = self.load(kind, _entry_fields(entry, preset, params)[0])
+        cls = self.load(kind, _entry_fields(entry, preset, params)[0], provider)
         extra = {"registry": self} if _takes_registry(cls) else {}
         if device is None:
             ctx: Any = contextlib.nullcontext()
@@ -376,6 +423,10 @@ def _entry_fields(entry: Any, preset: str | None, params: dict[str, Any] | None)
 
 def _entry_weights(entry: Any) -> str | None:
     return None if isinstance(entry, str) else _get(entry, "weights")
+
+
+def _entry_provider(entry: Any) -> str | None:
+    return None if isinstance(entry, str) else _get(entry, "provider")
 
 
 @lru_cache(maxsize=None)

@@ -233,6 +233,11 @@ def check_model_source(args: argparse.Namespace) -> None:
         raise RestoreError(f"--spec {spec}: no such file")
     if not pipeline and not spec:
         default_dir()
+    from .spec import read_yaml  # torch-free: a hostile spec is refused before torch is imported
+
+    for file in (Path(pipeline).expanduser() / "spec.yaml" if pipeline else None, spec):
+        if file and Path(file).expanduser().is_file():
+            read_yaml(Path(file).expanduser())
 
 
 def _reason(e: BaseException) -> str:
@@ -338,8 +343,8 @@ def run_restore(args: argparse.Namespace) -> int:
     skipped = [job for job in jobs if job.skip]
     if skipped:
         _say(f"skipping {len(skipped)} input(s) whose output already exists (--skip-existing)", err=True)
-    device = resolve_device(args.device)
     check_model_source(args)
+    device = resolve_device(args.device)
     check_output_dir(out_dir)
     from .io import remove_stale_temp
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
+from . import yamlsafe
 from .errors import SpecError
 from .io import file_problem
 from .sections import DataSpec, EvalSpec, TrainSpec
@@ -214,7 +215,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise SpecError([("", f"cannot read spec file: {e.strerror or e}")], source=str(path)) from e
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text, source=str(path))  # bounded: no alias bombs, no deep nesting
     except yaml.YAMLError as e:
         raise SpecError([("", f"not valid YAML (only plain YAML is accepted, no Python tags): {e}")],
                         source=str(path)) from e
@@ -329,6 +330,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
     train or eval checks) and ``losses=False`` leaves the losses unresolved too. ``name`` names
     the source in errors (default: the file, or "spec").
     """
+    from .hookspecs import call_hook
     from .registry import get_registry
 
     registry = registry or get_registry()
@@ -342,7 +344,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
 
     if adjust:
         try:
-            registry.pm.hook.vlir_adjust_spec(spec=raw, registry=registry)
+            call_hook(registry, "vlir_adjust_spec", spec=raw, registry=registry)
         except SpecError as e:
             raise SpecError(e.errors, source=name) from e
 
@@ -374,7 +376,7 @@ def load_spec(source: "str | Path | dict[str, Any] | PipelineSpec", registry: "R
             failed.add(path)
             continue
         comp.params = params.model_dump(mode="json")
-        entry = registry.get(kind, comp.type)
+        entry = registry.get(kind, comp.type, comp.provider)  # a saved spec's provider decides
         comp.provider, comp.version = entry.provider, entry.version or None
         if comp.weights is not None and file_problem(comp.weights):
             errors.append((f"{path}.weights", f"{comp.weights}: {file_problem(comp.weights)}"))

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..classes import degradation_word  # noqa: F401  (re-exported: the class word of a degradation)
 from .images import ImageError, is_image_file, read_image
 
 log = logging.getLogger("vlir.data")
@@ -208,9 +209,6 @@ def resolve_degradation(spec: Any, registry: Any = None) -> torch.nn.Module:
     return registry.build("degradation", {"type": name, "preset": preset, "params": dict(params or {})})
 
 
-def degradation_word(module: torch.nn.Module) -> str:
-    """The class word of a degradation: its ``label``, else its registry name, else its class name."""
-    return getattr(module, "label", "") or getattr(module, "name", "") or type(module).__name__.lower()
 
 
 class _Epoch:

@@ -56,6 +56,10 @@ def _run_folder(resume: str) -> Path:
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
+    if args.spec:  # a hostile spec (alias bomb, deep nesting) is refused before torch is imported
+        from ..spec import read_yaml
+
+        read_yaml(args.spec)
     import torch
 
     from ..spec import SpecError, read_spec

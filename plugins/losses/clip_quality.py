@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch.func import functional_call
 
+from vlir.core.classes import QUALITY_TIERS
 from vlir.core.components import Loss
 
 from .daclip_contrastive import find_perceiver
@@ -31,8 +32,8 @@ class CLIPQuality(Loss):
         frozen.update(dict(p.named_buffers()))
         perception = functional_call(p, frozen, (restored,))
         probs = getattr(perception, "quality_probs", None)
-        if probs is None or probs.dim() != 2 or probs.shape[1] != 3:
-            raise ValueError(f"clip_quality: perceiver {type(p).__name__} must give quality_probs [B, 3] "
-                             f"(low, medium, high); got "
+        if probs is None or probs.dim() != 2 or probs.shape[1] != len(QUALITY_TIERS):
+            raise ValueError(f"clip_quality: perceiver {type(p).__name__} must give quality_probs "
+                             f"[B, {len(QUALITY_TIERS)}] ({', '.join(QUALITY_TIERS)}); got "
                              f"{None if probs is None else tuple(probs.shape)}")
-        return (1.0 - probs[:, 2]).mean()
+        return (1.0 - probs[:, QUALITY_TIERS.index("high")]).mean()

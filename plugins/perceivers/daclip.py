@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from vlir.core.classes import DACLIP_WORDS
 from vlir.core.components import Perceiver
 from vlir.core.conditioning import Perception
 
 from . import _clip
 
-DEGRADATIONS = ["motion-blurry", "hazy", "jpeg-compressed", "low-light", "noisy",
-                "raindrop", "rainy", "shadowed", "snowy", "uncompleted"]
+DEGRADATIONS = list(DACLIP_WORDS)  # classes when the spec's data names none (vlir.core.classes)
 
 
 class ControlTransformer(nn.Module):

@@ -1,6 +1,7 @@
 """Perceive-IR quality perceiver: frozen CLIP + learned (CoOp) prompts for three quality tiers.
 
-Three classes, low / medium / high, with class words ``terrible`` / ``mediocre`` / ``excellent``.
+Three classes, the quality tiers low / medium / high with class words terrible / mediocre /
+excellent (``vlir.core.classes``).
 Each class has its own ``n_ctx`` learnable context vectors (width of the text transformer). The
 prompt fed to the text tower is ``[SOS] ctx_1 .. ctx_n . [EOS]``: the class word is not appended
 as a fixed token; instead the last context vector(s) start as the token embedding of the class
@@ -30,13 +31,13 @@ from open_clip.transformer import text_global_pool
 from pydantic import Field, field_validator
 from torch import nn
 
+from vlir.core.classes import QUALITY_TIERS, QUALITY_WORDS, TIER_VALUES
 from vlir.core.components import Perceiver
 from vlir.core.conditioning import Perception
 
 from . import _clip
 
-CLASS_WORDS = ["terrible", "mediocre", "excellent"]  # low, medium, high
-TIER_VALUES = (0.0, 0.5, 1.0)
+CLASS_WORDS = list(QUALITY_WORDS)  # of QUALITY_TIERS low, medium, high (vlir.core.classes)
 
 
 class QualityPerceiver(Perceiver):
@@ -53,8 +54,9 @@ class QualityPerceiver(Perceiver):
         @field_validator("class_words")
         @classmethod
         def _three(cls, v: list[str]) -> list[str]:
-            if len(v) != 3 or any(not w.strip() for w in v):
-                raise ValueError(f"class_words: give three non-empty words for low, medium, high; got {v}")
+            if len(v) != len(QUALITY_TIERS) or any(not w.strip() for w in v):
+                raise ValueError(f"class_words: give {len(QUALITY_TIERS)} non-empty words for "
+                                 f"{', '.join(QUALITY_TIERS)}; got {v}")
             return v
 
     def __init__(self, params=None, **overrides: Any):
@@ -75,10 +77,10 @@ class QualityPerceiver(Perceiver):
             raise ValueError(f"quality_perceiver: n_ctx={p.n_ctx} does not fit the text context of "
                              f"{p.model!r} ({context_length} tokens incl. SOS, '.', EOS)")
         # placeholder prompt "X X .. X." : positions 1..n_ctx are replaced by the learned vectors
-        ids = _clip.tokenize(self.tokenizer, [" ".join(["X"] * p.n_ctx) + "."] * 3)
+        ids = _clip.tokenize(self.tokenizer, [" ".join(["X"] * p.n_ctx) + "."] * len(QUALITY_TIERS))
         self.register_buffer("prompt_ids", ids, persistent=False)
         emb = self.clip.token_embedding.weight
-        ctx = torch.randn(3, p.n_ctx, emb.shape[1], dtype=emb.dtype) * p.ctx_init_std
+        ctx = torch.randn(len(QUALITY_TIERS), p.n_ctx, emb.shape[1], dtype=emb.dtype) * p.ctx_init_std
         for k, word in enumerate(p.class_words):
             word_ids = _clip.tokenize(self.tokenizer, [word])[0]
             word_ids = word_ids[1:int(word_ids.argmax())]  # strip SOS and EOS (EOS has the top id)
@@ -93,7 +95,7 @@ class QualityPerceiver(Perceiver):
     def output_dims(cls, params) -> tuple[int | None, int | None]:
         if isinstance(params, Mapping) or params is None:
             params = cls.Params(**(params or {}))
-        return 3, _clip.embed_dim(params.model)
+        return len(QUALITY_TIERS), _clip.embed_dim(params.model)
 
     def train(self, mode: bool = True) -> "QualityPerceiver":
         super().train(mode)

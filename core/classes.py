@@ -1,0 +1,72 @@
+"""Class words, stated once: degradation words and the three quality tiers (torch-free).
+
+A degradation's class word is its ``Degradation.label`` (DA-CLIP's vocabulary where it has one).
+A perceiver that classifies degradations (a ``degradations`` param) takes by default the words of
+its spec's ``data.degradations``, in order, so that a spec names each class once; the routing of
+``experts`` by class probabilities names classes by the same words.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import Registry
+
+# DA-CLIP's ten degradation words (Luo et al., ICLR 2024): the classes of its official checkpoint
+DACLIP_WORDS = ("motion-blurry", "hazy", "jpeg-compressed", "low-light", "noisy",
+                "raindrop", "rainy", "shadowed", "snowy", "uncompleted")
+
+# Perceive-IR's quality tiers: their names (``Perception.quality_probs`` columns, in this order), the
+# words a quality perceiver's prompts start from, and the value of each in ``quality_score``
+QUALITY_TIERS = ("low", "medium", "high")
+QUALITY_WORDS = ("terrible", "mediocre", "excellent")
+TIER_VALUES = (0.0, 0.5, 1.0)
+
+CLASS_WORDS_FIELD = "degradations"  # the Params field of a perceiver's degradation class words
+
+
+def degradation_word(degradation: Any) -> str:
+    """The class word of a degradation (class or instance): its ``label``, else its registry name,
+    else its class name."""
+    cls = degradation if isinstance(degradation, type) else type(degradation)
+    return getattr(degradation, "label", "") or getattr(degradation, "name", "") or cls.__name__.lower()
+
+
+def data_words(spec: dict[str, Any], registry: "Registry") -> list[str] | None:
+    """Class words of a raw spec's ``data.degradations``, in order (None when it has none, or when
+    one is unknown: validation reports that with its path)."""
+    data = spec.get("data")
+    if not isinstance(data, dict) or data.get("layout", "synthetic") != "synthetic":
+        return None  # paired data names its classes by folder
+    degradations = data.get("degradations")
+    if not isinstance(degradations, list) or not degradations:
+        return None
+    words = []
+    for d in degradations:
+        name = d.get("type") if isinstance(d, dict) else None
+        try:
+            words.append(degradation_word(registry.load("degradation", name)))
+        except Exception:  # noqa: BLE001 - not a known degradation: left to validation
+            return None
+    return words
+
+
+def default_class_words(spec: dict[str, Any], registry: "Registry") -> None:
+    """Give each perceiver that classifies degradations and does not name its classes (in
+    ``params`` or through its preset) the class words of the spec's data. Mutates ``spec``."""
+    words = data_words(spec, registry)
+    perceivers = spec.get("perceivers")
+    if words is None or not isinstance(perceivers, list):
+        return
+    for p in perceivers:
+        if not isinstance(p, dict) or not isinstance(p.get("params", {}), dict):
+            continue
+        try:
+            cls = registry.load("perceiver", p.get("type"), p.get("provider"))
+            preset = registry.presets("perceiver", p["type"], p.get("provider")).get(p.get("preset"), {}) \
+                if p.get("preset") else {}
+        except Exception:  # noqa: BLE001 - unknown perceiver or preset: left to validation
+            continue
+        if CLASS_WORDS_FIELD in cls.Params.model_fields and CLASS_WORDS_FIELD not in preset \
+                and CLASS_WORDS_FIELD not in p.get("params", {}):
+            p.setdefault("params", {})[CLASS_WORDS_FIELD] = list(words)
