@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .io import CheckpointError
     from .registry import RegistryError
-    from .errors import SpecError
+    from .errors import SpecError, UserError
 
     try:
         rc = int(args.func(args) or 0)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stop quietly, as cat and git do; nothing more goes to the closed pipe
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports it
-    except (SpecError, RegistryError, CheckpointError, CLIError, FileNotFoundError) as e:
+    except (SpecError, RegistryError, CheckpointError, CLIError, FileNotFoundError, UserError) as e:
         print(f"vlir {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

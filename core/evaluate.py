@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .cli import threads
 from .data.images import max_pixels_arg, max_pixels_help
+from .precision import add_argument as add_precision_argument
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -175,7 +176,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, crop_border: int = 0,
              tile: int | None = None, steps: int | None = None, seed: int = 0, crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
-             name: str | None = None, ensemble: bool = False) -> dict[str, Any]:
+             name: str | None = None, ensemble: bool = False, precision: str | None = None) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results."""
     import torch
     from tqdm.auto import tqdm
@@ -207,7 +208,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     restored, perceptions = pipeline.restore(lq, tile=tile, steps=steps, generator=gen,
-                                                                ensemble=ensemble)
+                                                                ensemble=ensemble, dtype=precision)
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -275,7 +276,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
     from . import __version__
 
     results = {
-        "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
+        "pipeline": name, "vlir": __version__, "device": str(device), "precision": str(precision or "fp32"),
+        "seed": seed, "crop_border": crop_border,
         "tile": tile, "steps": steps, "ensemble": ensemble, "headline": "psnr_y" if headline_y else "psnr",
         "overall": _summary(per_image), "per_degradation": per_deg, "sets": sets_out,
         "classification": classification,
@@ -354,6 +356,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--y", action="store_true", help="headline metric on the Y channel")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch")
+    add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -369,6 +372,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .pipeline import Pipeline
+    from .precision import autocast_dtype
     from .sections import EvalSpec
     from .train.ddp import pick_device
 
@@ -378,8 +382,10 @@ def run_eval(args: argparse.Namespace) -> int:
     source = Path(args.pipeline)
     if source.is_dir() and not (source / "spec.yaml").is_file() and (source / "pipeline" / "spec.yaml").is_file():
         source = source / "pipeline"  # a training run folder: its final pipeline
+    device = pick_device(args.device)
+    autocast_dtype(args.precision, device)  # fp16 on a CPU: refused before any work
     pipe = Pipeline.open(source)
-    pipe = pipe.to(pick_device(args.device)).eval()
+    pipe = pipe.to(device).eval()
     spec = pipe.spec
     ev = spec.eval or EvalSpec()
     data = args.data or ev.data
@@ -400,7 +406,7 @@ def run_eval(args: argparse.Namespace) -> int:
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed,
                        crops=ev.crops if args.crops is None else args.crops,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
-                       ensemble=args.ensemble)
+                       ensemble=args.ensemble, precision=args.precision)
     key = results["headline"]
     skey = "ssim_y" if key == "psnr_y" else "ssim"
     w = max([len(k) for k in results["per_degradation"]] + [11])

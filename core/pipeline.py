@@ -70,6 +70,7 @@ class Pipeline(torch.nn.Module):
         self.losses = torch.nn.ModuleDict(
             {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
         self.feed = spec.feeding_role()
+        self.precision: str | torch.dtype | None = None  # restore's default dtype (vlir.core.precision); None: fp32
         self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
 
     # -- construction ---------------------------------------------------------------------------
@@ -184,11 +185,16 @@ class Pipeline(torch.nn.Module):
         return self.restore(lq, steps=steps, generator=generator)[0]
 
     def restore(self, lq: Any, tile: int | None = None, overlap: int | None = None,
-                steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
-                ) -> tuple[Any, dict[str, Perception]]:
+                steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False,
+                dtype: str | torch.dtype | None = None) -> tuple[Any, dict[str, Perception]]:
         """Restore a batch: :func:`vlir.core.inference.restore` (tiles, overlap rule, self-ensemble).
 
         Returns the restored images (clamped to [0, 1]) and the perceptions.
+
+        ``dtype``: the precision it computes in, ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` or
+        ``torch.float32`` / ``torch.bfloat16`` / ``torch.float16`` (autocast, weights kept as they
+        are; :mod:`vlir.core.precision`); default ``self.precision`` (set by ``vlir.load(dtype=...)``),
+        else fp32.
 
         ``lq`` may also be a PIL image, a numpy array, a uint8 / uint16 / float tensor of any
         dtype or device, or a list of those (sizes may differ): the result has the input's type
@@ -199,13 +205,15 @@ class Pipeline(torch.nn.Module):
 
         if not torch.is_inference_mode_enabled():  # results come back as plain tensors (in-place ops work)
             with torch.inference_mode():
-                out, perceptions = self.restore(lq, tile, overlap, steps, generator, ensemble)
+                out, perceptions = self.restore(lq, tile, overlap, steps, generator, ensemble, dtype)
             return plain(out), perceptions
-        device, dtype = self.device, pipeline_dtype(self)
-        if not is_batch(lq, device, dtype):
-            return restore_any(lq, device, dtype, lambda x: self.restore(x, tile, overlap, steps, generator, ensemble))
+        device, kind = self.device, pipeline_dtype(self)
+        if not is_batch(lq, device, kind):
+            return restore_any(lq, device, kind,
+                               lambda x: self.restore(x, tile, overlap, steps, generator, ensemble, dtype))
 
-        return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble)
+        return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble,
+                       precision=self.precision if dtype is None else dtype)
 
     def ensemble_symmetries(self, perceptions: dict[str, Perception]) -> tuple[int, ...]:
         """The self-ensemble's flips and turns for these perceptions (:func:`vlir.core.inference.ensemble_symmetries`)."""

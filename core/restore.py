@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cli import threads
 from .data.images import max_pixels_arg, max_pixels_help
+from .precision import add_argument as add_precision_argument
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -196,6 +197,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spec", metavar="FILE", help="spec file (components built from it, weights from its 'weights:')")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
+    add_precision_argument(p)
 
 
 def resolve_device(name: str) -> str:
@@ -222,8 +224,17 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None) -> "Pipel
         import torch
 
         torch.set_num_threads(args.threads)
-    return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None),
-                         device or resolve_device(args.device))
+    from .precision import PrecisionError, autocast_dtype
+
+    device = device or resolve_device(args.device)
+    precision = getattr(args, "precision", None)
+    try:
+        autocast_dtype(precision, device)  # fp16 on a CPU: refused before the model loads
+    except PrecisionError as e:
+        raise RestoreError(str(e)) from None
+    pipe = open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None), device)
+    pipe.precision = precision
+    return pipe
 
 
 def check_model_source(args: argparse.Namespace) -> None:
@@ -397,12 +408,16 @@ def _classify(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args) if jobs else None
     if pipe is not None and not len(pipe.perceivers):
         raise RestoreError("this pipeline has no perceivers: there is nothing to classify")
+    from .inference import perceive
+    from .precision import resolve
+
+    plan = resolve(pipe.precision, pipe.device, pipe).perceivers if pipe is not None else None
     results = []
     for job in _progress(jobs, "classifying", args.no_progress):
         try:
             img, _ = read_image(job.src, max_pixels=limit)
             with torch.no_grad():
-                perceptions = pipe.perceive(img[None].to(pipe.device))
+                perceptions = perceive(pipe, img[None].to(pipe.device), plan)
             s = summarize(perceptions)
         except Exception as e:  # noqa: BLE001 - report the file and go on
             failed.append({"path": str(job.src), "error": _reason(e)})

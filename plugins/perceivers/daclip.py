@@ -173,7 +173,8 @@ class DACLIP(Perceiver):
     def degradation_text(self) -> torch.Tensor:
         """Normalised text embeddings ``[K, D]`` of the degradation prompts (cached in eval mode)."""
         device = self.logit_scale.device
-        key = (device, self.logit_scale.dtype)
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        key = (device, self.logit_scale.dtype, autocast)  # a bf16 run's embeddings are not an fp32 run's
         if not self.training and self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
         emb = self.encode_text([self.params.prompt.format(w) for w in self.params.degradations])
