@@ -190,3 +190,30 @@ def test_cli_precision(folder, tmp_path):
     assert main(["restore", str(src), "-o", str(tmp_path / "x"), "--pipeline", str(folder), "--device", "cpu",
                  "--precision", "fp16"]) == 2
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_default_model_benchmark_precision(folder, tmp_path, capsys):
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+
+    from vlir.core.demo import demo_image
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_default_model", Path(__file__).resolve().parents[1] / "benchmarks" / "default_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = tmp_path / "clean"
+    data.mkdir()
+    shutil.copy(demo_image(), data / "tiger.png")
+    out = tmp_path / "dm.json"
+    assert bench.main(["--pipeline", str(folder), "--data", str(data), "--degradations", "noise", "--no-baselines",
+                       "--precision", "bf16", "--out", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["precision"] == "bf16"
+    noise = doc["rows"][0]["precision"]
+    assert noise["name"] == "bf16" and noise["psnr_vs_fp32"] > 35 and noise["time_ratio"] > 0
+    assert abs(noise["psnr_change"] - (noise["psnr"] - doc["rows"][0]["model"]["psnr"])) < 1e-3
+    assert "bf16 − fp32 (dB)" in out.with_suffix(".md").read_text()
+    assert bench.parse_args(["--precision", "bf16"]).out.endswith("default_model_bf16.json")
