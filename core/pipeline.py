@@ -40,11 +40,30 @@ def _versions() -> dict[str, str]:
     return {"vlir": _vlir_version(), "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
 
 
+def _own_tensor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a module's own tensor of ``dtype``: cast, or copied to fresh memory when it lies
+    unaligned inside a file's buffer (vectorised kernels round differently there: not bit for bit)."""
+    if t.dtype != dtype:
+        return t.to(dtype)
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    """Whether a module holds a tensor on the meta device (a parameter, a buffer or an attribute)."""
+    for m in module.modules():
+        tensors = [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+            return True
+    return False
+
+
 class Pipeline(torch.nn.Module):
     """Built components of a spec, run together."""
 
     def __init__(self, spec: "PipelineSpec", registry: "Registry | None" = None, *, build_losses: bool = True,
-                 load_weights: bool = True, skip_pretrained: bool = False):
+                 load_weights: bool = True, skip_pretrained: bool = False, empty: bool = False):
+        """``empty``: components built on the meta device where they can be (no memory, no random
+        init; :meth:`load` fills them from files), the ``vlir_pipeline_built`` hook left to the caller."""
         super().__init__()
         from .registry import get_registry
 
@@ -56,6 +75,12 @@ class Pipeline(torch.nn.Module):
             params = cls.Params.model_validate(comp.params)
             if skip_pretrained and "pretrained" in type(params).model_fields:
                 params = params.model_copy(update={"pretrained": None})
+            if empty:
+                try:
+                    with torch.device("meta"):
+                        return cls(params)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # it computes with tensors while it is built: built for real
             module = cls(params)
             if load_weights and comp.weights:
                 module.load_weights(str(Path(comp.weights).expanduser()))
@@ -71,7 +96,8 @@ class Pipeline(torch.nn.Module):
             {r: make("loss", l) for r, l in zip(loss_roles, spec.losses)} if build_losses else {})
         self.feed = spec.feeding_role()
         self.precision: str | torch.dtype | None = None  # restore's default dtype (vlir.core.precision); None: fp32
-        self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
+        if not empty:
+            self.registry.pm.hook.vlir_pipeline_built(pipeline=self)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -92,15 +118,43 @@ class Pipeline(torch.nn.Module):
             if isinstance(comp, dict):
                 comp.pop("weights", None)  # the folder's safetensors are the weights
         spec = load_spec(raw, registry)
-        pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
+        # built on the meta device and given the files' tensors: no random init, no copies (the
+        # components that cannot be built or filled so are built for real and copied into)
+        pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True, empty=True)
+        states = {}
         for name, module in pipe.named_components():
             file = path / f"{name}.safetensors"
             if not file.is_file():
                 if module.state_dict():
                     raise FileNotFoundError(f"{path}: missing {file.name} for component {name!r}")
                 continue
-            load_state_dict_checked(module, load_checkpoint(file), source=str(file))
+            states[name] = (load_checkpoint(file), str(file))
+        if pipe._fill(states):
+            pipe.registry.pm.hook.vlir_pipeline_built(pipeline=pipe)
+        else:  # built for real (the hook runs there) and copied into
+            pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
+            pipe._fill(states)
         return pipe.to(map_location).eval()
+
+    def _fill(self, states: dict[str, tuple[dict[str, torch.Tensor], str]]) -> bool:
+        """Load ``states`` (component file stem -> (state dict, source)) into the components: copied
+        into built ones, assigned (the tensors become the module's, cast to its dtypes) to those on
+        the meta device. False when a component would stay on the meta device (a tensor that no file
+        holds, or tied weights): then the pipeline is not usable."""
+        for name, module in self.named_components():
+            sd, source = states.get(name, ({}, name))
+            if not _on_meta(module):
+                load_state_dict_checked(module, sd, source=source)
+                continue
+            named = list(module.named_parameters(remove_duplicate=False))
+            if len({id(p) for _, p in named}) != len(named):
+                return False
+            own = module.state_dict(keep_vars=True)
+            sd = {k: _own_tensor(v, own[k].dtype if k in own else v.dtype) for k, v in sd.items()}
+            load_state_dict_checked(module, sd, source=source, assign=True)
+            if _on_meta(module):
+                return False
+        return True
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", **kw: Any) -> "Pipeline":

@@ -113,7 +113,8 @@ class DACLIP(Perceiver):
             if any(k.startswith("visual_control.") for k in keys):
                 full = obj  # a DA-CLIP checkpoint: build empty, load everything below
                 pretrained = None
-        self.clip, self.tokenizer = _clip.create_clip(p.model, None if full is not None else pretrained)
+        # lite: on the meta device (Pipeline.load) the weights come next, open_clip need not be imported
+        self.clip, self.tokenizer = _clip.create_clip(p.model, None if full is not None else pretrained, lite=True)
         self.visual_control = copy.deepcopy(self.clip.visual)
         self.visual_control.transformer = ControlTransformer(self.visual_control.transformer)
         self.logit_scale = nn.Parameter(self.clip.logit_scale.detach().clone())
