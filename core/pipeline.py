@@ -7,9 +7,11 @@ are run by :mod:`vlir.core.inference`; ``Pipeline.restore`` is a shortcut to it.
 """
 from __future__ import annotations
 
+import functools
 import platform
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -38,6 +40,32 @@ def _versions() -> dict[str, str]:
     from .registry import _vlir_version
 
     return {"vlir": _vlir_version(), "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
+
+
+_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+          "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextmanager
+def _no_init_on_meta() -> Iterator[None]:
+    """``torch.nn.init``'s functions return meta tensors untouched (a random init computes nothing
+    there, yet costs a dispatch per layer); other tensors are initialised as always."""
+    from torch.nn import init
+
+    def skipping(fn):
+        @functools.wraps(fn)
+        def call(tensor, *args, **kwargs):
+            return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else fn(tensor, *args, **kwargs)
+        return call
+
+    saved = {name: getattr(init, name) for name in _INITS if hasattr(init, name)}
+    for name, fn in saved.items():
+        setattr(init, name, skipping(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def _own_tensor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -77,7 +105,7 @@ class Pipeline(torch.nn.Module):
                 params = params.model_copy(update={"pretrained": None})
             if empty:
                 try:
-                    with torch.device("meta"):
+                    with torch.device("meta"), _no_init_on_meta():
                         return cls(params)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # it computes with tensors while it is built: built for real
