@@ -190,6 +190,16 @@ def test_cli_precision(folder, tmp_path):
     assert main(["restore", str(src), "-o", str(tmp_path / "x"), "--pipeline", str(folder), "--device", "cpu",
                  "--precision", "fp16"]) == 2
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.png").write_bytes(src.read_bytes())
+    assert main(["eval", str(folder), "--data", str(data), "--degradations", "noise", "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--precision", "bf16", "--quiet", "--crops", "0"]) == 0
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["precision"] == "bf16"
+    assert main(["eval", str(folder), "--data", str(data), "--out", str(tmp_path / "f"), "--device", "cpu",
+                 "--precision", "fp16", "--quiet"]) == 2
 
 
 def test_default_model_benchmark_precision(folder, tmp_path, capsys):
