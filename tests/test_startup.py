@@ -156,3 +156,29 @@ def test_default_model_loads_bit_for_bit():
     new, old = load_default(), _copied(default_dir())
     assert all(torch.equal(a, b) for a, b in zip(_all_tensors(new).values(), _all_tensors(old).values()))
     assert torch.equal(new.restore(x)[0], old.restore(x)[0])
+
+
+def test_startup_benchmark_helpers(tmp_path):
+    """benchmarks/startup.py runs a tree from its sources through a folder of links, and reads
+    ``-X importtime`` logs (the full benchmark needs a base worktree and minutes: run by hand)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import startup
+    finally:
+        sys.path.pop(0)
+    path = startup.link_tree(root, tmp_path / "links")
+    code = "import vlir, vlir.core, vlir.plugins; print(vlir.core.__file__, vlir.plugins.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(path), "PATH": ""}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    core, plugins = out.stdout.split()
+    assert Path(core).resolve() == root / "core" / "__init__.py"
+    assert Path(plugins).resolve() == root / "plugins" / "__init__.py"
+    log = ("import time:       500 |       1500 |   torch._C\n"
+           "import time:      1000 |    2500000 | torch\n"
+           "import time:       700 |    1200000 |     open_clip\n")
+    assert startup.import_seconds(log, "torch") == 2.5 and startup.import_seconds(log, "open_clip") == 1.2
+    assert startup.import_seconds(log, "transformers") == 0.0
