@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. a subset, the machine)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="also restore in this precision and report the change against fp32 (default: fp32 only)")
     p.add_argument("--out", help="JSON output, markdown beside it (default: benchmarks/results/default_model.json, "
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tile": args.tile,
         "ensemble": args.ensemble,
         "precision": args.precision,
+        **({"note": args.note} if args.note else {}),
         "metric": "PSNR (dB) / SSIM on RGB, 8-bit, no border crop (BasicSR)",
         "rows": rows,
         "classification_accuracy": (round(sum(r["accuracy"] * r["images"] for r in labelled) / total, 4)
@@ -250,6 +252,8 @@ def markdown(result: dict[str, Any]) -> str:
     if result["classification_accuracy"] is not None:
         lines += ["", f"Degradation classification accuracy (all degraded rows): "
                       f"{result['classification_accuracy']:.3f}"]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     if prec != "fp32":
         lines += ["", f"{prec}: the same images restored with `Pipeline.restore(dtype={prec!r})`; time ratio = "
                       f"{prec} restore time / fp32 restore time on {result['device']}."]
