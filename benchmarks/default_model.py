@@ -14,7 +14,13 @@ Gaussian noise is at sigma 25 on all CBSD68 images (the field's CBSD68 sigma 25 
 other degradations use the fixed settings of ``vlir demo`` on the first ``--limit-others``
 images. Writes ``benchmarks/results/default_model.json`` and ``default_model.md``.
 
+``--precision bf16`` (or ``auto``, ``fp16``): every image is also restored in that precision
+(``Pipeline.restore(dtype=...)``, :mod:`vlir.core.precision`); each row gets its PSNR / SSIM,
+the PSNR change against the fp32 row, the PSNR of its outputs against the fp32 outputs and the
+restore time ratio. Written to ``default_model_<precision>.json`` / ``.md`` unless ``--out``.
+
     python benchmarks/default_model.py [--pipeline DIR] [--data ../shared/data/CBSD68]
+    python benchmarks/default_model.py --precision bf16 [--limit 4 --limit-others 2]
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # vlir.core.precision.PRECISIONS (checked in run)
 
 
 def settings() -> dict[str, dict[str, Any]]:
@@ -52,8 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", action="store_true", help="self-ensemble: the flips and quarter turns the degradation allows, averaged (up to 8x slower)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--out", default=str(RESULTS / "default_model.json"), help="JSON output (markdown beside it)")
-    return p.parse_args(argv)
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. a subset, the machine)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="also restore in this precision and report the change against fp32 (default: fp32 only)")
+    p.add_argument("--out", help="JSON output, markdown beside it (default: benchmarks/results/default_model.json, "
+                                 "default_model_<precision>.json with --precision)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+        args.out = str(RESULTS / f"default_model{suffix}.json")
+    return args
 
 
 def _mean(values: list[float]) -> float | None:
@@ -81,7 +96,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vlir.core.cli import resolve_device
     from vlir.core.restore import summarize
 
+    from vlir.core.precision import PRECISIONS as known, autocast_dtype
+
+    assert tuple(known) == PRECISIONS
     device = str(resolve_device(args.device))
+    reduced = args.precision != "fp32"
+    if reduced:
+        autocast_dtype(args.precision, device)  # fp16 on a CPU: refused before any work
     folder = Path(args.pipeline) if args.pipeline else default_dir()
     pipe = open_pipeline(str(folder), None, device)
     files = list_images(args.data, recursive=False)
@@ -103,6 +124,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         unchanged = 0  # outputs equal to their input (routed to no restoration)
         for b in fns:
             acc[f"{b}_psnr"], acc[f"{b}_ssim"] = [], []
+        for k in ("p_psnr", "p_ssim", "p_vs_fp32", "t_fp32", "t_p"):
+            acc[k] = []
         predicted: dict[str, int] = {}
         correct = 0
         t0 = time.time()
@@ -114,9 +137,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 with torch.no_grad():
                     lq = deg(gt, generator=torch.Generator().manual_seed(args.seed * 100003 + i)).clamp(0, 1)
-            gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-            out, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=gen, ensemble=args.ensemble)
-            out = out.float().cpu()
+            def restore(dtype: str) -> tuple[Any, Any, float]:
+                gen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
+                t = time.perf_counter()
+                o, per = pipe.restore(lq.to(device), tile=args.tile, generator=gen, ensemble=args.ensemble, dtype=dtype)
+                return o.float().cpu(), per, time.perf_counter() - t
+
+            out, perceptions, t_fp32 = restore("fp32")
+            if reduced:
+                low, _, t_p = restore(args.precision)
+                acc["t_fp32"].append(t_fp32), acc["t_p"].append(t_p)
+                acc["p_vs_fp32"].append(_scores(low, out)[0])
+                p, q = _scores(low, gt)
+                acc["p_psnr"].append(p), acc["p_ssim"].append(q)
             unchanged += int(torch.equal(out, lq.float()))
             s = summarize(perceptions)
             if "degradation" in s:
@@ -141,10 +174,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": (round(correct / len(images), 4) if predicted and classes and label in classes else None),
             "seconds": round(time.time() - t0, 1),
         }
+        if reduced:
+            psnr_p, base = _mean(acc["p_psnr"]), row["model"]["psnr"]
+            row["precision"] = {
+                "name": args.precision, "psnr": psnr_p, "ssim": _mean(acc["p_ssim"]),
+                "psnr_change": None if psnr_p is None or base is None else round(psnr_p - base, 4),
+                "psnr_vs_fp32": _mean(acc["p_vs_fp32"]),
+                "time_ratio": round(sum(acc["t_p"]) / sum(acc["t_fp32"]), 3),
+            }
         print(f"{name:<12} n={len(images):<3} input {row['input']['psnr'] or float('inf'):6.2f}"
               f" -> model {row['model']['psnr'] or float('inf'):6.2f} dB"
               + "".join(f" | {b} {v['psnr']:.2f}" for b, v in row["baselines"].items())
-              + (f" | accuracy {row['accuracy']:.2f}" if row["accuracy"] is not None else ""), file=sys.stderr)
+              + (f" | accuracy {row['accuracy']:.2f}" if row["accuracy"] is not None else "")
+              + (f" | {args.precision} {row['precision']['psnr_change']:+.3f} dB, time x{row['precision']['time_ratio']}"
+                 if reduced and row["precision"]["psnr_change"] is not None else ""), file=sys.stderr)
         return row
 
     for name in types:
@@ -161,6 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "tile": args.tile,
         "ensemble": args.ensemble,
+        "precision": args.precision,
+        **({"note": args.note} if args.note else {}),
         "metric": "PSNR (dB) / SSIM on RGB, 8-bit, no border crop (BasicSR)",
         "rows": rows,
         "classification_accuracy": (round(sum(r["accuracy"] * r["images"] for r in labelled) / total, 4)
@@ -173,6 +218,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     head = ["degradation", "params", "n", "input", "default model", "classical baselines", "accuracy"]
+    prec = result.get("precision", "fp32")
+    if prec != "fp32":
+        head += [f"{prec}", f"{prec} − fp32 (dB)", f"{prec} vs fp32 output (dB)", "time ratio"]
     lines = [f"Default model `{result['pipeline_name'] or result['pipeline']}` on `{Path(result['data']).name}`"
              f" (seed {result['seed']}{', self-ensemble' if result.get('ensemble') else ''});"
              f" PSNR dB / SSIM, RGB, 8-bit.", "",
@@ -195,10 +243,20 @@ def markdown(result: dict[str, Any]) -> str:
             model += f"<br>{u} of {n} unchanged"
         cells = [r["degradation"], params, str(n), cell(r["input"]), model,
                  "<br>".join(f"{b}: {cell(v)}" for b, v in r["baselines"].items()) or "–", acc]
+        if "precision" in r:
+            q = r["precision"]
+            cells += [cell(q), "–" if q["psnr_change"] is None else f"{q['psnr_change']:+.3f}",
+                      "identical" if q["psnr_vs_fp32"] is None else f"{q['psnr_vs_fp32']:.2f}",
+                      f"{q['time_ratio']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if result["classification_accuracy"] is not None:
         lines += ["", f"Degradation classification accuracy (all degraded rows): "
                       f"{result['classification_accuracy']:.3f}"]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
+    if prec != "fp32":
+        lines += ["", f"{prec}: the same images restored with `Pipeline.restore(dtype={prec!r})`; time ratio = "
+                      f"{prec} restore time / fp32 restore time on {result['device']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,13 @@ def load(name_or_path: str | os.PathLike = "default", device: str | torch.device
     ``name_or_path``: ``"default"``, a saved pipeline folder, a spec file, or a Hugging Face
     repository id holding a pipeline folder (``spec.yaml`` + ``*.safetensors``); ``revision``
     picks a branch, tag or commit. ``local_files_only`` (default: ``HF_HUB_OFFLINE``) reads the
-    Hugging Face cache only. ``dtype``: e.g. ``torch.bfloat16`` or ``"bfloat16"``.
+    Hugging Face cache only.
+
+    ``dtype``: a precision name, ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``, is the precision
+    ``pipe.restore`` computes in (autocast with float32 weights, by the rule of
+    :mod:`vlir.core.precision`: ``auto`` = bf16 + channels-last on a CPU with bf16 instructions or
+    on CUDA, for components declared bf16-safe); a torch dtype (``torch.bfloat16``) or its name
+    (``"bfloat16"``) casts the weights instead (half the memory, less accurate than autocast).
     """
     from .default import default_dir
     from .pipeline import Pipeline
@@ -58,8 +64,19 @@ def load(name_or_path: str | os.PathLike = "default", device: str | torch.device
     else:
         raise FileNotFoundError(f"vlir.load({name!r}): not 'default', a pipeline folder, a spec file or a "
                                 "Hugging Face repository id (org/name)")
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    pipe = pipe.to(device=device or "cpu", dtype=dtype) if dtype is not None else pipe.to(device or "cpu")
+    from .precision import PRECISIONS, autocast_dtype
+
+    device = device or "cpu"
+    if isinstance(dtype, str) and dtype in PRECISIONS:
+        autocast_dtype(dtype, device, option="vlir.load(dtype=...)")  # checked: fp16 needs CUDA
+        pipe.precision, dtype = dtype, None
+    elif isinstance(dtype, str):
+        cast = getattr(torch, dtype, None)
+        if not isinstance(cast, torch.dtype) or not cast.is_floating_point:
+            raise ValueError(f"vlir.load(dtype={dtype!r}): expected one of {', '.join(PRECISIONS)} or a floating "
+                             "torch dtype name such as 'bfloat16'")
+        dtype = cast
+    pipe = pipe.to(device=device, dtype=dtype) if dtype is not None else pipe.to(device)
     return pipe.eval().requires_grad_(False)
 
 

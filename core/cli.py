@@ -36,7 +36,7 @@ class Command:
     options: tuple[str, ...] = ()
 
 
-MODEL = ("model", "device", "threads")  # commands that open a pipeline: --pipeline/--spec, --device, --threads
+MODEL = ("model", "device", "threads", "precision")  # commands that open a pipeline: --pipeline/--spec, ...
 COMMANDS: list[Command] = [
     Command("components", "vlir.core.cli", "list registered components (wildcards allowed)"),
     Command("inspect", "vlir.core.cli", "parameter counts, MACs and state-dict keys of a component"),
@@ -44,7 +44,7 @@ COMMANDS: list[Command] = [
     Command("train", "vlir.core.train.cli", "train a pipeline from a spec (torchrun for several GPUs)",
             ("device", "threads")),
     Command("eval", "vlir.core.evaluate", "evaluate a pipeline or spec on images: PSNR/SSIM, accuracy, report",
-            ("device", "threads")),
+            ("device", "threads", "precision")),
     Command("restore", "vlir.core.restore", "restore images, folders or globs", MODEL),
     Command("classify", "vlir.core.restore", "degradation class probabilities and quality score per image", MODEL),
     Command("demo", "vlir.core.demo", "degrade a bundled image, restore it with the default model, write a grid",
@@ -82,8 +82,14 @@ def _add_threads(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--threads", type=threads, metavar="N", help="CPU threads of torch (torch.set_num_threads)")
 
 
+def _add_precision(p: argparse._ArgumentGroup) -> None:
+    from .precision import add_argument
+
+    add_argument(p)
+
+
 OPTIONS: dict[str, Callable[[argparse._ArgumentGroup], None]] = {
-    "model": _add_model, "device": _add_device, "threads": _add_threads}
+    "model": _add_model, "device": _add_device, "threads": _add_threads, "precision": _add_precision}
 
 
 def resolve_device(name: str | None = "auto", local_rank: int = 0) -> "torch.device":

@@ -235,7 +235,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
              tile: int | None = None, overlap: int | None = None, steps: int | None = None, seed: int = 0,
              crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
-             name: str | None = None, ensemble: bool = False, noref_crop: int | None = None) -> dict[str, Any]:
+             name: str | None = None, ensemble: bool = False, noref_crop: int | None = None,
+             precision: str | None = None) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results.
 
     Sets without ground truth get :func:`vlir.core.noref.before_after` on the central ``noref_crop``
@@ -277,7 +278,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     restored, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, steps=steps,
-                                                             generator=gen, ensemble=ensemble)
+                                                             generator=gen, ensemble=ensemble, dtype=precision)
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -356,7 +357,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
     from . import __version__
 
     results = {
-        "pipeline": name, "vlir": __version__, "device": str(device), "seed": seed, "crop_border": crop_border,
+        "pipeline": name, "vlir": __version__, "device": str(device),
+        "precision": str(precision or "fp32"), "seed": seed, "crop_border": crop_border,
         "tile": tile, "overlap": overlap, "steps": steps, "ensemble": ensemble,
         "headline": "psnr_y" if headline_y else "psnr",
         "reference": all(es.reference for es in sets),
@@ -479,6 +481,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .cli import resolve_device
     from .inference import tile_plan
     from .pipeline import Pipeline
+    from .precision import autocast_dtype
     from .sections import EvalSpec
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -488,6 +491,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if source.is_dir() and not (source / "spec.yaml").is_file() and (source / "pipeline" / "spec.yaml").is_file():
         source = source / "pipeline"  # a training run folder: its final pipeline
     device = resolve_device(args.device)
+    autocast_dtype(args.precision, device)  # fp16 on a CPU: refused before any work
     pipe = Pipeline.open(source)
     pipe = pipe.to(device).eval()
     spec = pipe.spec
@@ -523,7 +527,7 @@ def run_eval(args: argparse.Namespace) -> int:
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed, crops=crops,
                        crop_size=256 if args.no_reference else 96,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
-                       ensemble=args.ensemble, noref_crop=args.noref_crop)
+                       ensemble=args.ensemble, noref_crop=args.noref_crop, precision=args.precision)
     if args.no_reference:
         _print_noref(results)
         print(f"report: {out / 'report.html'}")

@@ -19,6 +19,7 @@ from .errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Conditioning, Perception
     from .pipeline import Pipeline
+    from .precision import Precision
     from .registry import Registry
 
 MAX_OVERLAP = 32  # the default tile overlap in pixels, for tiles of at least 4 x 32
@@ -70,23 +71,43 @@ def tile_plan(pipeline: "Pipeline", tile: int | None, overlap: int | None = None
 
 def run_backbone(pipeline: "Pipeline", lq: torch.Tensor, cond: "Conditioning | None", *, tile: int | None = None,
                  overlap: int | None = None, steps: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, precision: "Precision | None" = None) -> torch.Tensor:
     """The backbone (or its process) on ``lq`` with conditioning ``cond``, on tiles when ``tile`` is
-    set (overlap: :func:`tile_plan`); what training validation calls with its batch's conditioning."""
+    set (overlap: :func:`tile_plan`), in ``precision`` (:class:`vlir.core.precision.Precision`; None:
+    fp32); what training validation calls with its batch's conditioning."""
     from .tiling import tiled_forward
 
     tile, overlap = tile_plan(pipeline, tile, overlap)
+
+    def fwd(t: torch.Tensor) -> torch.Tensor:
+        if precision is None or precision.dtype is None and not precision.channels_last:
+            return pipeline.run_backbone(t, cond, steps, generator)
+        with precision.autocast():
+            out = pipeline.run_backbone(precision.input(t), cond, steps, generator)
+        return out.float().contiguous()
+
     if tile is None or (lq.shape[-2] <= tile and lq.shape[-1] <= tile):
-        return pipeline.run_backbone(lq, cond, steps, generator)
-    b = pipeline.backbone
-    return tiled_forward(lambda t: pipeline.run_backbone(t, cond, steps, generator), lq, tile=tile,
-                         overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes, pad_mode=b.pad_mode)
+        return fwd(lq)
+    b = pipeline.backbone  # a Backbone (the registry checks): its tiling unit, passes and padding
+    return tiled_forward(fwd, lq, tile=tile, overlap=overlap, multiple_of=b.multiple_of, passes=b.tile_passes,
+                         pad_mode=b.pad_mode)
+
+
+def perceive(pipeline: "Pipeline", lq: torch.Tensor, precision: "Precision | None" = None
+             ) -> dict[str, "Perception"]:
+    """Every perceiver on ``lq`` in ``precision`` (None: fp32); perceptions come back in float32."""
+    if precision is None or precision.dtype is None and not precision.channels_last:
+        return pipeline.perceive(lq)
+    from .precision import full
+
+    with precision.autocast():
+        return full(pipeline.perceive(precision.input(lq)))
 
 
 @torch.no_grad()
 def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
-            steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
-            ) -> tuple[torch.Tensor, dict[str, "Perception"]]:
+            steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False,
+            precision: "str | torch.dtype | None" = None) -> tuple[torch.Tensor, dict[str, "Perception"]]:
     """Restore a batch ``lq`` (B, 3, H, W in [0, 1]); perceivers see whole images, the backbone runs
     on ``tile`` x ``tile`` tiles when ``tile`` is set (overlap: :func:`default_overlap`).
 
@@ -97,14 +118,20 @@ def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, 
     (edge replicated, as a JPEG encoder does) to a multiple of ``BLOCK_GRID`` pixels, so that
     every flip and turn keeps JPEG's 8x8 blocks and 16x16 chroma units on their grid: flipping
     a 481-pixel-wide JPEG unpadded would shift its blocks by one pixel.
+    ``precision``: ``auto``, ``fp32`` (None), ``bf16``, ``fp16`` or a torch dtype, by the rule of
+    :mod:`vlir.core.precision` (perceivers and backbone each in theirs; outputs in float32 then).
     Returns the restored images (clamped to [0, 1]) and the perceptions.
     """
+    from .precision import resolve
+
     tile, overlap = tiling(tile, overlap)
-    perceptions = pipeline.perceive(lq)
+    plan = resolve(precision, lq.device, pipeline)
+    perceptions = perceive(pipeline, lq, plan.perceivers)
     cond = pipeline.condition(perceptions)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return run_backbone(pipeline, x, cond, tile=tile, overlap=overlap, steps=steps, generator=generator)
+        return run_backbone(pipeline, x, cond, tile=tile, overlap=overlap, steps=steps, generator=generator,
+                            precision=plan.backbone)
 
     if not ensemble:
         return run(lq).clamp(0, 1), perceptions

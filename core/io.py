@@ -203,8 +203,9 @@ def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("params_ema", "params",
 
 
 def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint",
-                            strict: bool = True) -> None:
-    """``load_state_dict`` that reports missing, unexpected and shape-mismatched keys by name."""
+                            strict: bool = True, assign: bool = False) -> None:
+    """``load_state_dict`` that reports missing, unexpected and shape-mismatched keys by name
+    (``assign``: the tensors become the module's, as ``load_state_dict(assign=True)``)."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -221,4 +222,4 @@ def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tens
             + fmt("missing keys", missing) + fmt("unexpected keys", unexpected)
             + fmt("shape mismatches", mismatched)
         )
-    module.load_state_dict(dict(sd), strict=strict)
+    module.load_state_dict(dict(sd), strict=strict, assign=assign)

@@ -8,9 +8,11 @@ asks of a pipeline (teacher routing, loss inputs, the weighted loss) is :mod:`vl
 """
 from __future__ import annotations
 
+import functools
 import platform
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -42,11 +44,56 @@ def _versions() -> dict[str, str]:
     return {"vlir": _vlir_version(), "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
 
 
+_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+          "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextmanager
+def _no_init_on_meta() -> Iterator[None]:
+    """``torch.nn.init``'s functions return meta tensors untouched (a random init computes nothing
+    there, yet costs a dispatch per layer); other tensors are initialised as always."""
+    from torch.nn import init
+
+    def skipping(fn):
+        @functools.wraps(fn)
+        def call(tensor, *args, **kwargs):
+            return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else fn(tensor, *args, **kwargs)
+        return call
+
+    saved = {name: getattr(init, name) for name in _INITS if hasattr(init, name)}
+    for name, fn in saved.items():
+        setattr(init, name, skipping(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
+def _own_tensor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a module's own tensor of ``dtype``: cast, or copied to fresh memory when it lies
+    unaligned inside a file's buffer (vectorised kernels round differently there: not bit for bit)."""
+    if t.dtype != dtype:
+        return t.to(dtype)
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    """Whether a module holds a tensor on the meta device (a parameter, a buffer or an attribute)."""
+    for m in module.modules():
+        tensors = [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+            return True
+    return False
+
+
 class Pipeline(torch.nn.Module):
     """Built components of a spec, run together."""
 
     def __init__(self, spec: "PipelineSpec", registry: "Registry | None" = None, *, build_losses: bool = True,
-                 load_weights: bool = True, skip_pretrained: bool = False):
+                 load_weights: bool = True, skip_pretrained: bool = False, empty: bool = False):
+        """``empty``: components built on the meta device where they can be (no memory, no random
+        init; :meth:`load` fills them from files), the ``vlir_pipeline_built`` hook left to the caller."""
         super().__init__()
         from .registry import get_registry
 
@@ -54,6 +101,13 @@ class Pipeline(torch.nn.Module):
         self.spec = spec
 
         def make(kind: str, comp: "ComponentSpec", path: str):
+            if empty:
+                try:
+                    with _no_init_on_meta():
+                        return self.registry.build(kind, comp, path=path, device="meta", load_weights=False,
+                                                   skip_pretrained=skip_pretrained)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # it computes with tensors while it is built: built for real
             return self.registry.build(kind, comp, path=path, load_weights=load_weights,
                                        skip_pretrained=skip_pretrained)
 
@@ -68,7 +122,9 @@ class Pipeline(torch.nn.Module):
             {r: make("loss", l, f"losses[{i}]") for i, (r, l) in enumerate(zip(loss_roles, spec.losses))}
             if build_losses else {})
         self.feed = spec.feeding_role()
-        call_hook(self.registry, "vlir_pipeline_built", pipeline=self)
+        self.precision: str | torch.dtype | None = None  # restore's default dtype (vlir.core.precision); None: fp32
+        if not empty:
+            call_hook(self.registry, "vlir_pipeline_built", pipeline=self)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -91,15 +147,43 @@ class Pipeline(torch.nn.Module):
         # a saved spec is resolved already: no vlir_adjust_spec hooks (an installed plugin must not
         # change a saved model), and only the components built here are resolved
         spec = load_spec(raw, registry, adjust=False, model_only=True, losses=build_losses)
-        pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
+        # built on the meta device and given the files' tensors: no random init, no copies (the
+        # components that cannot be built or filled so are built for real and copied into)
+        pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True, empty=True)
+        states = {}
         for name, module in pipe.named_components():
             file = path / f"{name}.safetensors"
             if not file.is_file():
                 if module.state_dict():
                     raise FileNotFoundError(f"{path}: missing {file.name} for component {name!r}")
                 continue
-            load_state_dict_checked(module, load_checkpoint(file), source=str(file))
+            states[name] = (load_checkpoint(file), str(file))
+        if pipe._fill(states):
+            call_hook(pipe.registry, "vlir_pipeline_built", pipeline=pipe)
+        else:  # built for real (the hook runs there) and copied into
+            pipe = cls(spec, registry, build_losses=build_losses, load_weights=False, skip_pretrained=True)
+            pipe._fill(states)
         return pipe.to(map_location).eval()
+
+    def _fill(self, states: dict[str, tuple[dict[str, torch.Tensor], str]]) -> bool:
+        """Load ``states`` (component file stem -> (state dict, source)) into the components: copied
+        into built ones, assigned (the tensors become the module's, cast to its dtypes) to those on
+        the meta device. False when a component would stay on the meta device (a tensor that no file
+        holds, or tied weights): then the pipeline is not usable."""
+        for name, module in self.named_components():
+            sd, source = states.get(name, ({}, name))
+            if not _on_meta(module):
+                load_state_dict_checked(module, sd, source=source)
+                continue
+            named = list(module.named_parameters(remove_duplicate=False))
+            if len({id(p) for _, p in named}) != len(named):
+                return False
+            own = module.state_dict(keep_vars=True)
+            sd = {k: _own_tensor(v, own[k].dtype if k in own else v.dtype) for k, v in sd.items()}
+            load_state_dict_checked(module, sd, source=source, assign=True)
+            if _on_meta(module):
+                return False
+        return True
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", **kw: Any) -> "Pipeline":
@@ -184,11 +268,16 @@ class Pipeline(torch.nn.Module):
         return self.restore(lq, steps=steps, generator=generator)[0]
 
     def restore(self, lq: Any, tile: int | None = None, overlap: int | None = None,
-                steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False
-                ) -> tuple[Any, dict[str, Perception]]:
+                steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False,
+                dtype: str | torch.dtype | None = None) -> tuple[Any, dict[str, Perception]]:
         """Restore a batch: :func:`vlir.core.inference.restore` (tiles, overlap rule, self-ensemble).
 
         Returns the restored images (clamped to [0, 1]) and the perceptions.
+
+        ``dtype``: the precision it computes in, ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` or
+        ``torch.float32`` / ``torch.bfloat16`` / ``torch.float16`` (autocast, weights kept as they
+        are; :mod:`vlir.core.precision`); default ``self.precision`` (set by ``vlir.load(dtype=...)``),
+        else fp32.
 
         ``lq`` may also be a PIL image, a numpy array, a uint8 / uint16 / float tensor of any
         dtype or device, or a list of those (sizes may differ): the result has the input's type
@@ -199,13 +288,15 @@ class Pipeline(torch.nn.Module):
 
         if not torch.is_inference_mode_enabled():  # results come back as plain tensors (in-place ops work)
             with torch.inference_mode():
-                out, perceptions = self.restore(lq, tile, overlap, steps, generator, ensemble)
+                out, perceptions = self.restore(lq, tile, overlap, steps, generator, ensemble, dtype)
             return plain(out), perceptions
-        device, dtype = self.device, pipeline_dtype(self)
-        if not is_batch(lq, device, dtype):
-            return restore_any(lq, device, dtype, lambda x: self.restore(x, tile, overlap, steps, generator, ensemble))
+        device, kind = self.device, pipeline_dtype(self)
+        if not is_batch(lq, device, kind):
+            return restore_any(lq, device, kind,
+                               lambda x: self.restore(x, tile, overlap, steps, generator, ensemble, dtype))
 
-        return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble)
+        return restore(self, lq, tile=tile, overlap=overlap, steps=steps, generator=generator, ensemble=ensemble,
+                       precision=self.precision if dtype is None else dtype)
 
     def restore_steps(self, lq: torch.Tensor, *, steps: int = 1, path: "list[str] | str | None" = None,
                       prompt: str | None = None, abstain: float | None = None, tile: int | None = None,

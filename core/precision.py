@@ -21,16 +21,30 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import torch
+from .errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    import torch
+
     from torch import nn
 
+    from .conditioning import Perception
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# torch is imported by the functions (the CLI's parser reads PRECISIONS without it)
 
 
-class PrecisionError(ValueError):
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":  # precision name -> autocast dtype
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class PrecisionError(UserError, ValueError):
     """A precision that this device cannot run; the message names the option."""
 
     def __init__(self, option: str, reason: str):
@@ -41,6 +55,8 @@ class PrecisionError(ValueError):
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    import torch
+
     checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(c is not None for c in checks):
         return any(c() for c in checks)
@@ -52,14 +68,16 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(setting: Any, device: torch.device | str, *, option: str = "--precision",
-                   cpu_auto: bool = True) -> torch.dtype | None:
+def autocast_dtype(setting: Any, device: "torch.device | str", *, option: str = "--precision",
+                   cpu_auto: bool = True) -> "torch.dtype | None":
     """The autocast dtype of a precision setting on ``device`` (None: full precision).
 
     ``setting``: ``auto``/True, ``fp32``/``off``/False, ``bf16``, ``fp16`` or a torch dtype.
     ``cpu_auto``: whether ``auto`` picks bf16 on a CPU with fast bf16 (inference) or stays fp32
     (the trainer's ``train.amp``). ``option`` names the setting in errors.
     """
+    import torch
+
     device = torch.device(device)
     if isinstance(setting, torch.dtype):
         setting = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(setting, setting)
@@ -70,7 +88,7 @@ def autocast_dtype(setting: Any, device: torch.device | str, *, option: str = "-
     if device.type == "cuda":
         if setting in (True, "auto"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return DTYPES[setting]
+        return torch.bfloat16 if setting == "bf16" else torch.float16
     if setting == "fp16":
         raise PrecisionError(option, f"fp16 autocast needs a CUDA device, not {device.type}; use bf16 (or fp32) on a CPU")
     if device.type != "cpu":
@@ -78,6 +96,15 @@ def autocast_dtype(setting: Any, device: torch.device | str, *, option: str = "-
     if setting == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if cpu_auto and cpu_has_fast_bf16() else None
+
+
+def add_argument(parser: "argparse.ArgumentParser") -> None:
+    """``--precision`` of ``vlir restore``, ``classify``, ``eval`` and ``demo``."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="inference precision (default fp32, bit-exact): auto = bf16 + channels-last where "
+                             "the CPU has bf16 instructions (AVX512-BF16/AMX) or on CUDA, for components declared "
+                             "bf16-safe (the diffusion UNet stays fp32); bf16/fp16 for every component "
+                             "(fp16 on CUDA only)")
 
 
 def is_bf16_safe(module: "nn.Module") -> bool:
@@ -90,35 +117,50 @@ class Precision:
     """How one component runs: autocast ``dtype`` (None: fp32) and channels-last memory."""
 
     device_type: str = "cpu"
-    dtype: torch.dtype | None = None
+    dtype: "torch.dtype | None" = None
     channels_last: bool = False
 
     @property
     def name(self) -> str:
+        import torch
+
         base = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         return base + ("+cl" if self.channels_last else "")
 
     def autocast(self):
         if self.dtype is None:
             return nullcontext()
+        import torch
+
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def prepare(self, module: "nn.Module") -> "nn.Module":
-        """Put ``module``'s 4-D weights in channels-last memory when asked (idempotent, in place)."""
-        if self.channels_last:
-            module.to(memory_format=torch.channels_last)
+        """Put ``module``'s 4-D weights in channels-last memory when asked, else back in contiguous
+        memory (a pipeline run in bf16 and then in fp32 gives the fp32 result bit for bit);
+        idempotent, in place."""
+        import torch
+
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        if any(p.dim() == 4 and not p.is_contiguous(memory_format=fmt) for p in module.parameters()):
+            module.to(memory_format=fmt)
         return module
 
-    def input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+    def input(self, x: "torch.Tensor") -> "torch.Tensor":
+        if not (self.channels_last and x.dim() == 4):
+            return x
+        import torch
+
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 FP32 = Precision()
 
 
-def for_module(setting: Any, device: torch.device | str, module: "nn.Module", *,
+def for_module(setting: Any, device: "torch.device | str", module: "nn.Module", *,
                option: str = "--precision") -> Precision:
     """The precision a component runs in under ``setting`` (``auto`` only for ``bf16_safe`` ones)."""
+    import torch
+
     device = torch.device(device)
     dtype = autocast_dtype(setting, device, option=option)
     if dtype is not None and setting in (True, "auto") and not is_bf16_safe(module):
@@ -138,11 +180,11 @@ class Plan:
         return f"backbone {self.backbone.name}, perceivers {self.perceivers.name}"
 
 
-def resolve(setting: Any, device: torch.device | str, pipeline: Any) -> Plan:
-    """The :class:`Plan` of ``pipeline`` (a :class:`vlir.core.Pipeline`) under ``setting``; applies
-    channels-last weights to the components that use it. ``setting`` None means fp32."""
+def resolve(setting: Any, device: "torch.device | str", pipeline: Any) -> Plan:
+    """The :class:`Plan` of ``pipeline`` (a :class:`vlir.core.Pipeline`) under ``setting``; puts the
+    weights of each component in the memory format its precision uses. ``setting`` None means fp32."""
     if setting is None:
-        return Plan()
+        setting = "fp32"
     perceivers = list(pipeline.perceivers.values())
     per = [for_module(setting, device, p) for p in perceivers]
     # one setting for all perceivers: reduced only when every one of them is
@@ -154,5 +196,21 @@ def resolve(setting: Any, device: torch.device | str, pipeline: Any) -> Plan:
     return plan
 
 
-__all__ = ["PRECISIONS", "Plan", "Precision", "PrecisionError", "autocast_dtype", "cpu_has_fast_bf16",
-           "for_module", "resolve"]
+def full(perceptions: "dict[str, Perception]") -> "dict[str, Perception]":
+    """Perceptions with every floating tensor in float32 (after a reduced-precision perceiver)."""
+    from dataclasses import fields, replace
+
+    import torch
+
+    def f32(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.float()
+        if isinstance(v, dict):
+            return {k: f32(t) for k, t in v.items()}
+        return v
+    return {role: replace(p, **{f.name: f32(getattr(p, f.name)) for f in fields(p)})
+            for role, p in perceptions.items()}
+
+
+__all__ = ["PRECISIONS", "Plan", "Precision", "PrecisionError", "add_argument", "autocast_dtype",
+           "cpu_has_fast_bf16", "for_module", "full", "resolve"]

@@ -17,6 +17,7 @@ import difflib
 import fnmatch
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -99,9 +100,15 @@ def _dist_summary(ep: metadata.EntryPoint) -> str:
     return (dist.metadata["Summary"] or "") if dist is not None else ""
 
 
+@lru_cache(maxsize=4)
+def _all_entry_points(path: tuple[str, ...]) -> metadata.EntryPoints:
+    """Every distribution's entry points, read once per ``sys.path`` (each read scans them all)."""
+    return metadata.entry_points()
+
+
 def _entry_points(group: str) -> list[metadata.EntryPoint]:
     seen, out = set(), []
-    for ep in metadata.entry_points(group=group):
+    for ep in _all_entry_points(tuple(sys.path)).select(group=group):
         key = (ep.name, ep.value, _dist_name(ep)[0])
         if key not in seen:  # the same distribution found twice on sys.path
             seen.add(key)

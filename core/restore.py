@@ -218,8 +218,17 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None) -> "Pipel
     """The pipeline of ``--pipeline`` / ``--spec``, else the default model, in eval mode."""
     from .default import open_pipeline
 
-    return open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None),
-                         device or resolve_device(args.device))
+    from .precision import PrecisionError, autocast_dtype
+
+    device = device or resolve_device(args.device)
+    precision = getattr(args, "precision", None)
+    try:
+        autocast_dtype(precision, device)  # fp16 on a CPU: refused before the model loads
+    except PrecisionError as e:
+        raise RestoreError(str(e)) from None
+    pipe = open_pipeline(getattr(args, "pipeline", None), getattr(args, "spec", None), device)
+    pipe.precision = precision
+    return pipe
 
 
 def check_model_source(args: argparse.Namespace) -> None:
@@ -454,12 +463,16 @@ def run_classify(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args) if jobs else None
     if pipe is not None and not len(pipe.perceivers):
         raise RestoreError("this pipeline has no perceivers: there is nothing to classify")
+    from .inference import perceive
+    from .precision import resolve
+
+    plan = resolve(pipe.precision, pipe.device, pipe).perceivers if pipe is not None else None
     results = []
     for job in _progress(jobs, "classifying", args.no_progress):
         try:
             img, _ = read_image(job.src, max_pixels=limit)
             with torch.no_grad():
-                perceptions = pipe.perceive(img[None].to(pipe.device))
+                perceptions = perceive(pipe, img[None].to(pipe.device), plan)
             s = summarize(perceptions)
         except Exception as e:  # noqa: BLE001 - report the file and go on
             failed.append({"path": str(job.src), "error": _reason(e)})

@@ -95,3 +95,135 @@ def test_resolve_plan_and_restore_dtype():
     assert P.resolve(None, "cpu", pipe) == P.Plan()
     with pytest.raises(P.PrecisionError, match="--precision"):
         P.resolve("fp16", "cpu", pipe)
+
+
+# -- the switch: Pipeline.restore(dtype=), vlir.load(dtype=), --precision -------------------------
+TINY = {"perceivers": [{"type": "daclip", "preset": "tiny",
+                        "params": {"degradations": ["noisy", "jpeg-compressed", "blurry", "hazy"]}}],
+        "backbone": {"type": "nafnet", "preset": "tiny"}}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A saved tiny pipeline whose blocks all count (NAFNet's beta/gamma are zero at init)."""
+    from vlir.core import Pipeline
+
+    torch.manual_seed(0)
+    pipe = Pipeline.from_spec(TINY, build_losses=False)
+    with torch.no_grad():
+        for p in pipe.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return pipe.save(tmp_path_factory.mktemp("precision") / "pipe")
+
+
+def _image(h=40, w=36, seed=0):
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_restore_dtype_bf16_close_to_fp32_and_fp32_unchanged(folder):
+    import vlir
+
+    pipe = vlir.load(folder)
+    x = _image()
+    ref, _ = pipe.restore(x)
+    bf, perceptions = pipe.restore(x, dtype="bf16")
+    assert bf.dtype == torch.float32 and bf.is_contiguous()
+    assert all(t.dtype == torch.float32 for p in perceptions.values() for t in (p.class_probs, p.content))
+    assert not torch.equal(bf, ref)  # bf16 really ran
+    assert _psnr(bf, ref) > 40
+    assert torch.equal(pipe.restore(x, dtype=torch.bfloat16)[0], bf)  # the torch dtype names the same
+    # weights went channels-last for bf16 and come back: fp32 afterwards is fp32 bit for bit
+    assert torch.equal(pipe.restore(x)[0], ref)
+    assert torch.equal(pipe.restore(x, dtype="fp32")[0], ref)
+    assert pipe.backbone.intro.weight.is_contiguous()
+    auto = pipe.restore(x, dtype="auto")[0]
+    if P.cpu_has_fast_bf16():  # the backbone (bf16-safe) in bf16; daclip is not declared safe: fp32
+        assert not torch.equal(auto, ref) and _psnr(auto, ref) > 40
+    else:
+        assert torch.equal(auto, ref)
+    tiled = pipe.restore(x, tile=16, overlap=4, dtype="bf16")[0]
+    assert tiled.dtype == torch.float32 and _psnr(tiled, pipe.restore(x, tile=16, overlap=4)[0]) > 40
+    with pytest.raises(P.PrecisionError, match="fp16 autocast needs a CUDA device"):
+        pipe.restore(x, dtype="fp16")
+
+
+def test_load_dtype_sets_the_default_precision(folder):
+    import vlir
+
+    pipe = vlir.load(folder, dtype="bf16")
+    assert pipe.precision == "bf16" and next(pipe.backbone.parameters()).dtype == torch.float32
+    x = _image(seed=3)
+    assert torch.equal(pipe.restore(x)[0], pipe.restore(x, dtype="bf16")[0])
+    assert not torch.equal(pipe.restore(x)[0], pipe.restore(x, dtype="fp32")[0])
+    with pytest.raises(P.PrecisionError, match=r"vlir.load\(dtype=...\): fp16 autocast needs a CUDA device"):
+        vlir.load(folder, dtype="fp16")
+    with pytest.raises(ValueError, match=r"dtype='int8'.*auto, fp32, bf16, fp16"):
+        vlir.load(folder, dtype="int8")
+
+
+def test_diffusion_unet_stays_fp32_under_auto():
+    from vlir.core import Pipeline
+
+    pipe = Pipeline.from_spec({"backbone": {"type": "conditional_unet", "preset": "tiny"},
+                               "process": {"type": "irsde"}}, build_losses=False)
+    assert P.resolve("auto", "cpu", pipe).backbone == P.FP32
+    assert P.resolve("bf16", "cpu", pipe).backbone.dtype is torch.bfloat16
+
+
+def test_cli_precision(folder, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlir.core.cli import main
+    from vlir.core.data.images import read_image
+
+    src = tmp_path / "in.png"
+    Image.fromarray((_image(33, 30)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
+    outs = {}
+    for prec in ("fp32", "bf16"):
+        assert main(["restore", str(src), "-o", str(tmp_path / prec), "--pipeline", str(folder), "--device", "cpu",
+                     "--precision", prec, "--no-progress"]) == 0
+        outs[prec] = read_image(tmp_path / prec / "in.png")[0]
+    assert _psnr(outs["bf16"], outs["fp32"]) > 35  # 8-bit outputs: a few values one step apart
+    assert main(["classify", str(src), "--pipeline", str(folder), "--device", "cpu", "--precision", "bf16",
+                 "--json"]) == 0
+    assert main(["restore", str(src), "-o", str(tmp_path / "x"), "--pipeline", str(folder), "--device", "cpu",
+                 "--precision", "fp16"]) == 2
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.png").write_bytes(src.read_bytes())
+    assert main(["eval", str(folder), "--data", str(data), "--degradations", "noise", "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--precision", "bf16", "--quiet", "--crops", "0"]) == 0
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["precision"] == "bf16"
+    assert main(["eval", str(folder), "--data", str(data), "--out", str(tmp_path / "f"), "--device", "cpu",
+                 "--precision", "fp16", "--quiet"]) == 2
+
+
+def test_default_model_benchmark_precision(folder, tmp_path, capsys):
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+
+    from vlir.core.demo import demo_image
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_default_model", Path(__file__).resolve().parents[1] / "benchmarks" / "default_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = tmp_path / "clean"
+    data.mkdir()
+    shutil.copy(demo_image(), data / "tiger.png")
+    out = tmp_path / "dm.json"
+    assert bench.main(["--pipeline", str(folder), "--data", str(data), "--degradations", "noise", "--no-baselines",
+                       "--precision", "bf16", "--out", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["precision"] == "bf16"
+    noise = doc["rows"][0]["precision"]
+    assert noise["name"] == "bf16" and noise["psnr_vs_fp32"] > 35 and noise["time_ratio"] > 0
+    assert abs(noise["psnr_change"] - (noise["psnr"] - doc["rows"][0]["model"]["psnr"])) < 1e-3
+    assert "bf16 − fp32 (dB)" in out.with_suffix(".md").read_text()
+    assert bench.parse_args(["--precision", "bf16"]).out.endswith("default_model_bf16.json")

@@ -7,9 +7,10 @@ Stable API (used by ``daclip``, ``lora_caption_aligner`` and ``quality_perceiver
   (1.6M params, real BPE tokenizer) for fast tests; idempotent.
 - ``model_config(name) -> dict``: the open_clip config of a model name (clear error if unknown).
 - ``embed_dim(name) -> int``: the joint embedding width of a model name.
-- ``create_clip(model, pretrained=None, device=None) -> (clip, tokenizer)``: builds an open_clip
-  CLIP; ``pretrained`` is an open_clip tag, a local checkpoint file, or None (random init);
-  ``device`` defaults to torch's default device (so ``with torch.device('meta')`` works).
+- ``create_clip(model, pretrained=None, device=None, lite=False) -> (clip, tokenizer)``: builds an
+  open_clip CLIP; ``pretrained`` is an open_clip tag, a local checkpoint file, or None (random init);
+  ``device`` defaults to torch's default device (so ``with torch.device('meta')`` works); ``lite``:
+  on the meta device, a plain ViT config is built by ``_clip_lite`` without importing open_clip.
 - ``preprocess_cfg(clip) -> (image_size, mean, std)``: the eval preprocessing of a built model.
 - ``preprocess(images, image_size, mean, std, resize=True, views=1) -> Tensor``: open_clip's eval
   transform on batched tensors in [0, 1] (resize shorter side, bicubic with antialias; centre crop;
@@ -31,7 +32,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -65,9 +65,17 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _tiny_dir: Path | None = None
 
 
+def _open_clip():
+    """open_clip, imported on first use (it takes seconds: torchvision, torch._dynamo, transformers)."""
+    import open_clip
+
+    return open_clip
+
+
 def register_tiny_configs() -> None:
     """Register the ``TINY_CONFIGS`` with open_clip (once per process; idempotent)."""
     global _tiny_dir
+    open_clip = _open_clip()
     if _tiny_dir is not None and all(n in open_clip.list_models() for n in TINY_CONFIGS):
         return
     folder = Path(tempfile.mkdtemp(prefix="vlir-openclip-configs-"))
@@ -79,7 +87,10 @@ def register_tiny_configs() -> None:
 
 def model_config(name: str) -> dict[str, Any]:
     """The open_clip config dict of ``name`` (tiny configs registered first)."""
+    if name in TINY_CONFIGS:  # vlir's own: no need to import open_clip
+        return json.loads(json.dumps(TINY_CONFIGS[name]))
     register_tiny_configs()
+    open_clip = _open_clip()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(
@@ -126,18 +137,29 @@ def clip_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return sd
 
 
-def create_clip(model: str, pretrained: str | None = None,
-                device: torch.device | str | None = None) -> tuple[torch.nn.Module, Any]:
+def create_clip(model: str, pretrained: str | None = None, device: torch.device | str | None = None,
+                lite: bool = False) -> tuple[torch.nn.Module, Any]:
     """Build an open_clip CLIP and its tokenizer.
 
     ``pretrained``: None (random init), a local checkpoint file (read safely with
     ``vlir.core.io.load_checkpoint`` and loaded strictly), or an open_clip tag such as
     ``laion2b_s34b_b79k`` (resolved from open_clip's cache, downloaded if needed).
+    ``lite``: the caller loads weights next; on the meta device a plain ViT config is then built
+    by :mod:`._clip_lite` (open_clip's layout and arithmetic, without importing open_clip).
     """
     from vlir.core.io import CheckpointError, load_checkpoint, load_state_dict_checked
 
     cfg = model_config(model)  # clear error on unknown names
     device = torch.device(device) if device is not None else torch.get_default_device()
+    if lite and pretrained is None and device.type == "meta":
+        from . import _clip_lite
+
+        if _clip_lite.supports(cfg):
+            with torch.device(device):
+                clip = _clip_lite.build(cfg)
+            return clip, _clip_lite.tokenizer(cfg["text_cfg"].get("context_length", 77))
+    open_clip = _open_clip()
+    register_tiny_configs()
     tag = None
     path = None
     if pretrained:

@@ -113,7 +113,8 @@ class DACLIP(Perceiver):
             if any(k.startswith("visual_control.") for k in keys):
                 full = obj  # a DA-CLIP checkpoint: build empty, load everything below
                 pretrained = None
-        self.clip, self.tokenizer = _clip.create_clip(p.model, None if full is not None else pretrained)
+        # lite: on the meta device (Pipeline.load) the weights come next, open_clip need not be imported
+        self.clip, self.tokenizer = _clip.create_clip(p.model, None if full is not None else pretrained, lite=True)
         self.visual_control = copy.deepcopy(self.clip.visual)
         self.visual_control.transformer = ControlTransformer(self.visual_control.transformer)
         self.logit_scale = nn.Parameter(self.clip.logit_scale.detach().clone())
@@ -177,7 +178,8 @@ class DACLIP(Perceiver):
     def degradation_text(self) -> torch.Tensor:
         """Normalised text embeddings ``[K, D]`` of the degradation prompts (cached in eval mode)."""
         device = self.logit_scale.device
-        key = (device, self.logit_scale.dtype)
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        key = (device, self.logit_scale.dtype, autocast)  # a bf16 run's embeddings are not an fp32 run's
         if not self.training and self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]
         emb = self.encode_text([self.params.prompt.format(w) for w in self.params.degradations])
