@@ -368,6 +368,18 @@ def run_restore(args: argparse.Namespace) -> int:
     from .data.images import MAX_PIXELS, TILED_MAX_PIXELS, dropped_metadata, read_image, write_image
 
     limit = args.max_pixels if args.max_pixels is not None else TILED_MAX_PIXELS if tile else MAX_PIXELS
+    from .data.images import pixel_problem
+
+    for job in jobs:  # images over the pixel limit are refused from their headers, before the model loads
+        if not job.skip and job.problem is None:
+            job.problem = pixel_problem(job.src, limit)
+    if all(job.skip or job.problem is not None for job in jobs):
+        for job in jobs:
+            if job.problem is not None:
+                outcome.failed.append((str(job.src), job.problem))
+                _say(f"error: {job.src}: {job.problem}", err=True)
+        _say(f"restored 0 of {len(outcome.failed)} image(s) into {out_dir}; {len(outcome.failed)} failed", err=True)
+        return 1
     pipe = _onnx_pipeline(args, device) if args.engine == "onnx" else load_pipeline(args, device)
     device = pipe.device
     from .inference import tile_plan

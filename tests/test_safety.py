@@ -346,3 +346,23 @@ def test_cpu_out_of_memory_says_to_use_tile(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "tiled" / "big.png").is_file()
+
+
+def test_images_over_the_pixel_limit_are_refused_before_the_model_loads(pipeline, tmp_path, capsys):
+    import shutil
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    big = tmp_path / "big.png"  # a few hundred bytes declaring 12000 x 12000 pixels
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(bytes(1 + 3 * 12000))) + chunk(b"IEND", b""))
+    broken = tmp_path / "no-weights"  # a model that would fail to load: it must not be loaded at all
+    broken.mkdir()
+    shutil.copy(pipeline / "spec.yaml", broken / "spec.yaml")
+    rc = restore(big, "-o", tmp_path / "out", "--pipeline", broken)
+    err = capsys.readouterr().err
+    assert rc == 1 and "12000x12000 pixels" in err and "--max-pixels" in err
+    assert "missing" not in err and not list((tmp_path / "out").glob("*.png"))

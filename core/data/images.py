@@ -104,6 +104,26 @@ def check_pixels(path: str | os.PathLike, width: int, height: int, limit: int) -
                                     f"--max-pixels N if the machine has the memory (0: no limit){hint}")
 
 
+def pixel_problem(path: str | os.PathLike, limit: int) -> str | None:
+    """Why ``path`` is over the pixel ``limit``, read from its header alone (nothing is decoded), or
+    None: within the limit, or not readable here (:func:`read_image` then says why)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        tiff = _tiff_page(path, limit)
+        if tiff is not None:
+            tiff[0].close()
+            return None
+        with _own_limit(), Image.open(path) as im:
+            check_pixels(path, im.width, im.height, limit)
+    except PixelLimitError as e:
+        return e.reason
+    except Exception:  # noqa: BLE001 - unreadable: read_image reports it with the file's other problems
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def _own_limit() -> Iterator[None]:
     """Let vlir's own limit decide instead of Pillow's bomb check: ``read_image`` checks the size right
