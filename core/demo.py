@@ -42,7 +42,7 @@ def demo_degradations(pipe: "Pipeline | None" = None) -> list[tuple[str, dict[st
     (with the demo settings for known types; not ``clean``, the identity), else every demo degradation."""
     from .registry import get_registry
 
-    reg = get_registry()
+    reg = getattr(pipe, "registry", None) or get_registry()
     known = {e.name for e in reg.list("degradation")}
     data = getattr(getattr(pipe, "spec", None), "data", None)
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -126,7 +126,6 @@ def _demo(args: argparse.Namespace) -> int:
     from .data.images import read_image
     from .io import atomic_path, atomic_write_text, remove_stale_temp
     from .metrics import psnr
-    from .registry import get_registry
 
     image = Path(args.image).expanduser() if args.image else demo_image()
     if not image.is_file():
@@ -137,11 +136,11 @@ def _demo(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     clean, _ = read_image(image)
     device = pipe.device
-    reg = get_registry()
+    reg = pipe.registry
     rows = []
     print(f"{'degradation':<12} {'PSNR degraded':>13} {'PSNR restored':>13}  detected")
     for i, (name, params) in enumerate(demo_degradations(pipe)):
-        deg = reg.build("degradation", name, params=params)
+        deg = reg.build("degradation", {"type": name, "params": params})
         gen = torch.Generator().manual_seed(args.seed + i)
         with torch.no_grad():
             lq = deg(clean[None], generator=gen).clamp(0, 1)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .metrics import Metric
     from .pipeline import Pipeline
+    from .registry import Registry
     from .sections import DegradationSpec
 
 DEFAULT_DEGRADATIONS = ("noise", "jpeg", "blur")
@@ -113,8 +114,9 @@ def _set_label(deg: "DegradationSpec") -> str:
 
 
 def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSpec"], seed: int = 0,
-               limit: int | None = None) -> list[EvalSet]:
-    """Evaluation sets: each clean folder under each degradation, or each degradation of a paired root."""
+               limit: int | None = None, registry: "Registry | None" = None) -> list[EvalSet]:
+    """Evaluation sets: each clean folder under each degradation, or each degradation of a paired root;
+    degradations built through ``registry`` (the pipeline's)."""
     from .data.datasets import PairedFolders, SyntheticDegradations
 
     sets: list[EvalSet] = []
@@ -136,7 +138,7 @@ def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSp
             raise ValueError(f"{root} holds clean images: give degradations (--degradations noise,jpeg)")
         for deg in degradations:
             ds = SyntheticDegradations([root], [{"name": deg.type, "params": dict(deg.params)}], patch_size=None,
-                                       seed=seed, balanced=True, flips=False)
+                                       seed=seed, balanced=True, flips=False, registry=registry)
             n = len(ds.files) if limit is None else min(limit, len(ds.files))
             ds.length = len(ds.files)
             label = ds.names[0]
@@ -514,7 +516,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.no_reference:
             sets = photo_sets(data, limit=limit)
         else:
-            sets = build_sets(data, degradations, seed=seed, limit=limit)
+            sets = build_sets(data, degradations, seed=seed, limit=limit, registry=pipe.registry)
     except (ValueError, FileNotFoundError) as e:  # unusable folders: name them (--data)
         raise UserError(f"--data: {e}") from e
     if args.no_reference:

@@ -617,8 +617,7 @@ class Trainer:
     def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
         from torch.utils.data import DataLoader
 
-        from ..inference import run_backbone  # the one tiling/overlap rule (whole patches here)
-        from ..metrics import psnr_torch
+        from ..metrics import validation_values
         from .data import collate
 
         assert self.val_data is not None
@@ -636,8 +635,8 @@ class Trainer:
                     # as in training: teacher-forced routing (condition.teacher) comes from the labels
                     restored = validation_restore(self.pipeline, batch, steps,
                                                   generator(self.cfg.seed, 0x7A1, i, device=self.device))
-                    parts = {"psnr": psnr_torch(restored, batch["gt"].float()),
-                             "input_psnr": psnr_torch(batch["lq"].float(), batch["gt"].float())}
+                    # the metrics table's batched rows (psnr, psnr_y, ...) of the restored and the input
+                    parts = validation_values(restored.float(), batch["gt"].float(), batch["lq"].float())
                     for name in set(batch.get("degradation_name") or []):  # per degradation: psnr/noisy, ...
                         mask = torch.tensor([d == name for d in batch["degradation_name"]], device=restored.device)
                         parts[f"psnr/{name}"] = parts["psnr"][mask]
