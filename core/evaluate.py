@@ -146,6 +146,23 @@ def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSp
     return sets
 
 
+def pair_sets(lq_dirs: Sequence[str | Path], gt_dirs: Sequence[str | Path], label: str | None = None,
+              limit: int | None = None) -> list[EvalSet]:
+    """One set per pair of folders (degraded, ground truth): :class:`vlir.core.data.pairs.FolderPairs`,
+    labelled ``label`` or the degraded folder's name."""
+    from .data.pairs import FolderPairs
+
+    sets = []
+    for lq, gt in zip(lq_dirs, gt_dirs):
+        lq, gt = Path(lq).expanduser(), Path(gt).expanduser()
+        word = label or norm_label(lq.name)
+        ds = FolderPairs(lq, gt, word)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        sets.append(EvalSet(f"{lq.parent.name}/{lq.name}" if lq.parent.name else lq.name, str(lq), word, ds,
+                            list(range(n))))
+    return sets
+
+
 class Photos:
     """Degraded photos without ground truth: item ``i`` is ``{"lq": [3, H, W], "path": str}``, or
     ``None`` (with a warning) for one that cannot be read (e.g. over the pixel limit)."""
@@ -445,6 +462,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", metavar="PATH",
                    help="clean image folders (degraded with a fixed seed) or paired roots <degradation>/{LQ,GT} "
                         "(with --no-reference: degraded photos); default: the spec's eval.data")
+    p.add_argument("--gt", nargs="+", metavar="DIR",
+                   help="ground-truth folders of real pairs: each --data folder holds the degraded images, the "
+                        "--gt folder at the same place their clean versions (same names, or rain-N / norain-N)")
+    p.add_argument("--label", metavar="WORD",
+                   help="with --gt: the degradation word of the pairs (e.g. low-light), for the per-degradation "
+                        "tables and the recognition accuracy (default: the --data folder's name)")
     p.add_argument("--no-reference", action="store_true",
                    help="the --data folders hold degraded photos without ground truth: report NIQE, noise sigma "
                         "and sharpness before and after restoration, per image and per recognised degradation")
@@ -512,9 +535,15 @@ def run_eval(args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else ev.limit
     if args.noref_crop is not None and not args.no_reference:
         raise UserError("--noref-crop applies to --no-reference (photos without ground truth) only")
+    if args.gt and (args.no_reference or len(args.gt) != len(data)):
+        raise UserError("--gt needs one ground-truth folder per --data folder, and no --no-reference")
+    if args.label and not args.gt:
+        raise UserError("--label applies to real pairs given by --gt only")
     try:
         if args.no_reference:
             sets = photo_sets(data, limit=limit)
+        elif args.gt:
+            sets = pair_sets(data, args.gt, args.label, limit=limit)
         else:
             sets = build_sets(data, degradations, seed=seed, limit=limit, registry=pipe.registry)
     except (ValueError, FileNotFoundError) as e:  # unusable folders: name them (--data)

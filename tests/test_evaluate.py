@@ -128,3 +128,30 @@ def test_eval_command_on_a_spec_file(tmp_path, images):
     assert "self-ensemble" in (tmp_path / "e" / "report.html").read_text()
     assert main(["eval", str(spec), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p"),
                  "--quiet"]) == 2
+
+
+def test_eval_of_real_pairs_from_two_folders(tmp_path, images, capsys):
+    """`vlir eval --data LQ --gt GT --label WORD`: pairs by name (rain-N / norain-N), PSNR against the GT."""
+    from vlir.core.cli import main
+    from vlir.core.data.images import read_image, write_image
+
+    lq, gt = tmp_path / "rainy", tmp_path / "norain"
+    lq.mkdir()
+    gt.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i, src in enumerate(sorted(images.iterdir())[:3]):
+        clean, _ = read_image(src)
+        write_image(gt / f"norain-{i}.png", clean)
+        write_image(lq / f"rain-{i}.png", (clean + 0.1 * torch.rand(clean.shape, generator=g)).clamp(0, 1))
+    folder = pipeline(("noisy", "rainy")).save(tmp_path / "pipe")
+    rc = main(["eval", str(folder), "--data", str(lq), "--gt", str(gt), "--label", "rainy", "--out",
+               str(tmp_path / "ev"), "--quiet"])
+    assert rc == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert list(res["per_degradation"]) == ["rainy"] and res["overall"]["n"] == 3
+    row = res["images"][0]
+    want = psnr(read_image(lq / "rain-0.png")[0][None], read_image(gt / "norain-0.png")[0][None])
+    assert row["path"].endswith("rain-0.png") and abs(row["input_psnr"] - want) < 1e-6
+    assert res["classification"]["labels"] == ["rainy"]
+    assert main(["eval", str(folder), "--data", str(lq), "--gt", str(gt), str(gt), "--out", str(tmp_path / "x")]) == 2
+    assert "one ground-truth folder per --data folder" in capsys.readouterr().err
