@@ -316,8 +316,10 @@ def test_saved_pipeline_loads_unchanged_with_spec_editing_hook_and_third_party_l
     make_dist(tmp_path / "b", "other-l1", "0.1", {"vlir.losses": {"l1": "other_l1:L1"}}, {"other_l1": OTHER_L1})
     on_path(tmp_path / "a", tmp_path / "b")
     reg = Registry()
-    assert [e.provider for e in reg.list("loss", "l1")] == ["vlir", "other-l1"]  # two l1: ambiguous
-    with pytest.raises(SpecError, match="provided by two packages"):
+    assert [e.provider for e in reg.list("loss", "l1")] == ["vlir", "other-l1"]
+    # a third-party name never hides a built-in; the other one is reached as package:name
+    assert reg.get("loss", "l1").provider == "vlir" and reg.get("loss", "other-l1:l1").provider == "other-l1"
+    with pytest.raises(SpecError, match="unknown key 'routing'"):  # the hook edits new specs
         load_spec({"backbone": {"type": "nafnet"}, "losses": [{"type": "l1"}]}, reg)
 
     lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -171,33 +171,23 @@ class Trainer:
         return role
 
     def _check_stages(self) -> None:
-        errors = []
-        roles = list(self.pipeline.perceivers)
+        """The spec's wiring (:func:`vlir.core.validate.check_wiring`: stage targets, unfreeze roles,
+        stage degradations, ...), then what only the built pipeline shows."""
+        from ..validate import check_wiring
+
+        errors = check_wiring(self.spec, self.registry)
         for i, s in enumerate(self.stages):
             path = f"train.stages[{i}].target" if self.cfg.stages else "train"
             try:
                 t = self._target_module(s.target)
             except KeyError:
-                errors.append((path, f"no perceiver for {s.target!r}; perceivers: {', '.join(roles) or 'none'}"))
-                continue
-            if t == "restorer":
-                if self.pipeline.process is None and not self.pipeline.losses:
-                    errors.append(("losses", "a restorer stage needs at least one loss, e.g. losses: [{type: l1}]"))
-                for r in s.unfreeze:
-                    if r not in roles:
-                        errors.append((f"train.stages[{i}].unfreeze", f"no perceiver with role {r!r}; "
-                                                                       f"perceivers: {', '.join(roles) or 'none'}"))
-            if s.degradations is not None:
-                types = [d.type for d in self.data.degradations]
-                wrong = [d for d in s.degradations if d not in types]
-                if self.data.layout != "synthetic" or wrong or not s.degradations:
-                    errors.append((f"train.stages[{i}].degradations",
-                                   f"expected types of data.degradations ({', '.join(types) or 'none'}) with "
-                                   f"layout: synthetic; got {s.degradations}"))
+                continue  # named by check_wiring
+            if t == "restorer" and self.pipeline.process is None and not self.pipeline.losses:
+                errors.append(("losses", "a restorer stage needs at least one loss, e.g. losses: [{type: l1}]"))
             if t != "restorer" and not any(p.requires_grad for p in self.pipeline.perceivers[t].parameters()):
                 errors.append((path, f"perceiver {t!r} has no trainable parameters"))
         if errors:
-            raise SpecError(errors)
+            raise SpecError(list(dict.fromkeys(errors)))
 
     def _stage_data(self, stage: StageSpec) -> DataSpec:
         """The data section as a stage sees it (``degradations``: a subset of the synthetic ones; ``augment``)."""
