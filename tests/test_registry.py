@@ -61,7 +61,8 @@ def test_unknown_preset():
     assert [p for p, _ in info.value.errors] == ["backbone.preset"]
 
 
-def test_entry_point_component_is_listed_lazily_and_loads(tmp_path, on_path):
+def test_entry_point_component_is_listed_lazily_and_loads(tmp_path, on_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "acme_nets", raising=False)  # another test may have imported its own
     make_dist(tmp_path, "acme-nets", "1.2.3", {"vlir.backbones": {"acmenet": "acme_nets:Net"}},
               {"acme_nets": BACKBONE_CODE})
     on_path(tmp_path)
