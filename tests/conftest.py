@@ -30,6 +30,23 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+# a third-party backbone module's source, for the tests that install plugins (make_dist)
+BACKBONE_CODE = """
+import torch
+from vlir.core import Backbone
+
+class Net(Backbone):
+    '''Acme's tiny residual net.'''
+    class Params(Backbone.Params):
+        width: int = 4
+    def __init__(self, params=None, **kw):
+        super().__init__(params, **kw)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    def forward(self, lq, cond=None, **kw):
+        return lq + self.conv(lq)
+"""
+
+
 def make_dist(site: Path, name: str, version: str, entry_points: dict[str, dict[str, str]],
               modules: dict[str, str]) -> Path:
     """Write an importable package with a real ``.dist-info`` (METADATA + entry_points.txt) under ``site``."""

@@ -9,26 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_dist
+from conftest import BACKBONE_CODE as NET, make_dist
 from vlir.core.cli import main
 from vlir.core.errors import SpecError
 from vlir.core.hookspecs import HookError
 from vlir.core.registry import Registry, UnknownComponentError, get_registry
-
-NET = """
-import torch
-from vlir.core import Backbone
-
-class Net(Backbone):
-    '''Acme's tiny residual net.'''
-    class Params(Backbone.Params):
-        width: int = 4
-    def __init__(self, params=None, **kw):
-        super().__init__(params, **kw)
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-    def forward(self, lq, cond=None, **kw):
-        return lq + self.conv(lq)
-"""
 
 RAISING_HOOKS = """
 from vlir.core import hookimpl

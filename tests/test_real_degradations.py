@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from test_degradations import textured as natural
 from vlir.core.metrics import psnr_torch
 from vlir.core.registry import get_registry
 from vlir.plugins.degradations._common import anisotropic_gaussian_kernels, disc_kernels
@@ -17,18 +18,14 @@ from vlir.plugins.degradations.lens_blur import LensBlur
 from vlir.plugins.degradations.low_light import LowLight
 from vlir.plugins.degradations.mix import SCENE, Mix
 from vlir.plugins.degradations.rain_streaks import RainStreaks
-from vlir.plugins.degradations.shake import Shake, trajectory_kernels
+from vlir.plugins.degradations.shake import trajectory_kernels
 
 NEW = {"camera_noise": "noisy", "rain_streaks": "rainy", "lens_blur": "blurry", "shake": "motion-blurry",
        "mix": "mixed"}
 
 
 def textured(b=2, h=48, w=52, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    base = torch.stack([xx, yy, (xx + yy) / 2])[None].repeat(b, 1, 1, 1)
-    tex = torch.nn.functional.avg_pool2d(torch.rand(b, 3, h, w, generator=g), 3, 1, 1)
-    return (0.05 + 0.9 * (0.6 * base + 0.4 * tex)).clamp(0, 1)
+    return natural(b, h, w, seed)
 
 
 def seeded(seed):

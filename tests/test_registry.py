@@ -5,24 +5,9 @@ import sys
 
 import pytest
 
-from conftest import make_dist, run_python
+from conftest import BACKBONE_CODE, make_dist, run_python
 from vlir.core.errors import SpecError
 from vlir.core.registry import (ComponentLoadError, DuplicateComponentError, Registry, UnknownComponentError)
-
-BACKBONE_CODE = """
-import torch
-from vlir.core import Backbone
-
-class Net(Backbone):
-    class Params(Backbone.Params):
-        width: int = 4
-    def __init__(self, params=None, **kw):
-        super().__init__(params, **kw)
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
-    def forward(self, lq, cond=None):
-        return lq + self.conv(lq)
-"""
-
 
 def test_builtins_come_from_registry_yaml():
     reg = Registry(autoload=False)

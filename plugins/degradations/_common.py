@@ -11,7 +11,7 @@ from typing import Annotated, Union
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 
 def _check_span(v):
@@ -37,6 +37,7 @@ def _positive(v):
 # a fixed value or a (low, high) range sampled uniformly per image
 FloatRange = Annotated[Union[float, tuple[float, float]], AfterValidator(_check_span)]
 IntRange = Annotated[Union[int, tuple[int, int]], AfterValidator(_check_span)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegativeRange = Annotated[FloatRange, AfterValidator(_non_negative)]  # e.g. a noise sigma (0: none)
 PositiveRange = Annotated[FloatRange, AfterValidator(_positive)]  # e.g. a blur sigma
 

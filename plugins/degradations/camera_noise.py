@@ -7,8 +7,8 @@ from pydantic import field_validator
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, IntRange, as_float, finish, linear_to_srgb, log_uniform, rand, randint, randn, \
-    span, srgb_to_linear, uniform
+from ._common import (FloatRange, IntRange, Probability, as_float, finish, linear_to_srgb, log_uniform, rand,
+                      randint, randn, span, srgb_to_linear, uniform)
 from .jpeg import jpeg_roundtrip
 
 # bilinear demosaicing as a normalised convolution of each channel's samples
@@ -58,7 +58,7 @@ class CameraNoise(Degradation):
         read: FloatRange | None = None
         gamma: FloatRange = 2.2
         jpeg: IntRange = (60, 95)
-        jpeg_probability: float = 0.5
+        jpeg_probability: Probability = 0.5
 
         @field_validator("shot", "read")
         @classmethod
@@ -67,12 +67,6 @@ class CameraNoise(Degradation):
                 raise ValueError(f"noise levels must be positive, got {v}")
             return v
 
-        @field_validator("jpeg_probability")
-        @classmethod
-        def _probability(cls, v):
-            if not 0 <= v <= 1:
-                raise ValueError(f"a probability must lie in [0, 1], got {v}")
-            return v
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "camera_noise")

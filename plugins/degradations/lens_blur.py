@@ -8,8 +8,8 @@ from pydantic import field_validator
 
 from vlir.core.components import Degradation
 
-from ._common import (FloatRange, anisotropic_gaussian_kernels, as_float, disc_kernels, filter_per_image, finish,
-                      odd, rand, span, uniform)
+from ._common import (FloatRange, Probability, anisotropic_gaussian_kernels, as_float, disc_kernels,
+                      filter_per_image, finish, odd, rand, span, uniform)
 
 
 class LensBlur(Degradation):
@@ -22,7 +22,7 @@ class LensBlur(Degradation):
     class Params(Degradation.Params):
         sigma: FloatRange = (0.5, 3.5)
         radius: FloatRange = (1.0, 5.0)
-        defocus: float = 0.3
+        defocus: Probability = 0.3
 
         @field_validator("sigma", "radius")
         @classmethod
@@ -31,12 +31,6 @@ class LensBlur(Degradation):
                 raise ValueError(f"blur sizes must be positive, got {v}")
             return v
 
-        @field_validator("defocus")
-        @classmethod
-        def _probability(cls, v):
-            if not 0 <= v <= 1:
-                raise ValueError(f"a probability must lie in [0, 1], got {v}")
-            return v
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "lens_blur")

@@ -44,23 +44,15 @@ class Mix(Degradation):
         include: list[str] = [cls.label for cls in PARTS]
         params: dict[str, dict[str, Any]] = {}
 
-        @field_validator("include")
+        @field_validator("include", "params")
         @classmethod
-        def _known(cls, v):
+        def _known(cls, v, info):
             words = [c.label for c in PARTS]
             bad = [w for w in v if w not in words]
             if bad:
-                raise ValueError(f"unknown class word(s) {bad}: mix composes {words}")
-            return list(dict.fromkeys(v))
-
-        @field_validator("params")
-        @classmethod
-        def _known_params(cls, v):
-            words = [c.label for c in PARTS]
-            bad = [w for w in v if w not in words]
-            if bad:
-                raise ValueError(f"params for unknown class word(s) {bad}: mix composes {words}")
-            return v
+                what = "unknown class word(s)" if info.field_name == "include" else "params for unknown class word(s)"
+                raise ValueError(f"{what} {bad}: mix composes {words}")
+            return list(dict.fromkeys(v)) if info.field_name == "include" else v
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)
