@@ -105,6 +105,8 @@ def pairs(data: Path, ts: TestSet, limit: int | None) -> list[tuple[Path, Path]]
     from vlir.core.data.datasets import list_images
 
     lq_dir = data / ts.lq
+    if not lq_dir.is_dir():
+        raise SystemExit(f"{lq_dir}: no such folder; --data (default $VLIR_SHARED/data) must hold {ts.lq}")
     files = list_images(lq_dir, recursive=False)
     if not files:
         raise SystemExit(f"{lq_dir}: no images (is $VLIR_SHARED set to the shared folder?)")
