@@ -235,7 +235,8 @@ def run_set(name: str, pipe, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, save=None) -> dict[str, Any]:
+    """All sets of ``args``; ``save(result)`` is called after each set (``complete`` False until the last)."""
     import torch
 
     import vlir
@@ -243,7 +244,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     pipe = vlir.load(args.pipeline)
     t0 = time.perf_counter()
-    sets = []
+    sets: list[dict[str, Any]] = []
+
+    def result(complete: bool) -> dict[str, Any]:
+        return {
+            "pipeline": args.pipeline, "pipeline_name": pipe.spec.name, "data": str(args.data), "limit": args.limit,
+            "chain": args.chain, "cbm3d": args.cbm3d, "cbm3d_limit": args.cbm3d_limit, "cbm3d_sigma": args.cbm3d_sigma,
+            "threads": args.threads, "seed": args.seed,
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "seconds": round(time.perf_counter() - t0, 1), "complete": complete, "sets": list(sets),
+            "papers_note": "published PSNR of GPU-trained paper models on their own training data "
+                           "(../shared/reference/NOTES.md, 5-task all-in-one setting); not run here",
+        }
+
     for name in args.sets:
         r = run_set(name, pipe, args)
         b = r["best_baseline"]
@@ -251,14 +264,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{r['baselines'].get(b, r.get('cbm3d', {})).get('psnr') if b else None} | one step {r['one_step']['psnr']}"
               f" | chain {r['chain']['psnr']} dB | recognised {r['recognised_as']}", file=sys.stderr, flush=True)
         sets.append(r)
-    return {
-        "pipeline": args.pipeline, "pipeline_name": pipe.spec.name, "data": str(args.data), "limit": args.limit,
-        "chain": args.chain, "cbm3d": args.cbm3d, "cbm3d_limit": args.cbm3d_limit, "cbm3d_sigma": args.cbm3d_sigma, "threads": args.threads, "seed": args.seed,
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "seconds": round(time.perf_counter() - t0, 1), "sets": sets,
-        "papers_note": "published PSNR of GPU-trained paper models on their own training data "
-                       "(../shared/reference/NOTES.md, 5-task all-in-one setting); not run here",
-    }
+        if save is not None and name != args.sets[-1]:
+            save(result(False))
+    return result(True)
 
 
 def _cell(d: dict[str, Any] | None) -> str:
@@ -308,6 +316,8 @@ def markdown(data: dict[str, Any]) -> str:
     if data["cbm3d"]:
         lim += " --cbm3d" + (f" --cbm3d-limit {data['cbm3d_limit']}" if data["cbm3d_limit"] is not None else "")
         lim += f" --cbm3d-sigma {data['cbm3d_sigma']}" if data["cbm3d_sigma"] != "auto" else ""
+    if not data.get("complete", True):
+        lines += ["", "**Partial:** the run was stopped before its last set."]
     lines += ["", f"Made by `python benchmarks/real_sets.py{lim} "
               f"--threads {data['threads']}` in {data['seconds']} s ({data['machine']})."]
     return "\n".join(lines) + "\n"
@@ -322,11 +332,14 @@ def main(argv: list[str] | None = None) -> int:
             import bm3d  # noqa: F401
         except ImportError:
             raise SystemExit("--cbm3d needs the bm3d package: pip install 'vlir[benchmark]'") from None
-    data = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out.with_suffix(".md"), markdown(data))
+
+    def save(data: dict[str, Any]) -> None:  # after each set, so a long run keeps what it measured
+        atomic_write_text(out, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out.with_suffix(".md"), markdown(data))
+
+    save(run(args, save))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

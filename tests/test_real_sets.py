@@ -29,7 +29,7 @@ def test_real_sets_one_image_each(tmp_path):
     r = _run("--data", str(data), "--limit", "1", "--chain", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["pipeline"] == "default" and res["limit"] == 1 and res["chain"] == 2
+    assert res["pipeline"] == "default" and res["limit"] == 1 and res["chain"] == 2 and res["complete"] is True
     by_set = {s["set"]: s for s in res["sets"]}
     assert list(by_set) == list(real_sets.SETS)
     for name, s in by_set.items():
