@@ -170,9 +170,11 @@ class Path:
         return " → ".join([*parts, end] if end else parts) or "nothing done"
 
 
-def _top(pipeline: "Pipeline", perceptions: dict[str, "Perception"]) -> tuple[str, float, torch.Tensor]:
+def _top(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int = 0
+         ) -> tuple[str, float, torch.Tensor]:
+    """(top class word, its probability, all probabilities) of image ``index``."""
     role, names = classes(pipeline)
-    probs = perceptions[role].class_probs[0].float()
+    probs = perceptions[role].class_probs[index].float()
     k = int(probs.argmax())
     return names[k], float(probs[k]), probs
 
@@ -207,11 +209,10 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
         out, perceptions = restore(pipeline, lq, ensemble=ensemble, **kw)
         paths = []
         for i in range(lq.shape[0]):
-            one = {r: _row(p, i) for r, p in perceptions.items()}
             if not names:
                 paths.append(Path(stop="steps"))
                 continue
-            word, prob, _ = _top(pipeline, one)
+            word, prob, _ = _top(pipeline, perceptions, i)
             if abstain is not None and prob < abstain:
                 out[i] = lq[i].to(out.dtype)
                 paths.append(Path(stop="unsure"))
@@ -250,14 +251,6 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
         paths.append(done)
     perceptions = {r: _cat([f[r] for f in first]) for r in first[0]}
     return torch.cat(outs), perceptions, paths
-
-
-def _row(p: "Perception", i: int) -> "Perception":
-    """Image ``i`` of a batch's perception (tensors sliced, the rest kept)."""
-    from dataclasses import fields
-
-    return replace(p, **{f.name: getattr(p, f.name)[i:i + 1] for f in fields(p)
-                         if isinstance(getattr(p, f.name), torch.Tensor)})
 
 
 def _cat(ps: list["Perception"]) -> "Perception":

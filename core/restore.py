@@ -373,19 +373,14 @@ def run_restore(args: argparse.Namespace) -> int:
     for job in jobs:  # images over the pixel limit are refused from their headers, before the model loads
         if not job.skip and job.problem is None:
             job.problem = pixel_problem(job.src, limit)
-    if all(job.skip or job.problem is not None for job in jobs):
-        for job in jobs:
-            if job.problem is not None:
-                outcome.failed.append((str(job.src), job.problem))
-                _say(f"error: {job.src}: {job.problem}", err=True)
-        _say(f"restored 0 of {len(outcome.failed)} image(s) into {out_dir}; {len(outcome.failed)} failed", err=True)
-        return 1
-    pipe = _onnx_pipeline(args, device) if args.engine == "onnx" else load_pipeline(args, device)
-    device = pipe.device
-    from .inference import tile_plan
+    pipe, steering = None, None
+    if any(not job.skip and job.problem is None for job in jobs):  # else the model is not even loaded
+        pipe = _onnx_pipeline(args, device) if args.engine == "onnx" else load_pipeline(args, device)
+        device = pipe.device
+        from .inference import tile_plan
 
-    tile_plan(pipe, tile, overlap)  # an overlap that does not fit the model's tiles: before any file
-    steering = steering_of(pipe, args)  # bad words or an unsteerable pipeline: before any file
+        tile_plan(pipe, tile, overlap)  # an overlap that does not fit the model's tiles: before any file
+        steering = steering_of(pipe, args)  # bad words or an unsteerable pipeline: before any file
     for job in _progress(jobs, "restoring", args.no_progress):
         if job.skip:
             continue
