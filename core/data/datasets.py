@@ -318,6 +318,16 @@ def lq_caption(caption: str, degradation: str) -> str:
 
 
 # -- paired folders -----------------------------------------------------------------------------
+def pair_item(ds: Any, lq: torch.Tensor, gt: torch.Tensor, a: Path, b: Path, index: int, word: str,
+              g: torch.Generator) -> dict[str, Any]:
+    """The item of a read pair (files ``a``, ``b``): aligned crop and flips as ``ds`` says
+    (``patch_size``, ``flips``, ``augment``), its captions (``ds.captions``) and class."""
+    lq, gt = crop_flip([lq, gt], ds.patch_size, g, ds.flips, **ds.augment)
+    caption = _caption(ds.captions, a, b)
+    return {"lq": lq, "gt": gt, "degradation": index, "degradation_name": word, "caption": caption,
+            "lq_caption": lq_caption(caption, word), "path": str(a), "gt_path": str(b)}
+
+
 def _subdir(folder: Path, name: str) -> Path | None:
     for p in folder.iterdir() if folder.is_dir() else ():
         if p.is_dir() and p.name.lower() == name.lower():
@@ -414,8 +424,4 @@ class PairedFolders(_Epoch, Dataset):
             m = (m + 1) % nk
         else:
             raise RuntimeError(f"no readable pair left in {self.root / self.names[k]} (see the vlir.data warnings)")
-        g = item_generator(self.seed, self.epoch, i)
-        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips, **self.augment)
-        caption = _caption(self.captions, a, b)
-        return {"lq": lq, "gt": gt, "degradation": k, "degradation_name": self.names[k], "caption": caption,
-                "lq_caption": lq_caption(caption, self.names[k]), "path": str(a), "gt_path": str(b)}
+        return pair_item(self, lq, gt, a, b, k, self.names[k], item_generator(self.seed, self.epoch, i))

@@ -19,8 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import (PathLike, _caption, _Epoch, crop_flip, item_generator, list_images, log, lq_caption,
-                       scan_images)
+from .datasets import PathLike, _Epoch, item_generator, list_images, log, pair_item, scan_images
 from .images import ImageError, read_image
 
 _PREFIX = re.compile(r"^[A-Za-z]+[-_]")
@@ -121,11 +120,7 @@ class FolderPairs(_Epoch, Dataset):
         gt, _ = read_image(b)
         if lq.shape != gt.shape:
             raise ImageError(a, f"size {tuple(lq.shape[1:])} differs from GT {b} {tuple(gt.shape[1:])}")
-        g = item_generator(self.seed, self.epoch, i, 23)
-        lq, gt = crop_flip([lq, gt], self.patch_size, g, self.flips, **self.augment)
-        caption = _caption(self.captions, a, b)
-        return {"lq": lq, "gt": gt, "degradation": self.index, "degradation_name": self.label,
-                "caption": caption, "lq_caption": lq_caption(caption, self.label), "path": str(a), "gt_path": str(b)}
+        return pair_item(self, lq, gt, a, b, self.index, self.label, item_generator(self.seed, self.epoch, i, 23))
 
 
 class Weighted(_Epoch, Dataset):
