@@ -403,9 +403,10 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=run_spec_schema)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``vlir`` parser: one subparser per :data:`COMMANDS` record, its module's arguments
-    first, then the shared options it names."""
+    first, then the shared options it names. With ``only`` (the command about to run) only that
+    command's module is imported; the others keep their name and help (start-up of ``vlir restore``)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="vlir", description="vision-language image restoration")
@@ -413,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if only is not None and cmd.name != only:
+            continue
         try:
             mod = importlib.import_module(cmd.module)
         except ModuleNotFoundError:
@@ -456,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a ``vlir`` command. Exit status: 0 done, 1 some inputs failed or memory ran out,
     2 a user error (:class:`~vlir.core.errors.UserError`: one line, no traceback), 130 Ctrl-C,
     141 a closed pipe, 143 SIGTERM; temporary files of unfinished writes are removed."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first if any(c.name == first for c in COMMANDS) else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
