@@ -70,3 +70,31 @@ def default_class_words(spec: dict[str, Any], registry: "Registry") -> None:
         if CLASS_WORDS_FIELD in cls.Params.model_fields and CLASS_WORDS_FIELD not in preset \
                 and CLASS_WORDS_FIELD not in p.get("params", {}):
             p.setdefault("params", {})[CLASS_WORDS_FIELD] = list(words)
+
+
+# -- the degradations present in a sample ---------------------------------------------------------
+# A training or evaluation sample says which degradations it shows, and how strongly, in one string
+# (so that it collates into a list like ``degradation_name``): ``"low-light=0.73;noisy=0.41"``, class
+# words with a severity in [0, 1] each, in the order they were applied; ``""``: nothing (clean).
+# Severity of a part: how much it changed the image, ``clamp((40 - PSNR(before, after)) / 30, 0, 1)``.
+def format_parts(parts: dict[str, float]) -> str:
+    """``{"low-light": 0.73, "noisy": 0.41}`` -> ``"low-light=0.73;noisy=0.41"``."""
+    for w in parts:
+        if not w or any(c in w for c in "=;"):
+            raise ValueError(f"class word {w!r} cannot be written in a parts string (empty, or holds '=' or ';')")
+    return ";".join(f"{w}={min(max(float(s), 0.0), 1.0):.4f}" for w, s in parts.items())
+
+
+def parse_parts(text: str) -> dict[str, float]:
+    """``"low-light=0.73;noisy=0.41"`` -> ``{"low-light": 0.73, "noisy": 0.41}`` (``""`` -> ``{}``)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        word, eq, value = item.partition("=")
+        try:
+            severity = float(value) if eq else 1.0
+        except ValueError:
+            raise ValueError(f"parts {text!r}: severity of {word!r} is not a number: {value!r}") from None
+        if not word or not 0.0 <= severity <= 1.0:
+            raise ValueError(f"parts {text!r}: expected word=severity with severity in [0, 1], got {item!r}")
+        out[word] = severity
+    return out
