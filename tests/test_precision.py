@@ -227,3 +227,24 @@ def test_default_model_benchmark_precision(folder, tmp_path, capsys):
     assert abs(noise["psnr_change"] - (noise["psnr"] - doc["rows"][0]["model"]["psnr"])) < 1e-3
     assert "bf16 − fp32 (dB)" in out.with_suffix(".md").read_text()
     assert bench.parse_args(["--precision", "bf16"]).out.endswith("default_model_bf16.json")
+
+
+@pytest.mark.parametrize("name", ["nafnet", "restormer"])
+@torch.no_grad()
+def test_first_layer_reads_the_image_in_fp32(name):
+    """Under bf16 autocast the layer reading the image gets it unrounded (its output equals the
+    fp32 one), and without autocast the network is untouched."""
+    params = {"nafnet": dict(width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]),
+              "restormer": dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])}[name]
+    net = get_registry().build("backbone", name, params=params).eval()
+    first = net.intro if name == "nafnet" else net.patch_embed
+    seen = []
+    hook = first.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o)))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+    hook.remove()
+    assert seen[0][0] == seen[1][0] == torch.float32
+    assert torch.equal(seen[0][1], seen[1][1])
+    assert torch.equal(net(x), ref)

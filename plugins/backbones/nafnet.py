@@ -19,7 +19,8 @@ from torch import nn
 from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
 
-from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
+from ._blocks import (example_cond, full_precision, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple,
+                      read_cond)
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +211,7 @@ class NAFNet(Backbone):
             tokens = tokens.to(self.middle_blks[0].xattn.kv.weight.dtype)
         inp = pad_to_multiple(lq, self.multiple_of, p.pad_mode)
 
-        x = self.intro(inp)
+        x = full_precision(self.intro, inp)
         skips = []
         for enc, down in zip(self.encoders, self.downs):
             x = _run(enc, x, emb)

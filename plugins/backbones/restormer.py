@@ -18,7 +18,8 @@ from torch import nn
 from vlir.core.components import Backbone, Blocks, Dim, Levels, Width
 from vlir.core.tiling import global_sum, sharing_sums
 
-from ._blocks import example_cond, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple, read_cond
+from ._blocks import (example_cond, full_precision, CondEmbed, CrossAttention, FiLM, LayerNorm2d, pad_to_multiple,
+                      read_cond)
 
 
 class Norm(nn.Module):
@@ -226,7 +227,7 @@ class Restormer(Backbone):
             tokens = tokens.to(self.latent[0].xattn.kv.weight.dtype)
         inp = pad_to_multiple(lq, 8, p.pad_mode)
 
-        e1_in = self.patch_embed(inp)
+        e1_in = full_precision(self.patch_embed, inp)
         e1 = _run(self.encoder_level1, e1_in, emb)
         e2 = _run(self.encoder_level2, self.down1_2(e1), emb)
         e3 = _run(self.encoder_level3, self.down2_3(e2), emb)
