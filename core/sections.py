@@ -87,7 +87,8 @@ class DataSpec(Section):
     ``1 - sum(weights)`` (which must then be > 0); without ``train`` folders the pairs alone, in
     proportion to their weights. Their crops are ``patch_size`` with the flips, ``rot90`` and
     ``channels`` augmentations (``scale`` applies to synthetic crops only); their ``label`` must
-    be one of the data's class words, and is the class of every pair.
+    be one of the data's class words, and is the class of every pair. A stage that trains on some
+    of ``degradations`` only (``train.stages[].degradations``) draws only the pairs of their classes.
     """
 
     train: list[str] = Field(default_factory=list, description="folders of clean images (synthetic) or paired roots")

@@ -207,6 +207,26 @@ def test_spec_pairs_are_read_from_the_spec_folder_and_mixed_by_weight(tmp_path):
     assert batch["lq"].shape == (8, 3, 16, 16) and len(batch["parts"]) == 8
 
 
+def test_a_stage_of_some_degradations_draws_the_pairs_of_their_classes_only(tmp_path, caplog):
+    clean_folder(tmp_path / "clean")
+    lol = pair_folders(tmp_path / "LOL", ["1.png"], ["1.png"])
+    noisy = pair_folders(tmp_path / "SIDD", ["1.png"], ["1.png"])
+    data = load_spec({
+        "backbone": {"type": "nafnet", "preset": "tiny"},
+        "data": {"train": [str(tmp_path / "clean")], "degradations": [{"type": "noise"}, {"type": "low_light"}],
+                 "pairs": [{"lq": str(lol[0]), "gt": str(lol[1]), "label": "low-light", "weight": 0.2},
+                           {"lq": str(noisy[0]), "gt": str(noisy[1]), "label": "noisy", "weight": 0.2}]},
+    }).data
+    assert len(build_dataset(data, "train", 16).datasets) == 3
+    stage = data.model_copy(update={"degradations": data.degradations[:1]})  # as Trainer._stage_data makes it
+    ds = build_dataset(stage, "train", 16)
+    assert [type(d).__name__ for d in ds.datasets] == ["SyntheticDegradations", "FolderPairs"]
+    assert ds.datasets[1].label == "noisy" and ds.classes == ["noisy"]
+    assert "data.pairs[0]" in caplog.text and "left out" in caplog.text
+    only_dark = data.model_copy(update={"degradations": data.degradations[:1], "pairs": data.pairs[:1]})
+    assert isinstance(build_dataset(only_dark, "train", 16), SyntheticDegradations)
+
+
 def test_a_spec_with_pairs_trains(tmp_path):
     from vlir.core.train.trainer import Trainer
 

@@ -137,9 +137,12 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
                 aug: Augment, registry: Any) -> Dataset:
     """``base`` (the train folders' dataset, or None) and ``data.pairs`` drawn by weight.
 
-    Class words: those of ``base``, else of ``data.degradations``, else the pairs' labels; each
-    pair's label must be one of them (its items' ``degradation`` indexes them)."""
-    from ..data.datasets import resolve_degradation, vocabulary
+    Class words: those of ``base``, else of ``data.degradations``, else the pairs' labels (items'
+    ``degradation`` indexes them). Pairs whose label is not among them are left out with a
+    warning: a stage that trains on some of ``data.degradations`` only (``stages[].degradations``)
+    trains on the pairs of those classes only. (A label that is none of the spec's class words is
+    an error of :func:`vlir.core.validate.validate`, which ``vlir train`` runs first.)"""
+    from ..data.datasets import log, resolve_degradation, vocabulary
     from ..data.pairs import FolderPairs, Weighted, check_pairs
 
     if base is not None:
@@ -148,13 +151,17 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
         words = vocabulary(resolve_degradation(s, registry) for s in degradation_specs(data))
     else:
         words = None
-    errors = check_pairs(data.pairs, words)
+    errors = check_pairs(data.pairs, None)
     if errors:
         raise SpecError(errors)
     words = words or list(dict.fromkeys(p.label for p in data.pairs))
     sets = [] if base is None else [base]
     weights = [] if base is None else [1.0 - sum(p.weight for p in data.pairs)]
     for i, p in enumerate(data.pairs):
+        if p.label not in words:
+            log.warning("data.pairs[%d] (%s, label %r) left out: not a class of this data (%s)",
+                        i, p.lq, p.label, ", ".join(words))
+            continue
         try:
             sets.append(FolderPairs(os.path.expanduser(p.lq), os.path.expanduser(p.gt), p.label,
                                     patch_size=patch_size, seed=data.seed, index=words.index(p.label),
@@ -162,6 +169,10 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
         except (ValueError, FileNotFoundError) as e:
             raise SpecError([(f"data.pairs[{i}]", str(e))]) from e
         weights.append(p.weight)
+    if not sets:
+        raise SpecError([("data.pairs", f"no pairs of the classes {', '.join(words)} and no train folders")])
+    if sets == [base]:
+        return base
     # an epoch: as many items as the sets hold together (each item drawn by weight)
     return Weighted(sets, weights, length=sum(len(d) for d in sets), seed=data.seed, classes=words)
 
