@@ -247,15 +247,17 @@ def test_a_spec_with_pairs_trains(tmp_path):
 def test_pairs_alone_and_weights_leaving_nothing_for_the_train_folders(tmp_path):
     a = pair_folders(tmp_path / "a", ["1.png"], ["1.png"])
     b = pair_folders(tmp_path / "b", ["1.png", "2.png"], ["1.png", "2.png"])
-    spec = load_spec({"backbone": {"type": "nafnet", "preset": "tiny"}, "data": {"pairs": [{"lq": str(a[0]), "gt": str(a[1]), "label": "low-light", "weight": 1},
-                                         {"lq": str(b[0]), "gt": str(b[1]), "label": "noisy", "weight": 3e-1}],
-                               "patch_size": 16}}, get_registry())
+    net = {"type": "nafnet", "preset": "tiny"}
+    pairs = [{"lq": str(a[0]), "gt": str(a[1]), "label": "low-light", "weight": 1},
+             {"lq": str(b[0]), "gt": str(b[1]), "label": "noisy", "weight": 0.3}]
+    spec = load_spec({"backbone": net, "data": {"pairs": pairs, "patch_size": 16}})
     ds = build_dataset(spec.data, "train", 16)
     assert class_names(ds) == ["low-light", "noisy"] and len(ds) == 3
-    assert {(it["degradation"], it["degradation_name"]) for it in (ds[i] for i in range(len(ds)))} <= \
-        {(0, "low-light"), (1, "noisy")}
+    assert ds.weights.tolist() == pytest.approx([1.0, 0.3])  # in proportion: 1 / 1.3 and 0.3 / 1.3
+    for it in (ds[i] for i in range(len(ds))):
+        assert ds.classes[it["degradation"]] == it["degradation_name"]
     with pytest.raises(SpecError) as info:
-        load_spec({"backbone": {"type": "nafnet", "preset": "tiny"}, "data": {"train": ["x"], "pairs": [{"lq": "a", "gt": "b", "label": "noisy", "weight": 0.6}] * 2}})
+        load_spec({"backbone": net, "data": {"train": ["x"], "pairs": [{**pairs[1], "weight": 0.6}] * 2}})
     assert any(path == "data.pairs" and "sum to 1.2" in msg for path, msg in info.value.errors)
 
 

@@ -223,7 +223,8 @@ def severity(before: torch.Tensor, after: torch.Tensor) -> float:
     visible), 1 at 10 dB and below. Images [C, H, W] or [1, C, H, W] in [0, 1]."""
     from ..metrics import psnr_torch
 
-    db = float(psnr_torch(after.reshape(-1, *after.shape[-3:]).float(), before.reshape(-1, *before.shape[-3:]).float()))
+    a, b = (x.reshape(-1, *x.shape[-3:]).float() for x in (after, before))
+    db = float(psnr_torch(a, b))
     return min(max((40.0 - db) / 30.0, 0.0), 1.0)
 
 

@@ -171,7 +171,7 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
         weights.append(p.weight)
     if not sets:
         raise SpecError([("data.pairs", f"no pairs of the classes {', '.join(words)} and no train folders")])
-    if sets == [base]:
+    if len(sets) == 1 and base is not None:  # every pair left out
         return base
     # an epoch: as many items as the sets hold together (each item drawn by weight)
     return Weighted(sets, weights, length=sum(len(d) for d in sets), seed=data.seed, classes=words)
