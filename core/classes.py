@@ -33,22 +33,27 @@ def degradation_word(degradation: Any) -> str:
 
 
 def data_words(spec: dict[str, Any], registry: "Registry") -> list[str] | None:
-    """Class words of a raw spec's ``data.degradations``, in order (None when it has none, or when
-    one is unknown: validation reports that with its path)."""
+    """Class words of a raw spec's ``data.degradations``, in order of first appearance, without
+    duplicates (None when it has none, or when one is unknown: validation reports that with its
+    path). A degradation that composes several (``mix``) gives the words of its parts
+    (``class_words(params)``), so ``[noise, {type: mix, params: {include: [low-light, noisy]}}]``
+    gives ``[noisy, low-light]``: the classes every part of a sample can be named by."""
     data = spec.get("data")
     if not isinstance(data, dict) or data.get("layout", "synthetic") != "synthetic":
         return None  # paired data names its classes by folder
     degradations = data.get("degradations")
     if not isinstance(degradations, list) or not degradations:
         return None
-    words = []
+    words: list[str] = []
     for d in degradations:
         name = d.get("type") if isinstance(d, dict) else None
         try:
-            words.append(degradation_word(registry.load("degradation", name)))
-        except Exception:  # noqa: BLE001 - not a known degradation: left to validation
+            cls = registry.load("degradation", name)
+            parts = getattr(cls, "class_words", None)
+            words.extend(parts(d.get("params") or {}) if callable(parts) else [degradation_word(cls)])
+        except Exception:  # noqa: BLE001 - not a known degradation, or bad params: left to validation
             return None
-    return words
+    return list(dict.fromkeys(words))
 
 
 def default_class_words(spec: dict[str, Any], registry: "Registry") -> None:

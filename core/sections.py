@@ -62,12 +62,33 @@ class Augment(Section):
         return v
 
 
+class PairSpec(Section):
+    """Real LQ/GT pairs of one degradation (e.g. LOL's ``low``/``high``), mixed into training.
+
+    Files pair by name (:func:`vlir.core.data.pairs.pair_files`: the same name, or the same once a
+    leading word is dropped: ``rain-1`` / ``norain-1``); every file needs its partner.
+    """
+
+    lq: str = Field(description="folder of degraded images")
+    gt: str = Field(description="folder of their clean references")
+    label: str = Field(description="class word the pairs show, one of the data's class words (e.g. low-light)")
+    weight: float = Field(gt=0, le=1, description="share of training samples drawn from these pairs")
+
+
 class DataSpec(Section):
     """Where training and validation images come from.
 
     ``layout: synthetic``: ``train``/``val`` are folders of clean images; each sample is a random
     crop degraded by one of ``degradations`` (chosen per sample). ``layout: paired``: they are
     DA-CLIP roots ``root/<degradation>/{LQ,GT}``. Validation images are degraded with a fixed seed.
+
+    ``pairs`` mixes real pairs into training (not validation): each training sample comes from
+    ``pairs[i]`` with probability ``pairs[i].weight`` and from the ``train`` folders with the rest,
+    ``1 - sum(weights)`` (which must then be > 0); without ``train`` folders the pairs alone, in
+    proportion to their weights. Their crops are ``patch_size`` with the flips, ``rot90`` and
+    ``channels`` augmentations (``scale`` applies to synthetic crops only); their ``label`` must
+    be one of the data's class words, and is the class of every pair. A stage that trains on some
+    of ``degradations`` only (``train.stages[].degradations``) draws only the pairs of their classes.
     """
 
     train: list[str] = Field(default_factory=list, description="folders of clean images (synthetic) or paired roots")
@@ -75,6 +96,8 @@ class DataSpec(Section):
     layout: Literal["synthetic", "paired"] = Field(
         "synthetic", description="synthetic | paired (DA-CLIP root/<degradation>/{LQ,GT})")
     degradations: list[DegradationSpec] = Field(default_factory=list)
+    pairs: list[PairSpec] = Field(default_factory=list, description="real LQ/GT pairs mixed into training: "
+                                                                     "[{lq: DIR, gt: DIR, label: WORD, weight: 0.3}]")
     captions: str | None = Field(None, description="DA-CLIP caption CSV (filepath<TAB>caption: degradation)")
     patch_size: int = Field(64, ge=8, le=8192, description="square training crop")
     batch_size: int = Field(8, ge=1, le=65536, description="global batch (all processes together)")
@@ -85,6 +108,15 @@ class DataSpec(Section):
     val_limit: int | None = Field(16, ge=1, description="at most this many validation samples")
 
     _lists = field_validator("train", "val", mode="before")(_as_list)
+
+    @field_validator("pairs")
+    @classmethod
+    def _weights(cls, v: list[PairSpec], info: Any) -> list[PairSpec]:
+        total = sum(p.weight for p in v)
+        if info.data.get("train") and total >= 1:
+            raise ValueError(f"weights sum to {total:g}, leaving nothing for the train folders; keep the sum "
+                             "below 1 (the train folders get 1 - sum), or drop data.train")
+        return v
 
 
 _TARGET = re.compile(r"^(restorer|perceiver(:[A-Za-z0-9_.\-]+)?)$")

@@ -226,8 +226,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 # input files and folders of a spec (YAML paths; "[]" = each item of a list); relative ones are read
 # from the spec file's folder. train.out is an output and stays relative to the working directory.
-INPUT_PATHS = ("data.train[]", "data.val[]", "data.captions", "eval.data[]", "train.proxies[]",
-               "perceivers[].weights", "backbone.weights", "process.weights", "losses[].weights")
+INPUT_PATHS = ("data.train[]", "data.val[]", "data.pairs[].lq", "data.pairs[].gt", "data.captions", "eval.data[]",
+               "train.proxies[]", "perceivers[].weights", "backbone.weights", "process.weights", "losses[].weights")
 
 
 def absolute_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:

@@ -119,8 +119,8 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
     return errors
 
 
-def _check_paths(spec: "PipelineSpec") -> list[tuple[str, str]]:
-    errors = []
+def _check_paths(spec: "PipelineSpec", registry: "Registry | None" = None) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
 
     def need(path: str, value: str, folder: bool) -> None:
         p = Path(value).expanduser()
@@ -143,6 +143,18 @@ def _check_paths(spec: "PipelineSpec") -> list[tuple[str, str]]:
                     CSVCaptions(Path(spec.data.captions).expanduser())
                 except CaptionError as e:
                     errors.append(("data.captions", str(e)))
+        if spec.data.pairs:  # real pairs: folders, pairing by name, labels among the data's class words
+            from .classes import data_words
+            from .data.datasets import paired_names
+            from .data.pairs import check_pairs
+            from .registry import get_registry
+
+            data = spec.data
+            if data.layout == "paired":
+                words = paired_names(Path(data.train[0]).expanduser()) if data.train else None
+            else:
+                words = data_words({"data": data.model_dump()}, registry or get_registry())
+            errors += check_pairs(data.pairs, words or None)
     if spec.eval is not None:
         for i, v in enumerate(spec.eval.data):
             need(f"eval.data[{i}]", v, folder=True)

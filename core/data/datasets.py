@@ -1,10 +1,13 @@
 """Training and evaluation datasets.
 
-Every item is a dict ``{lq, gt, degradation, degradation_name, caption, path}``: ``lq`` and ``gt``
-are float tensors [3, H, W] in [0, 1], ``degradation`` the class index, ``degradation_name`` the
-degradation word (DA-CLIP vocabulary), ``caption`` a clean-content caption from a caption source
-(any object with ``caption(path) -> str | None``, e.g. ``vlir.core.data.captions.CSVCaptions``;
-"a photo" when it has none).
+Every item is a dict ``{lq, gt, degradation, degradation_name, parts, caption, lq_caption, path}``:
+``lq`` and ``gt`` are float tensors [3, H, W] in [0, 1], ``degradation`` the class index,
+``degradation_name`` the degradation word (DA-CLIP vocabulary; of a composed degradation such as
+``mix``, its most severe part), ``parts`` every degradation the item shows with its severity
+(:func:`vlir.core.classes.format_parts`: ``"low-light=0.7300;noisy=0.4100"`` in the order applied,
+``""`` for a clean image; severities by :func:`severity`), ``caption`` a clean-content caption from
+a caption source (any object with ``caption(path) -> str | None``, e.g.
+``vlir.core.data.captions.CSVCaptions``; "a photo" when it has none).
 
 Items are deterministic given the dataset's ``seed``, the epoch (``set_epoch``) and the index,
 whatever the worker or the order of access. Unreadable files (empty, truncated, corrupt, too
@@ -23,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..classes import degradation_word  # noqa: F401  (re-exported: the class word of a degradation)
+from ..classes import degradation_word, format_parts
 from .images import ImageError, is_image_file, read_image
 
 log = logging.getLogger("vlir.data")
@@ -210,6 +213,58 @@ def resolve_degradation(spec: Any, registry: Any = None) -> torch.nn.Module:
 
 
 
+# -- what an item shows -------------------------------------------------------------------------
+CLEAN = "clean"  # the class word of undegraded images (plugins/degradations/clean.py): no parts
+
+
+def severity(before: torch.Tensor, after: torch.Tensor) -> float:
+    """How much one degradation changed an image: ``clamp((40 - PSNR(before, after)) / 30, 0, 1)``
+    (float PSNR in dB, :func:`vlir.core.metrics.psnr_torch`): 0 at 40 dB and above (barely
+    visible), 1 at 10 dB and below. Images [C, H, W] or [1, C, H, W] in [0, 1]."""
+    from ..metrics import psnr_torch
+
+    a, b = (x.reshape(-1, *x.shape[-3:]).float() for x in (after, before))
+    db = float(psnr_torch(a, b))
+    return min(max((40.0 - db) / 30.0, 0.0), 1.0)
+
+
+def shown_words(module: Any) -> list[str]:
+    """The class words a degradation module can show: its parts' (``class_words(params)``, e.g.
+    ``mix``), else its own word."""
+    parts = getattr(type(module), "class_words", None)
+    return list(parts(module.params)) if callable(parts) else [degradation_word(module)]
+
+
+def vocabulary(modules: Iterable[Any]) -> list[str]:
+    """The class words of degradation modules, their parts expanded, in order of first appearance
+    without duplicates (as :func:`vlir.core.classes.data_words` gives them for a spec)."""
+    return list(dict.fromkeys(w for m in modules for w in shown_words(m)))
+
+
+def degrade(module: torch.nn.Module, gt: torch.Tensor, generator: torch.Generator
+            ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``module`` applied to one clean image [3, H, W], and the parts the result shows
+    (``{word: severity}`` in the order applied): each part of a module with ``compose_steps``
+    (``mix``) measured on the images before and after it; none for ``clean``."""
+    with torch.no_grad():
+        steps = getattr(module, "compose_steps", None)
+        if callable(steps):
+            lq, (done,) = steps(gt[None], generator=generator)
+            parts, before = {}, gt
+            for word, after in done:
+                parts[word] = severity(before, after)
+                before = after
+            return lq[0], parts
+        lq = module(gt[None], generator=generator)[0]
+    word = degradation_word(module)
+    return lq, {} if word == CLEAN else {word: severity(gt, lq)}
+
+
+def label_parts(word: str, lq: torch.Tensor, gt: torch.Tensor) -> str:
+    """The parts string of a pair with a declared degradation word: the word at the severity of
+    ``lq`` against ``gt`` (``""`` for ``clean``)."""
+    return "" if word == CLEAN else format_parts({word: severity(gt, lq)})
+
 
 class _Epoch:
     epoch: int = 0
@@ -229,6 +284,10 @@ class SyntheticDegradations(_Epoch, Dataset):
     defaults to ``len(images) * K``. Each item is a random ``patch_size`` crop (``None``: the
     whole image) with random flips and the augmentations of :func:`crop_flip` asked for
     (``rot90``, ``channels``, ``scale``); the degradation runs on the augmented clean crop.
+
+    ``names`` are the degradations' own words (one per degradation; ``mixed`` for a mix),
+    ``classes`` the class vocabulary :func:`vocabulary` (a mix's parts expanded) that an item's
+    ``degradation`` indexes: ``classes[degradation] == degradation_name``, the most severe part of a mix.
     """
 
     def __init__(self, roots: PathLike | Iterable[PathLike], degradations: Sequence[Any],
@@ -268,7 +327,13 @@ class SyntheticDegradations(_Epoch, Dataset):
 
     @property
     def names(self) -> list[str]:
+        """The word of each degradation, in order."""
         return [degradation_word(m) for m in self.degradations]
+
+    @property
+    def classes(self) -> list[str]:
+        """The class words items are labelled with (``degradation`` indexes them)."""
+        return vocabulary(self.degradations)
 
     def __len__(self) -> int:
         return self.length
@@ -304,12 +369,13 @@ class SyntheticDegradations(_Epoch, Dataset):
             raise RuntimeError(f"no readable image left among {n} files (see the vlir.data warnings)")
         (gt,) = crop_flip([img], self.patch_size, g, self.flips, **self.augment)
         module = self.degradations[d]
-        with torch.no_grad():
-            lq = module(gt[None], generator=g)[0]
-        word = degradation_word(module)
+        lq, parts = degrade(module, gt, g)
+        # the single label: the most severe part (the first of equals), else the degradation's word
+        word = max(parts, key=parts.get) if parts else degradation_word(module)
         caption = _caption(self.captions, self.files[j])
-        return {"lq": lq, "gt": gt, "degradation": d, "degradation_name": word, "caption": caption,
-                "lq_caption": lq_caption(caption, word), "path": str(self.files[j])}
+        return {"lq": lq, "gt": gt, "degradation": self.classes.index(word), "degradation_name": word,
+                "parts": format_parts(parts), "caption": caption, "lq_caption": lq_caption(caption, word),
+                "path": str(self.files[j])}
 
 
 def lq_caption(caption: str, degradation: str) -> str:
@@ -321,11 +387,13 @@ def lq_caption(caption: str, degradation: str) -> str:
 def pair_item(ds: Any, lq: torch.Tensor, gt: torch.Tensor, a: Path, b: Path, index: int, word: str,
               g: torch.Generator) -> dict[str, Any]:
     """The item of a read pair (files ``a``, ``b``): aligned crop and flips as ``ds`` says
-    (``patch_size``, ``flips``, ``augment``), its captions (``ds.captions``) and class."""
+    (``patch_size``, ``flips``, ``augment``), its captions (``ds.captions``), class and parts
+    (:func:`label_parts`, measured on the crop)."""
     lq, gt = crop_flip([lq, gt], ds.patch_size, g, ds.flips, **ds.augment)
     caption = _caption(ds.captions, a, b)
-    return {"lq": lq, "gt": gt, "degradation": index, "degradation_name": word, "caption": caption,
-            "lq_caption": lq_caption(caption, word), "path": str(a), "gt_path": str(b)}
+    return {"lq": lq, "gt": gt, "degradation": index, "degradation_name": word,
+            "parts": label_parts(word, lq, gt), "caption": caption, "lq_caption": lq_caption(caption, word),
+            "path": str(a), "gt_path": str(b)}
 
 
 def _subdir(folder: Path, name: str) -> Path | None:
@@ -333,6 +401,14 @@ def _subdir(folder: Path, name: str) -> Path | None:
         if p.is_dir() and p.name.lower() == name.lower():
             return p
     return None
+
+
+def paired_names(root: PathLike) -> list[str]:
+    """The degradation folders of a DA-CLIP root (sub-folders holding ``LQ`` and ``GT``), sorted:
+    the classes of :class:`PairedFolders` by default."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _subdir(p, "LQ") is not None
+                  and _subdir(p, "GT") is not None) if root.is_dir() else []
 
 
 class PairedFolders(_Epoch, Dataset):
@@ -353,8 +429,7 @@ class PairedFolders(_Epoch, Dataset):
         if not root.is_dir():
             raise FileNotFoundError(f"paired dataset folder {root} does not exist")
         if names is None:
-            names = sorted(p.name for p in root.iterdir()
-                           if p.is_dir() and _subdir(p, "LQ") is not None and _subdir(p, "GT") is not None)
+            names = paired_names(root)
             if not names:
                 raise ValueError(f"{root}: no <degradation>/LQ and <degradation>/GT folders found")
         self.root = root

@@ -82,6 +82,28 @@ def _natural(key: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
+def check_pairs(pairs: Sequence[Any], words: Sequence[str] | None, field: str = "data.pairs"
+                ) -> list[tuple[str, str]]:
+    """(YAML path, reason) of each unusable pair source of a spec (items with ``lq``, ``gt``,
+    ``label``: :class:`vlir.core.sections.PairSpec`): a missing folder, files that do not pair by
+    name or no pairs at all, a label that is not one of the class ``words`` (None: not checked)."""
+    errors = []
+    for i, p in enumerate(pairs):
+        where = f"{field}[{i}]"
+        missing = [(k, v) for k, v in (("lq", p.lq), ("gt", p.gt)) if not Path(v).expanduser().is_dir()]
+        errors += [(f"{where}.{k}", f"no such folder: {v}") for k, v in missing]
+        if not missing:
+            try:
+                if not pair_files(Path(p.lq).expanduser(), Path(p.gt).expanduser()):
+                    errors.append((where, f"{p.lq} and {p.gt} hold no images to pair"))
+            except ValueError as e:
+                errors.append((where, str(e)))
+        if words is not None and p.label not in words:
+            errors.append((f"{where}.label", f"{p.label!r} is not a class word of the data "
+                                             f"({', '.join(words) or 'none'})"))
+    return errors
+
+
 class FolderPairs(_Epoch, Dataset):
     """Pairs of ``lq_dir`` and ``gt_dir`` (:func:`pair_files`) of one degradation word ``label``.
 
@@ -125,9 +147,11 @@ class FolderPairs(_Epoch, Dataset):
 
 class Weighted(_Epoch, Dataset):
     """``length`` items, each drawn from one of ``datasets`` with probability ``weights`` (normalised),
-    and within it at a random index; deterministic given ``seed``, the epoch and the index."""
+    and within it at a random index; deterministic given ``seed``, the epoch and the index.
+    ``classes``: the class words the items' ``degradation`` indexes (shared by the datasets)."""
 
-    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], length: int, seed: int = 0):
+    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], length: int, seed: int = 0,
+                 classes: Sequence[str] | None = None):
         if len(datasets) != len(weights) or not datasets:
             raise ValueError(f"weighted mixture: {len(datasets)} datasets but {len(weights)} weights")
         if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -138,6 +162,7 @@ class Weighted(_Epoch, Dataset):
         self.weights = torch.tensor([float(w) for w in weights], dtype=torch.float64)
         self.length = int(length)
         self.seed = seed
+        self.classes = None if classes is None else list(classes)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

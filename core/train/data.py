@@ -76,7 +76,9 @@ def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int
     """The training (``split='train'``) or validation (``'val'``) dataset of a data section.
 
     Both are balanced over the degradations (item ``i`` has class ``i % K``); validation items
-    have a fixed seed and no flips, and there are at most ``limit`` of them.
+    have a fixed seed and no flips, and there are at most ``limit`` of them. Training mixes in
+    ``data.pairs`` by weight (:class:`vlir.core.data.pairs.Weighted`; the train folders get
+    ``1 - sum`` of the pairs' weights); the pairs' items are labelled in the train folders' classes.
     """
     try:
         return _build_dataset(data, split, patch_size, limit, registry)
@@ -88,39 +90,91 @@ def build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int
 
 def _build_dataset(data: DataSpec, split: str, patch_size: int | None, limit: int | None,
                    registry: Any) -> Dataset:
-    from ..data.datasets import PairedFolders, SyntheticDegradations
-
-    paths = data.train if split == "train" else data.val
-    roots = check_folders(paths, f"data.{split}")
-    if not roots:
+    train = split == "train"
+    paths = data.train if train else data.val
+    pairs = data.pairs if train else []
+    if not paths and not pairs:
         raise SpecError([(f"data.{split}", "no folders given")])
     captions = caption_source(data)
+    aug = data.augment if train else Augment()
+    ds = _folders(data, split, paths, patch_size, captions, aug, registry) if paths else None
+    if pairs:
+        ds = _with_pairs(data, ds, patch_size, captions, aug, registry)
+    if limit is not None and len(ds) > limit:
+        ds = Subset(ds, limit)
+    return ds
+
+
+def _folders(data: DataSpec, split: str, paths: list[str], patch_size: int | None, captions: Any,
+             aug: Augment, registry: Any) -> Dataset:
+    """The dataset of the train or val folders."""
+    from ..data.datasets import PairedFolders, SyntheticDegradations
+
+    roots = check_folders(paths, f"data.{split}")
     train = split == "train"
     if data.layout == "synthetic":
         if not data.degradations:
             raise SpecError([("data.degradations", "synthetic data needs at least one degradation, "
                                                    "e.g. [{type: noise}, {type: jpeg}]")])
-        aug = data.augment if train else Augment()
-        ds: Dataset = SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
-                                            seed=data.seed + (0 if train else 1), balanced=True,
-                                            captions=captions, flips=train, rot90=aug.rot90,
-                                            channels=aug.channels, scale=aug.scale, registry=registry)
+        return SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
+                                     seed=data.seed + (0 if train else 1), balanced=True,
+                                     captions=captions, flips=train, rot90=aug.rot90,
+                                     channels=aug.channels, scale=aug.scale, registry=registry)
+    if aug.scale != (1.0, 1.0):
+        raise SpecError([("data.augment.scale", "scale augmentation is for synthetic data (it would resample "
+                                                "the LQ image's degradation); use rot90 and channels")])
+    parts = []
+    names = None
+    for root in roots:
+        p = PairedFolders(root, names=names, patch_size=patch_size, balanced=True, seed=data.seed,
+                          captions=captions, flips=train, rot90=aug.rot90, channels=aug.channels)
+        names = p.names
+        parts.append(p)
+    return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, captions: Any,
+                aug: Augment, registry: Any) -> Dataset:
+    """``base`` (the train folders' dataset, or None) and ``data.pairs`` drawn by weight.
+
+    Class words: those of ``base``, else of ``data.degradations``, else the pairs' labels (items'
+    ``degradation`` indexes them). Pairs whose label is not among them are left out with a
+    warning: a stage that trains on some of ``data.degradations`` only (``stages[].degradations``)
+    trains on the pairs of those classes only. (A label that is none of the spec's class words is
+    an error of :func:`vlir.core.validate.validate`, which ``vlir train`` runs first.)"""
+    from ..data.datasets import log, resolve_degradation, vocabulary
+    from ..data.pairs import FolderPairs, Weighted, check_pairs
+
+    if base is not None:
+        words: list[str] | None = class_names(base)
+    elif data.layout == "synthetic" and data.degradations:
+        words = vocabulary(resolve_degradation(s, registry) for s in degradation_specs(data))
     else:
-        aug = data.augment if train else Augment()
-        if aug.scale != (1.0, 1.0):
-            raise SpecError([("data.augment.scale", "scale augmentation is for synthetic data (it would resample "
-                                                    "the LQ image's degradation); use rot90 and channels")])
-        parts = []
-        names = None
-        for root in roots:
-            p = PairedFolders(root, names=names, patch_size=patch_size, balanced=True, seed=data.seed,
-                              captions=captions, flips=train, rot90=aug.rot90, channels=aug.channels)
-            names = p.names
-            parts.append(p)
-        ds = parts[0] if len(parts) == 1 else Concat(parts)
-    if limit is not None and len(ds) > limit:
-        ds = Subset(ds, limit)
-    return ds
+        words = None
+    errors = check_pairs(data.pairs, None)
+    if errors:
+        raise SpecError(errors)
+    words = words or list(dict.fromkeys(p.label for p in data.pairs))
+    sets = [] if base is None else [base]
+    weights = [] if base is None else [1.0 - sum(p.weight for p in data.pairs)]
+    for i, p in enumerate(data.pairs):
+        if p.label not in words:
+            log.warning("data.pairs[%d] (%s, label %r) left out: not a class of this data (%s)",
+                        i, p.lq, p.label, ", ".join(words))
+            continue
+        try:
+            sets.append(FolderPairs(os.path.expanduser(p.lq), os.path.expanduser(p.gt), p.label,
+                                    patch_size=patch_size, seed=data.seed, index=words.index(p.label),
+                                    captions=captions, flips=True, rot90=aug.rot90, channels=aug.channels))
+        except (ValueError, FileNotFoundError) as e:
+            raise SpecError([(f"data.pairs[{i}]", str(e))]) from e
+        weights.append(p.weight)
+    if not sets:
+        raise SpecError([("data.pairs", f"no pairs of the classes {', '.join(words)} and no train folders")])
+    if len(sets) == 1 and base is not None:  # every pair left out
+        return base
+    # an epoch: as many items as the sets hold together (each item drawn by weight)
+    return Weighted(sets, weights, length=sum(len(d) for d in sets), seed=data.seed, classes=words)
 
 
 class Subset(Dataset):
@@ -143,10 +197,12 @@ class Subset(Dataset):
 
 
 def class_names(ds: Dataset) -> list[str]:
-    """Degradation words of a dataset, in class-index order."""
+    """Degradation words of a dataset, in class-index order (the ``degradation`` of its items)."""
     while isinstance(ds, (Concat, Subset)):
         ds = ds.parts[0] if isinstance(ds, Concat) else ds.dataset
-    names = getattr(ds, "names", None)
+    names = getattr(ds, "classes", None)
+    if names is None:
+        names = getattr(ds, "names", None)
     return list(names) if names is not None else []
 
 

@@ -33,7 +33,8 @@ class Mix(Degradation):
     """Per image, ``count`` distinct degradations of ``include`` (class words), at most one of the
     scene (hazy, rainy, low-light), applied in the order light meets them: scene, then capture
     (blur, shake, noise), then storage (JPEG). ``params`` overrides a part's params by class word.
-    :meth:`compose` also returns the class words present in each image (in order applied).
+    :meth:`compose` also returns the class words present in each image (in order applied),
+    :meth:`compose_steps` the image after each part (what a part's severity is measured on).
     """
 
     label = "mixed"
@@ -82,18 +83,42 @@ class Mix(Degradation):
             chosen.append([w for w in words if w in pick])  # words are in physical order
         return chosen
 
+    @classmethod
+    def class_words(cls, params: Any = None) -> list[str]:
+        """The class words a mix with ``params`` (a dict or Params) can show, in physical order: the
+        vocabulary a spec's ``data.degradations`` gets from it (``vlir.core.classes.data_words``)."""
+        p = params if isinstance(params, cls.Params) else cls.Params(**dict(params or {}))
+        return [c.label for c in PARTS if c.label in p.include]
+
+    def _run(self, img: torch.Tensor, generator: torch.Generator | None, keep: bool
+             ) -> tuple[torch.Tensor, list[list[str]], list[list[tuple[str, torch.Tensor]]]]:
+        x, dtype = as_float(img, "mix")
+        labels = self.choose(x.shape[0], generator)
+        out, steps = [], []
+        for i, words in enumerate(labels):
+            y = x[i:i + 1]
+            done = []
+            for w in words:
+                y = self.parts[w](y, generator=generator)
+                if keep:
+                    done.append((w, y))
+            out.append(y)
+            steps.append(done)
+        return finish(torch.cat(out), dtype), labels, steps
+
     def compose(self, img: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, list[list[str]]]:
         """The degraded images and the class words present in each."""
-        x, dtype = as_float(img, "mix")
-        labels = self.choose(x.shape[0], generator)
-        out = []
-        for i, words in enumerate(labels):
-            y = x[i:i + 1]
-            for w in words:
-                y = self.parts[w](y, generator=generator)
-            out.append(y)
-        return finish(torch.cat(out), dtype), labels
+        out, labels, _ = self._run(img, generator, keep=False)
+        return out, labels
+
+    def compose_steps(self, img: torch.Tensor, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, list[list[tuple[str, torch.Tensor]]]]:
+        """The degraded images (as :meth:`compose`, same draws) and, per image, each part applied:
+        ``(class word, the image after it [1, C, H, W] float)``, in order; the image before the
+        first part is the input. The datasets measure each part's severity from these."""
+        out, _, steps = self._run(img, generator, keep=True)
+        return out, steps
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.compose(img, generator)[0]
