@@ -32,11 +32,6 @@ def reads(backbone_cls: type) -> dict[str, bool]:
             "tokens": backbone_cls.condition_params(None, _PROBE) != none}
 
 
-def degradation_word(registry: "Registry", name: str) -> str:
-    """The class word of a registered degradation: its ``label``, else its registry name."""
-    return getattr(registry.load("degradation", name), "label", "") or name
-
-
 def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool = False,
                  losses: bool = True, failed: "set[str] | frozenset[str]" = frozenset()) -> list[tuple[str, str]]:
     """(YAML path, reason) of every reference in ``spec`` that does not fit.
@@ -105,8 +100,10 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
     # every perceiver that classifies degradations (training and teacher routing read it)
     data = spec.data
     if data is not None and data.layout == "synthetic" and data.degradations:
-        words = [degradation_word(registry, d.type) for i, d in enumerate(data.degradations)
-                 if f"data.degradations[{i}]" not in failed]
+        from .classes import data_words  # a mix's parts expanded: the words its samples are labelled by
+
+        ok = [d.model_dump() for i, d in enumerate(data.degradations) if f"data.degradations[{i}]" not in failed]
+        words = data_words({"data": {"degradations": ok}}, registry) or []
         for i, p in enumerate(spec.perceivers):
             classes = p.params.get("degradations")
             if not isinstance(classes, list) or f"perceivers[{i}]" in failed:
