@@ -74,11 +74,23 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                                                    f"false, or use a backbone that reads them"))
 
     if losses:
+        # each perceiver's names as Loss.perceiver_kinds gives them: registry name and class name
+        names = [{p.type} if f"perceivers[{i}]" in failed else
+                 {p.type, (c := registry.load("perceiver", p.type, p.provider)).name, c.__name__}
+                 for i, p in enumerate(spec.perceivers)]
         for i, loss in enumerate(spec.losses):
-            role = loss.params.get("perceiver") if f"losses[{i}]" not in failed else None
+            if f"losses[{i}]" in failed:
+                continue
+            role = loss.params.get("perceiver")
             if isinstance(role, str) and role not in roles:
                 errors.append((f"losses[{i}].params.perceiver", f"loss {loss.type!r} names perceiver role "
                                                                 f"{role!r}, which the spec does not have; {known}"))
+            kinds = registry.load("loss", loss.type, loss.provider).perceiver_kinds
+            if role is None and kinds and not any(n & set(kinds) for n in names):
+                errors.append((f"losses[{i}]", f"loss {loss.type!r} reads a perceiver of type "
+                                               f"{' or '.join(kinds)} and the spec has none ({known}); add one "
+                                               f"to perceivers, or set losses[{i}].params.perceiver to the role "
+                                               f"of the perceiver to read"))
     if model_only:
         return errors
 

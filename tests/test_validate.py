@@ -81,6 +81,35 @@ def test_loss_naming_a_missing_perceiver_role(tmp_path):
     assert "'quality'" in errs["losses[1].params.perceiver"] and "perceivers: daclip" in errs["losses[1].params.perceiver"]
 
 
+@pytest.mark.parametrize("loss, perceivers, kind", [
+    ("clip_quality", "[{type: daclip, preset: tiny}]", "quality_perceiver"),
+    ("clip_quality", "[]", "quality_perceiver"),
+    ("daclip_contrastive", "[{type: quality_perceiver, preset: tiny}]", "daclip"),
+    ("degradation_contrastive", "[{type: quality_perceiver, preset: tiny}]", "daclip"),
+])
+def test_loss_reading_a_perceiver_type_the_spec_lacks(tmp_path, loss, perceivers, kind):
+    """``params.perceiver: null`` reads the first perceiver of the loss's perceiver_kinds: a spec
+    without one fails here, not at the first training step."""
+    errs = errors_of(spec_file(tmp_path, f"""
+        perceivers: {perceivers}
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: l1}}, {{type: {loss}}}]
+    """))
+    assert list(errs) == ["losses[1]"]
+    assert f"reads a perceiver of type {kind}" in errs["losses[1]"] and "losses[1].params.perceiver" in errs["losses[1]"]
+    # with a perceiver of that type, or an explicit role, the wiring fits
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny}}, {{type: quality_perceiver, preset: tiny}}]
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: {loss}}}]
+    """, "ok.yaml"), REG)
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: {kind}, preset: tiny, role: mine}}, {{type: quality_perceiver, preset: tiny}}]
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: {loss}, params: {{perceiver: mine}}}}]
+    """, "role.yaml"), REG)
+
+
 def test_stage_target_naming_a_missing_perceiver(tmp_path):
     errs = errors_of(spec_file(tmp_path, f"""
         perceivers: [{{type: daclip, preset: tiny}}]
