@@ -139,6 +139,54 @@ def test_perceiver_class_words_must_be_the_data_labels(tmp_path):
     """, "ok.yaml"), REG)
 
 
+def paired_root(folder: Path, *words: str) -> Path:
+    """DA-CLIP's layout root/<word>/{LQ,GT}/ with one (unread) pair per word."""
+    for w in words:
+        for side in ("LQ", "GT"):
+            (folder / w / side).mkdir(parents=True)
+            (folder / w / side / "0.png").write_bytes(b"")
+    return folder
+
+
+def test_paired_folder_words_must_be_the_perceiver_and_expert_classes(tmp_path):
+    paired_root(tmp_path / "specs" / "train", "noisy", "rain")
+    paired_root(tmp_path / "specs" / "val", "noisy", "hazy")
+    errs = errors_of(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny, params: {{degradations: [noisy, rainy, jpeg-compressed]}}}}]
+        backbone:
+          type: experts
+          params: {{expert_params: {TINY_NAF}, overrides: {{jpeg-compressed: {{width: 16}}}}}}
+        condition: {{perceiver: daclip, vector: probs}}
+        data: {{layout: paired, train: [train], val: [val]}}
+    """, "specs/spec.yaml"))
+    assert list(errs) == ["perceivers[0].params.degradations", "backbone.params.overrides"]
+    msg = errs["perceivers[0].params.degradations"]
+    assert "['rain'] of data.train[0]" in msg and "['hazy'] of data.val[0]" in msg
+    assert "['jpeg-compressed'] have no degradation folder in data.train[0]" in errs["backbone.params.overrides"]
+    # folders named by the class words pass
+    paired_root(tmp_path / "specs" / "ok", "noisy", "rainy", "jpeg-compressed")
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny, params: {{degradations: [noisy, rainy, jpeg-compressed]}}}}]
+        backbone:
+          type: experts
+          params: {{expert_params: {TINY_NAF}, overrides: {{jpeg-compressed: {{width: 16}}}}}}
+        condition: {{perceiver: daclip, vector: probs}}
+        data: {{layout: paired, train: [ok], val: [ok]}}
+    """, "specs/ok.yaml"), REG)
+
+
+def test_paired_roots_are_read_at_validation(tmp_path):
+    paired_root(tmp_path / "specs" / "a", "noisy", "rainy")
+    paired_root(tmp_path / "specs" / "b", "noisy")   # lacks the first root's rainy folder
+    (tmp_path / "specs" / "flat").mkdir()            # no <degradation>/{LQ,GT} at all
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data: {{layout: paired, train: [a, b], val: [flat]}}
+    """, "specs/spec.yaml"))
+    assert list(errs) == ["data.train[1]", "data.val[0]"]
+    assert "LQ and GT" in errs["data.train[1]"] and "no <degradation>/LQ" in errs["data.val[0]"]
+
+
 def test_nafnet_levels_of_different_lengths(tmp_path):
     errs = errors_of(spec_file(tmp_path, """
         backbone: {type: nafnet, params: {width: 8, enc_blk_nums: [1, 1, 1], dec_blk_nums: [1, 1]}}
