@@ -229,6 +229,61 @@ def test_expert_count_and_sigmas_are_bounded(tmp_path):
     assert "> 0" in errs["data.degradations[1].params.sigma"]
 
 
+@pytest.mark.parametrize("degradation, where, expected", [
+    ("{type: camera_noise, params: {shot: [0, 0.01]}}", "shot", "> 0"),
+    ("{type: camera_noise, params: {read: -0.001}}", "read", "> 0"),
+    ("{type: camera_noise, params: {gamma: 0}}", "gamma", "> 0"),
+    ("{type: camera_noise, params: {jpeg: [60, 101]}}", "jpeg", "in [1, 100]"),
+    ("{type: camera_noise, params: {jpeg_probability: 1.5}}", "jpeg_probability", "less than or equal to 1"),
+    ("{type: jpeg, params: {quality: 0}}", "quality", "in [1, 100]"),
+    ("{type: rain_streaks, params: {layers: 0}}", "layers", ">= 1"),
+    ("{type: rain_streaks, params: {density: 5}}", "density", "in [0, 1]"),
+    ("{type: rain_streaks, params: {length: [0, 10]}}", "length", "in (0, 256]"),
+    ("{type: rain_streaks, params: {length: 1000000}}", "length", "in (0, 256]"),
+    ("{type: rain_streaks, params: {width: -1}}", "width", "in (0, 256]"),
+    ("{type: rain_streaks, params: {spread: -5}}", "spread", "greater than or equal to 0"),
+    ("{type: rain_streaks, params: {intensity: [0.5, 2]}}", "intensity", "in [0, 1]"),
+    ("{type: rain_streaks, params: {veil: [0.2, 0.1]}}", "veil", "low <= high"),
+    ("{type: lens_blur, params: {sigma: 0}}", "sigma", "in (0, 256]"),
+    ("{type: lens_blur, params: {radius: 100000}}", "radius", "in (0, 256]"),
+    ("{type: lens_blur, params: {defocus: -0.1}}", "defocus", "greater than or equal to 0"),
+    ("{type: shake, params: {length: -3}}", "length", "in (0, 256]"),
+    ("{type: shake, params: {curl: -0.1}}", "curl", ">= 0"),
+    ("{type: mix, params: {count: [0, 2]}}", "count", ">= 1"),
+    ("{type: mix, params: {params: {hazy: {tint: 2}}}}", "params.hazy.tint", "less than or equal to 1"),
+    ("{type: mix, params: {params: {noisy: {shott: 0.1}}}}", "params.noisy.shott", "did you mean 'shot'"),
+    ("{type: haze, params: {tint: -0.5}}", "tint", "greater than or equal to 0"),
+    ("{type: haze, params: {cells: 0}}", "cells", "greater than or equal to 1"),
+    ("{type: haze, params: {cells: 100000}}", "cells", "less than or equal to 256"),
+    ("{type: haze, params: {ramp: 1.5}}", "ramp", "less than or equal to 1"),
+    ("{type: haze, params: {airlight: [0.7, 1.5]}}", "airlight", "in [0, 1]"),
+    ("{type: haze, params: {beta: -1}}", "beta", ">= 0"),
+    ("{type: low_light, params: {cast: 2}}", "cast", "less than or equal to 1"),
+    ("{type: low_light, params: {gain: 0}}", "gain", "> 0"),
+    ("{type: low_light, params: {shot: -0.01}}", "shot", ">= 0"),
+    ("{type: low_light, params: {read: [0.02, 0.01]}}", "read", "low <= high"),
+    ("{type: low_light, params: {scale: [0.1, 2]}}", "scale", "in [0, 1]"),
+    ("{type: rain, params: {density: 2}}", "density", "in [0, 1]"),
+    ("{type: motion_blur, params: {length: 1000000}}", "length", "in (0, 256]"),
+    ("{type: inpainting, params: {box_size: [0.1, 1.5]}}", "box_size", "in [0, 1]"),
+    ("{type: inpainting, params: {strokes: 0}}", "strokes", ">= 1"),
+])
+def test_degradation_values_are_bounded(tmp_path, degradation, where, expected):
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data:
+          degradations: [{{type: noise}}, {degradation}]
+    """))
+    path = f"data.degradations[1].params.{where}"
+    assert list(errs) == [path] and expected in errs[path]
+
+
+def test_degradation_defaults_are_within_their_bounds():
+    for entry in REG.list("degradation"):
+        for preset in [None, *REG.presets("degradation", entry.name)]:
+            REG.resolve("degradation", entry.name, preset=preset)
+
+
 def test_data_sizes_are_bounded(tmp_path):
     errs = errors_of(spec_file(tmp_path, f"""
         backbone: {{type: nafnet, params: {TINY_NAF}}}
