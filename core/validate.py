@@ -74,10 +74,14 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                                                    f"false, or use a backbone that reads them"))
 
     if losses:
-        # each perceiver's names as Loss.perceiver_kinds gives them: registry name and class name
-        names = [{p.type} if f"perceivers[{i}]" in failed else
-                 {p.type, (c := registry.load("perceiver", p.type, p.provider)).name, c.__name__}
-                 for i, p in enumerate(spec.perceivers)]
+        def names_of(i: int, p: Any) -> set[str]:  # a perceiver's names as Loss.perceiver_kinds gives them
+            if f"perceivers[{i}]" in failed:
+                return {p.type}
+            cls = registry.load("perceiver", p.type, p.provider)
+            return {p.type, cls.name, cls.__name__}
+
+        names = [names_of(i, p) for i, p in enumerate(spec.perceivers)]
+        registered = {e.name for e in registry.list("perceiver")}
         for i, loss in enumerate(spec.losses):
             if f"losses[{i}]" in failed:
                 continue
@@ -87,8 +91,9 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                                                                 f"{role!r}, which the spec does not have; {known}"))
             kinds = registry.load("loss", loss.type, loss.provider).perceiver_kinds
             if role is None and kinds and not any(n & set(kinds) for n in names):
+                types = [k for k in kinds if k in registered] or kinds  # the registry names, not class names
                 errors.append((f"losses[{i}]", f"loss {loss.type!r} reads a perceiver of type "
-                                               f"{' or '.join(kinds)} and the spec has none ({known}); add one "
+                                               f"{' or '.join(types)} and the spec has none ({known}); add one "
                                                f"to perceivers, or set losses[{i}].params.perceiver to the role "
                                                f"of the perceiver to read"))
     if model_only:
@@ -178,7 +183,7 @@ def _check_paired(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str,
     from .data.datasets import PairedFolders
 
     errors: list[tuple[str, str]] = []
-    words: dict[str, list[str]] = {}  # YAML path of a split's first root -> its folder words
+    words: dict[str, list[str]] = {}  # YAML path of a split's first readable root -> its folder words
     for key in ("train", "val"):
         names = None
         for i, root in enumerate(getattr(data, key)):
