@@ -96,7 +96,8 @@ def test_loss_reading_a_perceiver_type_the_spec_lacks(tmp_path, loss, perceivers
         losses: [{{type: l1}}, {{type: {loss}}}]
     """))
     assert list(errs) == ["losses[1]"]
-    assert f"reads a perceiver of type {kind}" in errs["losses[1]"] and "losses[1].params.perceiver" in errs["losses[1]"]
+    msg = errs["losses[1]"]
+    assert f"reads a perceiver of type {kind}" in msg and "set losses[1].params.perceiver" in msg
     # with a perceiver of that type, or an explicit role, the wiring fits
     validate(spec_file(tmp_path, f"""
         perceivers: [{{type: daclip, preset: tiny}}, {{type: quality_perceiver, preset: tiny}}]
