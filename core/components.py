@@ -232,6 +232,10 @@ class Loss(Component):
     kind: ClassVar[str] = "loss"
     inputs: ClassVar[tuple[str, ...]] = ("restored", "gt")
     optional_inputs: ClassVar[tuple[str, ...]] = ()  # inputs that may be None (e.g. proxies)
+    # the perceivers a loss can read when its Params ``perceiver`` (a role) is None, by registry name
+    # or class name: a spec needs one of them (vlir.core.validate.check_wiring) or a role; at run time
+    # the loss reads the first of them. Empty: the loss reads no perceiver by type.
+    perceiver_kinds: ClassVar[tuple[str, ...]] = ()
 
     class Params(Params):
         pass

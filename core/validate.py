@@ -4,8 +4,8 @@
 between sections: perceiver roles, the process, the conditioning the backbone can read, the roles
 losses and stages name, the perceivers' class words against the data's degradations.
 :func:`validate` (``vlir spec validate``, and ``vlir train`` before any work) adds what depends on
-the machine: input files and folders, and every component built on the meta device (no memory,
-no weights read).
+the machine: input files and folders (and the class words of paired folders), and every component
+built on the meta device (no memory, no weights read).
 """
 from __future__ import annotations
 
@@ -69,11 +69,28 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                                                    f"false, or use a backbone that reads them"))
 
     if losses:
+        def names_of(i: int, p: Any) -> set[str]:  # a perceiver's names as Loss.perceiver_kinds gives them
+            if f"perceivers[{i}]" in failed:
+                return {p.type}
+            cls = registry.load("perceiver", p.type, p.provider)
+            return {p.type, cls.name, cls.__name__}
+
+        names = [names_of(i, p) for i, p in enumerate(spec.perceivers)]
+        registered = {e.name for e in registry.list("perceiver")}
         for i, loss in enumerate(spec.losses):
-            role = loss.params.get("perceiver") if f"losses[{i}]" not in failed else None
+            if f"losses[{i}]" in failed:
+                continue
+            role = loss.params.get("perceiver")
             if isinstance(role, str) and role not in roles:
                 errors.append((f"losses[{i}].params.perceiver", f"loss {loss.type!r} names perceiver role "
                                                                 f"{role!r}, which the spec does not have; {known}"))
+            kinds = registry.load("loss", loss.type, loss.provider).perceiver_kinds
+            if role is None and kinds and not any(n & set(kinds) for n in names):
+                types = [k for k in kinds if k in registered] or kinds  # the registry names, not class names
+                errors.append((f"losses[{i}]", f"loss {loss.type!r} reads a perceiver of type "
+                                               f"{' or '.join(types)} and the spec has none ({known}); add one "
+                                               f"to perceivers, or set losses[{i}].params.perceiver to the role "
+                                               f"of the perceiver to read"))
     if model_only:
         return errors
 
@@ -163,6 +180,56 @@ def _check_paths(spec: "PipelineSpec", registry: "Registry | None" = None) -> li
     return errors
 
 
+def _check_paired(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str, str]]:
+    """``layout: paired`` names its classes by folder (``root/<degradation>/{LQ,GT}``, as training
+    reads them: the first root's folders, which every other root of the split must have): each
+    folder word must be a class word of every perceiver that classifies degradations (training and
+    teacher routing read it), and each class the ``experts`` backbone overrides must be a folder
+    (else its expert never sees a training image; an identity class needs none, e.g. clean)."""
+    data = spec.data
+    if data is None or data.layout != "paired":
+        return []
+    from .data.datasets import PairedFolders
+
+    errors: list[tuple[str, str]] = []
+    words: dict[str, list[str]] = {}  # YAML path of a split's first readable root -> its folder words
+    for key in ("train", "val"):
+        names = None
+        for i, root in enumerate(getattr(data, key)):
+            path = Path(root).expanduser()
+            if not path.is_dir():
+                continue  # _check_paths names it
+            try:
+                folders = PairedFolders(path, names=names, scan=False)
+            except (ValueError, FileNotFoundError) as e:
+                errors.append((f"data.{key}[{i}]", str(e)))
+                continue
+            if names is None:
+                names = folders.names
+                words[f"data.{key}[{i}]"] = names
+    for i, p in enumerate(spec.perceivers):
+        classes = p.params.get("degradations")
+        if not isinstance(classes, list):
+            continue
+        lacks = [f"{missing} of {where} (its folders: {', '.join(names)})" for where, names in words.items()
+                 if (missing := [w for w in names if w not in classes])]
+        if lacks:
+            errors.append((f"perceivers[{i}].params.degradations",
+                           f"class words {classes} lack the degradation folders {' and '.join(lacks)}; "
+                           f"name the classes by the folders"))
+    bcls = registry.load("backbone", spec.backbone.type, spec.backbone.provider)
+    train = next(((where, names) for where, names in words.items() if where.startswith("data.train")), None)
+    if train is not None and bcls.class_params(["x"]):  # a backbone that names classes by their words
+        where, names = train
+        overrides = [k for k in spec.backbone.params.get("overrides") or {} if not str(k).isdigit()]
+        missing = [w for w in overrides if w not in names]
+        if missing:
+            errors.append(("backbone.params.overrides",
+                           f"classes {missing} have no degradation folder in {where} (its folders: "
+                           f"{', '.join(names)}): their experts would never see a training image"))
+    return errors
+
+
 def dry_run(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str, str]]:
     """Build every component of ``spec`` (and of its data) on the meta device; errors with paths."""
     from .spec import _components, _data_degradations
@@ -213,7 +280,7 @@ def validate(source: Any, registry: "Registry | None" = None, name: str | None =
     registry = registry or get_registry()
     name = name or (str(source) if isinstance(source, (str, Path)) else "spec")
     spec = load_spec(source, registry, name=name)
-    errors = _check_paths(spec) + dry_run(spec, registry)
+    errors = _check_paths(spec) + _check_paired(spec, registry) + dry_run(spec, registry)
     if errors:
         raise SpecError(errors, source=name)
     return spec

@@ -81,6 +81,36 @@ def test_loss_naming_a_missing_perceiver_role(tmp_path):
     assert "'quality'" in errs["losses[1].params.perceiver"] and "perceivers: daclip" in errs["losses[1].params.perceiver"]
 
 
+@pytest.mark.parametrize("loss, perceivers, kind", [
+    ("clip_quality", "[{type: daclip, preset: tiny}]", "quality_perceiver"),
+    ("clip_quality", "[]", "quality_perceiver"),
+    ("daclip_contrastive", "[{type: quality_perceiver, preset: tiny}]", "daclip"),
+    ("degradation_contrastive", "[{type: quality_perceiver, preset: tiny}]", "daclip"),
+])
+def test_loss_reading_a_perceiver_type_the_spec_lacks(tmp_path, loss, perceivers, kind):
+    """``params.perceiver: null`` reads the first perceiver of the loss's perceiver_kinds: a spec
+    without one fails here, not at the first training step."""
+    errs = errors_of(spec_file(tmp_path, f"""
+        perceivers: {perceivers}
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: l1}}, {{type: {loss}}}]
+    """))
+    assert list(errs) == ["losses[1]"]
+    msg = errs["losses[1]"]
+    assert f"reads a perceiver of type {kind}" in msg and "set losses[1].params.perceiver" in msg
+    # with a perceiver of that type, or an explicit role, the wiring fits
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny}}, {{type: quality_perceiver, preset: tiny}}]
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: {loss}}}]
+    """, "ok.yaml"), REG)
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: {kind}, preset: tiny, role: mine}}, {{type: quality_perceiver, preset: tiny}}]
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: {loss}, params: {{perceiver: mine}}}}]
+    """, "role.yaml"), REG)
+
+
 def test_stage_target_naming_a_missing_perceiver(tmp_path):
     errs = errors_of(spec_file(tmp_path, f"""
         perceivers: [{{type: daclip, preset: tiny}}]
@@ -108,6 +138,54 @@ def test_perceiver_class_words_must_be_the_data_labels(tmp_path):
         data:
           degradations: [{{type: noise}}, {{type: jpeg}}, {{type: blur}}]
     """, "ok.yaml"), REG)
+
+
+def paired_root(folder: Path, *words: str) -> Path:
+    """DA-CLIP's layout root/<word>/{LQ,GT}/ with one (unread) pair per word."""
+    for w in words:
+        for side in ("LQ", "GT"):
+            (folder / w / side).mkdir(parents=True)
+            (folder / w / side / "0.png").write_bytes(b"")
+    return folder
+
+
+def test_paired_folder_words_must_be_the_perceiver_and_expert_classes(tmp_path):
+    paired_root(tmp_path / "specs" / "train", "noisy", "rain")
+    paired_root(tmp_path / "specs" / "val", "noisy", "hazy")
+    errs = errors_of(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny, params: {{degradations: [noisy, rainy, jpeg-compressed]}}}}]
+        backbone:
+          type: experts
+          params: {{expert_params: {TINY_NAF}, overrides: {{jpeg-compressed: {{width: 16}}}}}}
+        condition: {{perceiver: daclip, vector: probs}}
+        data: {{layout: paired, train: [train], val: [val]}}
+    """, "specs/spec.yaml"))
+    assert list(errs) == ["perceivers[0].params.degradations", "backbone.params.overrides"]
+    msg = errs["perceivers[0].params.degradations"]
+    assert "['rain'] of data.train[0]" in msg and "['hazy'] of data.val[0]" in msg
+    assert "['jpeg-compressed'] have no degradation folder in data.train[0]" in errs["backbone.params.overrides"]
+    # folders named by the class words pass
+    paired_root(tmp_path / "specs" / "ok", "noisy", "rainy", "jpeg-compressed")
+    validate(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny, params: {{degradations: [noisy, rainy, jpeg-compressed]}}}}]
+        backbone:
+          type: experts
+          params: {{expert_params: {TINY_NAF}, overrides: {{jpeg-compressed: {{width: 16}}}}}}
+        condition: {{perceiver: daclip, vector: probs}}
+        data: {{layout: paired, train: [ok], val: [ok]}}
+    """, "specs/ok.yaml"), REG)
+
+
+def test_paired_roots_are_read_at_validation(tmp_path):
+    paired_root(tmp_path / "specs" / "a", "noisy", "rainy")
+    paired_root(tmp_path / "specs" / "b", "noisy")   # lacks the first root's rainy folder
+    (tmp_path / "specs" / "flat").mkdir()            # no <degradation>/{LQ,GT} at all
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data: {{layout: paired, train: [a, b], val: [flat]}}
+    """, "specs/spec.yaml"))
+    assert list(errs) == ["data.train[1]", "data.val[0]"]
+    assert "LQ and GT" in errs["data.train[1]"] and "no <degradation>/LQ" in errs["data.val[0]"]
 
 
 def test_nafnet_levels_of_different_lengths(tmp_path):
@@ -150,6 +228,61 @@ def test_expert_count_and_sigmas_are_bounded(tmp_path):
     assert "less than or equal to 128" in errs["backbone.params.experts"]
     assert ">= 0" in errs["data.degradations[0].params.sigma"]
     assert "> 0" in errs["data.degradations[1].params.sigma"]
+
+
+@pytest.mark.parametrize("degradation, where, expected", [
+    ("{type: camera_noise, params: {shot: [0, 0.01]}}", "shot", "> 0"),
+    ("{type: camera_noise, params: {read: -0.001}}", "read", "> 0"),
+    ("{type: camera_noise, params: {gamma: 0}}", "gamma", "> 0"),
+    ("{type: camera_noise, params: {jpeg: [60, 101]}}", "jpeg", "in [1, 100]"),
+    ("{type: camera_noise, params: {jpeg_probability: 1.5}}", "jpeg_probability", "less than or equal to 1"),
+    ("{type: jpeg, params: {quality: 0}}", "quality", "in [1, 100]"),
+    ("{type: rain_streaks, params: {layers: 0}}", "layers", ">= 1"),
+    ("{type: rain_streaks, params: {density: 5}}", "density", "in [0, 1]"),
+    ("{type: rain_streaks, params: {length: [0, 10]}}", "length", "in (0, 256]"),
+    ("{type: rain_streaks, params: {length: 1000000}}", "length", "in (0, 256]"),
+    ("{type: rain_streaks, params: {width: -1}}", "width", "in (0, 256]"),
+    ("{type: rain_streaks, params: {spread: -5}}", "spread", "greater than or equal to 0"),
+    ("{type: rain_streaks, params: {intensity: [0.5, 2]}}", "intensity", "in [0, 1]"),
+    ("{type: rain_streaks, params: {veil: [0.2, 0.1]}}", "veil", "low <= high"),
+    ("{type: lens_blur, params: {sigma: 0}}", "sigma", "in (0, 256]"),
+    ("{type: lens_blur, params: {radius: 100000}}", "radius", "in (0, 256]"),
+    ("{type: lens_blur, params: {defocus: -0.1}}", "defocus", "greater than or equal to 0"),
+    ("{type: shake, params: {length: -3}}", "length", "in (0, 256]"),
+    ("{type: shake, params: {curl: -0.1}}", "curl", ">= 0"),
+    ("{type: mix, params: {count: [0, 2]}}", "count", ">= 1"),
+    ("{type: mix, params: {params: {hazy: {tint: 2}}}}", "params.hazy.tint", "less than or equal to 1"),
+    ("{type: mix, params: {params: {noisy: {shott: 0.1}}}}", "params.noisy.shott", "did you mean 'shot'"),
+    ("{type: haze, params: {tint: -0.5}}", "tint", "greater than or equal to 0"),
+    ("{type: haze, params: {cells: 0}}", "cells", "greater than or equal to 1"),
+    ("{type: haze, params: {cells: 100000}}", "cells", "less than or equal to 256"),
+    ("{type: haze, params: {ramp: 1.5}}", "ramp", "less than or equal to 1"),
+    ("{type: haze, params: {airlight: [0.7, 1.5]}}", "airlight", "in [0, 1]"),
+    ("{type: haze, params: {beta: -1}}", "beta", ">= 0"),
+    ("{type: low_light, params: {cast: 2}}", "cast", "less than or equal to 1"),
+    ("{type: low_light, params: {gain: 0}}", "gain", "> 0"),
+    ("{type: low_light, params: {shot: -0.01}}", "shot", ">= 0"),
+    ("{type: low_light, params: {read: [0.02, 0.01]}}", "read", "low <= high"),
+    ("{type: low_light, params: {scale: [0.1, 2]}}", "scale", "in [0, 1]"),
+    ("{type: rain, params: {density: 2}}", "density", "in [0, 1]"),
+    ("{type: motion_blur, params: {length: 1000000}}", "length", "in (0, 256]"),
+    ("{type: inpainting, params: {box_size: [0.1, 1.5]}}", "box_size", "in [0, 1]"),
+    ("{type: inpainting, params: {strokes: 0}}", "strokes", ">= 1"),
+])
+def test_degradation_values_are_bounded(tmp_path, degradation, where, expected):
+    errs = errors_of(spec_file(tmp_path, f"""
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        data:
+          degradations: [{{type: noise}}, {degradation}]
+    """))
+    path = f"data.degradations[1].params.{where}"
+    assert list(errs) == [path] and expected in errs[path]
+
+
+def test_degradation_defaults_are_within_their_bounds():
+    for entry in REG.list("degradation"):
+        for preset in [None, *REG.presets("degradation", entry.name)]:
+            REG.resolve("degradation", entry.name, preset=preset)
 
 
 def test_data_sizes_are_bounded(tmp_path):

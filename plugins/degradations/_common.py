@@ -22,24 +22,36 @@ def _check_span(v):
     return v
 
 
-def _non_negative(v):
-    if min(span(v)) < 0:
-        raise ValueError(f"expected values >= 0, got {v}")
-    return v
+def _within(low: float, high: float = math.inf, low_open: bool = False) -> AfterValidator:
+    """A check that every value of a fixed value or a range lies in [low, high] ((low, high] with
+    ``low_open``)."""
+    below = ">" if low_open else ">="
+    what = f"{below} {low:g}" if high == math.inf else f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def check(v):
+        lo, hi = span(v)
+        if lo < low or (low_open and lo <= low) or hi > high:
+            raise ValueError(f"expected values {what}, got {v}")
+        return v
+
+    return AfterValidator(check)
 
 
-def _positive(v):
-    if min(span(v)) <= 0:
-        raise ValueError(f"expected values > 0, got {v}")
-    return v
-
+# the largest blur, streak or shake size in pixels a param may ask for: kernels are sized from it,
+# so a typo (a length of 1e6) is a spec error, not an allocation
+MAX_PIXELS = 256.0
 
 # a fixed value or a (low, high) range sampled uniformly per image
 FloatRange = Annotated[Union[float, tuple[float, float]], AfterValidator(_check_span)]
 IntRange = Annotated[Union[int, tuple[int, int]], AfterValidator(_check_span)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegativeRange = Annotated[FloatRange, AfterValidator(_non_negative)]  # e.g. a noise sigma (0: none)
-PositiveRange = Annotated[FloatRange, AfterValidator(_positive)]  # e.g. a blur sigma
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]  # a fixed fraction or weight in [0, 1]
+Probability = Unit
+NonNegativeRange = Annotated[FloatRange, _within(0.0)]  # e.g. a noise sigma (0: none)
+PositiveRange = Annotated[FloatRange, _within(0.0, low_open=True)]  # e.g. a gamma
+UnitRange = Annotated[FloatRange, _within(0.0, 1.0)]  # e.g. a density, an intensity
+PixelRange = Annotated[FloatRange, _within(0.0, MAX_PIXELS, low_open=True)]  # e.g. a blur sigma, a length
+CountRange = Annotated[IntRange, _within(1)]  # e.g. a number of layers
+QualityRange = Annotated[IntRange, _within(1, 100)]  # a JPEG quality
 
 
 def span(v) -> tuple[float, float]:

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
-
 from vlir.core.components import Degradation
 
-from ._common import (FloatRange, IntRange, Probability, as_float, finish, linear_to_srgb, log_uniform, rand,
-                      randint, randn, span, srgb_to_linear, uniform)
+from ._common import (PositiveRange, Probability, QualityRange, as_float, finish, linear_to_srgb, log_uniform, rand,
+                      randint, randn, srgb_to_linear, uniform)
 from .jpeg import jpeg_roundtrip
 
 # bilinear demosaicing as a normalised convolution of each channel's samples
@@ -54,19 +52,11 @@ class CameraNoise(Degradation):
     label = "noisy"
 
     class Params(Degradation.Params):
-        shot: FloatRange = (1e-4, 1.2e-2)
-        read: FloatRange | None = None
-        gamma: FloatRange = 2.2
-        jpeg: IntRange = (60, 95)
+        shot: PositiveRange = (1e-4, 1.2e-2)  # drawn log-uniformly: > 0
+        read: PositiveRange | None = None
+        gamma: PositiveRange = 2.2
+        jpeg: QualityRange = (60, 95)
         jpeg_probability: Probability = 0.5
-
-        @field_validator("shot", "read")
-        @classmethod
-        def _positive(cls, v):
-            if v is not None and span(v)[0] <= 0:
-                raise ValueError(f"noise levels must be positive, got {v}")
-            return v
-
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "camera_noise")

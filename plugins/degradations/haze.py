@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, finish, rand, smooth_field, uniform
+from ._common import NonNegativeRange, Unit, UnitRange, as_float, finish, rand, smooth_field, uniform
 
 
 class Haze(Degradation):
@@ -21,11 +22,11 @@ class Haze(Degradation):
     symmetry = "mirror"  # far (hazier) at the top: only a horizontal flip keeps that
 
     class Params(Degradation.Params):
-        beta: FloatRange = (0.6, 1.8)
-        airlight: FloatRange = (0.7, 1.0)
-        cells: int = 4
-        ramp: float = 0.5  # weight of the vertical ramp in the depth map
-        tint: float = 0.0
+        beta: NonNegativeRange = (0.6, 1.8)  # scattering coefficient (0: no haze)
+        airlight: UnitRange = (0.7, 1.0)
+        cells: int = Field(4, ge=1, le=256)
+        ramp: Unit = 0.5  # weight of the vertical ramp in the depth map
+        tint: Unit = 0.0
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "haze")

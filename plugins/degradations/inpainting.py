@@ -8,7 +8,7 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, IntRange, as_float, finish, rand, randint, uniform
+from ._common import CountRange, UnitRange, as_float, finish, rand, randint, uniform
 
 
 def _segment_mask(h: int, w: int, p0, p1, radius: float) -> torch.Tensor:
@@ -37,12 +37,12 @@ class Inpainting(Degradation):
 
     class Params(Degradation.Params):
         masks: Literal["strokes", "boxes", "mixed"] = "mixed"
-        strokes: IntRange = (1, 4)
-        vertices: IntRange = (2, 6)
-        stroke_width: FloatRange = (0.03, 0.08)
-        step: FloatRange = (0.1, 0.3)
-        boxes: IntRange = (1, 3)
-        box_size: FloatRange = (0.1, 0.35)
+        strokes: CountRange = (1, 4)
+        vertices: CountRange = (2, 6)
+        stroke_width: UnitRange = (0.03, 0.08)  # fractions of the shorter side
+        step: UnitRange = (0.1, 0.3)
+        boxes: CountRange = (1, 3)
+        box_size: UnitRange = (0.1, 0.35)
         fill: Literal["zeros", "ones", "noise"] = "zeros"
 
     def mask(self, n: int, h: int, w: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import field_validator
 
 from vlir.core.components import Degradation
 
-from ._common import IntRange, as_float, finish, randint, span
+from ._common import QualityRange, as_float, finish, randint
 
 
 def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
@@ -34,15 +33,7 @@ class JPEG(Degradation):
     label = "jpeg-compressed"
 
     class Params(Degradation.Params):
-        quality: IntRange = (10, 50)
-
-        @field_validator("quality")
-        @classmethod
-        def _in_range(cls, v):
-            lo, hi = span(v)
-            if not (1 <= lo <= 100 and 1 <= hi <= 100):
-                raise ValueError(f"JPEG quality must lie in [1, 100], got {v}")
-            return v
+        quality: QualityRange = (10, 50)
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "jpeg")

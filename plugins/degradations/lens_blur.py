@@ -4,11 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import field_validator
-
 from vlir.core.components import Degradation
 
-from ._common import (FloatRange, Probability, anisotropic_gaussian_kernels, as_float, disc_kernels,
+from ._common import (PixelRange, Probability, anisotropic_gaussian_kernels, as_float, disc_kernels,
                       filter_per_image, finish, odd, rand, span, uniform)
 
 
@@ -20,17 +18,9 @@ class LensBlur(Degradation):
     label = "blurry"
 
     class Params(Degradation.Params):
-        sigma: FloatRange = (0.5, 3.5)
-        radius: FloatRange = (1.0, 5.0)
+        sigma: PixelRange = (0.5, 3.5)
+        radius: PixelRange = (1.0, 5.0)
         defocus: Probability = 0.3
-
-        @field_validator("sigma", "radius")
-        @classmethod
-        def _positive(cls, v):
-            if span(v)[0] <= 0:
-                raise ValueError(f"blur sizes must be positive, got {v}")
-            return v
-
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "lens_blur")

@@ -5,7 +5,7 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, finish, rand, randn, span, uniform
+from ._common import NonNegativeRange, PositiveRange, Unit, UnitRange, as_float, finish, rand, randn, span, uniform
 
 
 class LowLight(Degradation):
@@ -19,12 +19,12 @@ class LowLight(Degradation):
     label = "low-light"
 
     class Params(Degradation.Params):
-        gamma: FloatRange = (1.5, 2.5)
-        scale: FloatRange = (0.1, 0.5)
-        shot: FloatRange = (0.0, 0.01)  # signal-dependent variance per unit intensity
-        read: FloatRange = (0.0, 0.01)  # signal-independent std, [0, 1] scale
-        cast: float = 0.0
-        gain: FloatRange = 1.0
+        gamma: PositiveRange = (1.5, 2.5)
+        scale: UnitRange = (0.1, 0.5)
+        shot: NonNegativeRange = (0.0, 0.01)  # signal-dependent variance per unit intensity
+        read: NonNegativeRange = (0.0, 0.01)  # signal-independent std, [0, 1] scale
+        cast: Unit = 0.0
+        gain: PositiveRange = 1.0
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "low_light")

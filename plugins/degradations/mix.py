@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 
 from vlir.core.components import Degradation
 
-from ._common import IntRange, as_float, finish, rand, randint, span
+from ._common import CountRange, as_float, finish, rand, randint, span
 from .camera_noise import CameraNoise
 from .haze import Haze
 from .jpeg import JPEG
@@ -29,6 +29,11 @@ DEFAULTS: dict[type, dict[str, Any]] = {
 }
 
 
+def part_params(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The params of a part: its realistic settings, then the spec's overrides."""
+    return {**DEFAULTS.get(cls, {}), **overrides}
+
+
 class Mix(Degradation):
     """Per image, ``count`` distinct degradations of ``include`` (class words), at most one of the
     scene (hazy, rainy, low-light), applied in the order light meets them: scene, then capture
@@ -41,7 +46,7 @@ class Mix(Degradation):
     symmetry = "mirror"  # haze and rain keep their direction only under a horizontal flip
 
     class Params(Degradation.Params):
-        count: IntRange = (2, 3)
+        count: CountRange = (2, 3)
         include: list[str] = [cls.label for cls in PARTS]
         params: dict[str, dict[str, Any]] = {}
 
@@ -53,7 +58,22 @@ class Mix(Degradation):
             if bad:
                 what = "unknown class word(s)" if info.field_name == "include" else "params for unknown class word(s)"
                 raise ValueError(f"{what} {bad}: mix composes {words}")
-            return list(dict.fromkeys(v)) if info.field_name == "include" else v
+            if info.field_name == "include":
+                return list(dict.fromkeys(v))
+            from vlir.core.spec import pydantic_errors  # spec wording: unknown keys name the close ones
+
+            errors = []  # each part's params errors, under params.<word>.<field>
+            for part in PARTS:
+                try:
+                    if part.label in v:
+                        part.Params.model_validate(part_params(part, v[part.label]))
+                except ValidationError as e:
+                    errors += [{"type": "value_error", "loc": (part.label, *err["loc"]), "input": err["input"],
+                                "ctx": {"error": ValueError(msg)}}
+                               for err, (_, msg) in zip(e.errors(), pydantic_errors(e, model=part.Params))]
+            if errors:
+                raise ValidationError.from_exception_data("Mix.Params", errors)
+            return v
 
     def __init__(self, params=None, **overrides: Any):
         super().__init__(params, **overrides)
@@ -62,7 +82,7 @@ class Mix(Degradation):
         if lo < 1 or hi > len(p.include) or (hi > 1 and hi > 1 + sum(c.label in p.include for c in CAPTURE + STORAGE)):
             raise ValueError(f"mix: count {p.count} cannot be drawn from {p.include} (at most one scene degradation)")
         # each part built with its realistic settings and the spec's overrides (validated by its Params)
-        self.parts = {cls.label: cls(**{**DEFAULTS.get(cls, {}), **p.params.get(cls.label, {})})
+        self.parts = {cls.label: cls(**part_params(cls, p.params.get(cls.label, {})))
                       for cls in PARTS if cls.label in p.include}
 
     def choose(self, n: int, generator: torch.Generator | None = None) -> list[list[str]]:

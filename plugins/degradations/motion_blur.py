@@ -5,7 +5,7 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, filter_per_image, finish, line_kernels, odd, span, uniform
+from ._common import FloatRange, PixelRange, as_float, filter_per_image, finish, line_kernels, odd, span, uniform
 
 
 class MotionBlur(Degradation):
@@ -14,7 +14,7 @@ class MotionBlur(Degradation):
     label = "motion-blurry"
 
     class Params(Degradation.Params):
-        length: FloatRange = (5.0, 25.0)
+        length: PixelRange = (5.0, 25.0)
         angle: FloatRange = (0.0, 180.0)
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

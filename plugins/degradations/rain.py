@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from vlir.core.components import Degradation
 
-from ._common import (FloatRange, as_float, filter_per_image, finish, gaussian_kernels, line_kernels, odd,
-                      rand, span, uniform)
+from ._common import (FloatRange, PixelRange, UnitRange, as_float, filter_per_image, finish, gaussian_kernels,
+                      line_kernels, odd, rand, span, uniform)
 
 
 class Rain(Degradation):
@@ -21,11 +22,11 @@ class Rain(Degradation):
     symmetry = "flips"  # streaks near vertical: a quarter turn would make them horizontal
 
     class Params(Degradation.Params):
-        density: FloatRange = (0.002, 0.008)
-        length: FloatRange = (10.0, 30.0)
+        density: UnitRange = (0.002, 0.008)
+        length: PixelRange = (10.0, 30.0)
         angle: FloatRange = (-20.0, 20.0)
-        intensity: FloatRange = (0.4, 0.9)
-        width: float = 0.6
+        intensity: UnitRange = (0.4, 0.9)
+        width: float = Field(0.6, ge=0.0)  # 0: no softening
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "rain")

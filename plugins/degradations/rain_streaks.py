@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from vlir.core.components import Degradation
 
-from ._common import (FloatRange, IntRange, as_float, filter_per_image, finish, gaussian_kernels, line_kernels, odd,
-                      rand, randint, span, uniform)
+from ._common import (CountRange, FloatRange, PixelRange, UnitRange, as_float, filter_per_image, finish,
+                      gaussian_kernels, line_kernels, odd, rand, randint, span, uniform)
 
 
 class RainStreaks(Degradation):
@@ -27,14 +28,14 @@ class RainStreaks(Degradation):
     symmetry = "flips"  # streaks near vertical: a quarter turn would make them horizontal
 
     class Params(Degradation.Params):
-        layers: IntRange = (1, 3)
-        density: FloatRange = (0.0005, 0.004)
-        length: FloatRange = (10.0, 40.0)
-        width: FloatRange = (0.3, 1.2)
+        layers: CountRange = (1, 3)
+        density: UnitRange = (0.0005, 0.004)  # drops per pixel
+        length: PixelRange = (10.0, 40.0)
+        width: PixelRange = (0.3, 1.2)
         angle: FloatRange = (-25.0, 25.0)
-        spread: float = 5.0
-        intensity: FloatRange = (0.3, 0.8)
-        veil: FloatRange = (0.0, 0.1)
+        spread: float = Field(5.0, ge=0.0)  # each layer turns by U(-spread, spread) degrees
+        intensity: UnitRange = (0.3, 0.8)
+        veil: UnitRange = (0.0, 0.1)
         blend: Literal["screen", "sum"] = "screen"
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

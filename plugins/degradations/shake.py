@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import torch
-from pydantic import field_validator
-
 from vlir.core.components import Degradation
 
-from ._common import FloatRange, as_float, filter_per_image, finish, odd, randn, span, uniform
+from ._common import NonNegativeRange, PixelRange, as_float, filter_per_image, finish, odd, randn, span, uniform
 
 
 def trajectory_kernels(length: torch.Tensor, curl: torch.Tensor, size: int, generator=None,
@@ -39,15 +37,8 @@ class Shake(Degradation):
     label = "motion-blurry"
 
     class Params(Degradation.Params):
-        length: FloatRange = (5.0, 25.0)
-        curl: FloatRange = (0.05, 0.4)
-
-        @field_validator("length")
-        @classmethod
-        def _positive(cls, v):
-            if span(v)[0] <= 0:
-                raise ValueError(f"a trajectory length must be positive, got {v}")
-            return v
+        length: PixelRange = (5.0, 25.0)
+        curl: NonNegativeRange = (0.05, 0.4)
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "shake")

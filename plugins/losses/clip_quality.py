@@ -21,13 +21,13 @@ class CLIPQuality(Loss):
     """``mean(1 - quality_probs[:, 2])`` of the restored image through a frozen quality perceiver."""
 
     inputs: ClassVar[tuple[str, ...]] = ("restored", "pipeline")
+    perceiver_kinds: ClassVar[tuple[str, ...]] = ("quality_perceiver", "QualityPerceiver")  # quality_probs
 
     class Params(Loss.Params):
-        perceiver: str | None = None  # role; default the first quality_perceiver (or the only one)
+        perceiver: str | None = None  # role; default the first of perceiver_kinds (or the only perceiver)
 
     def forward(self, restored: torch.Tensor, pipeline: Any, **_) -> torch.Tensor:
-        p = find_perceiver(pipeline, self.params.perceiver, ("quality_perceiver", "QualityPerceiver"),
-                           "clip_quality")
+        p = find_perceiver(pipeline, self.params.perceiver, self.perceiver_kinds, "clip_quality")
         frozen = {k: v.detach() for k, v in p.named_parameters()}
         frozen.update(dict(p.named_buffers()))
         perception = functional_call(p, frozen, (restored,))

@@ -17,7 +17,8 @@ from vlir.core.components import Loss
 
 def find_perceiver(pipeline: Any, role: str | None, names: tuple[str, ...], owner: str) -> nn.Module:
     """The perceiver of ``pipeline`` at ``role``; with ``role`` None, the first whose registry
-    name or class name is in ``names``, else the only perceiver there is."""
+    name or class name is in ``names`` (the loss's ``perceiver_kinds``), else the only perceiver
+    there is (a pipeline built by hand; a spec needs one of ``names`` or a role: check_wiring)."""
     ps = getattr(pipeline, "perceivers", None)
     if ps is None:
         raise TypeError(f"{owner}: input 'pipeline' ({type(pipeline).__name__}) has no 'perceivers'")
@@ -38,12 +39,13 @@ class DACLIPContrastive(Loss):
     """``pipeline.perceivers[role].objective(batch)["loss"]``; role default: the daclip perceiver."""
 
     inputs: ClassVar[tuple[str, ...]] = ("pipeline", "batch")
+    perceiver_kinds: ClassVar[tuple[str, ...]] = ("daclip", "DACLIP")
 
     class Params(Loss.Params):
-        perceiver: str | None = None  # role; default the first daclip perceiver (or the only one)
+        perceiver: str | None = None  # role; default the first of perceiver_kinds (or the only perceiver)
 
     def forward(self, pipeline: Any, batch: Mapping[str, Any], **_) -> torch.Tensor:
-        p = find_perceiver(pipeline, self.params.perceiver, ("daclip", "DACLIP"), "daclip_contrastive")
+        p = find_perceiver(pipeline, self.params.perceiver, self.perceiver_kinds, "daclip_contrastive")
         if not callable(getattr(p, "objective", None)):
             raise TypeError(f"daclip_contrastive: perceiver {type(p).__name__} has no objective()")
         out = p.objective(dict(batch))

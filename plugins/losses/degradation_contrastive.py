@@ -44,6 +44,8 @@ class DegradationContrastive(Loss):
     """SupCon on ``perception[role].degradation`` with the batch's degradation labels."""
 
     inputs: ClassVar[tuple[str, ...]] = ("perception", "degradation")
+    # the perceivers that give a degradation embedding (the first perception with one is read)
+    perceiver_kinds: ClassVar[tuple[str, ...]] = ("daclip", "DACLIP", "lora_caption_aligner", "LoraCaptionAligner")
 
     class Params(Loss.Params):
         tau: float = Field(0.1, gt=0)
