@@ -175,6 +175,12 @@ class Perceiver(Component):
         return None, None
 
     @property
+    def multilabel(self) -> bool:
+        """Whether ``forward`` fills ``Perception.presence`` / ``severity`` (each class present or
+        not, independently): a perceiver with a ``presence_head`` (``plugins/perceivers/_presence``)."""
+        return getattr(self, "presence_head", None) is not None
+
+    @property
     def class_names(self) -> list[str]:
         """Names of the degradation classes of ``class_probs`` (empty if it has none)."""
         return self.class_words(self.params)

@@ -38,6 +38,9 @@ class Perception:
     - ``class_names`` / ``class_probs``: named degradation classes and ``[B, K]`` probabilities.
     - ``quality_probs``: ``[B, 3]`` probabilities over low / medium / high quality;
       ``quality_score``: ``[B]`` in [0, 1].
+    - ``presence`` / ``severity``: a multi-label perceiver's ``[B, K]`` probability that each class
+      of ``class_names`` is present (independently: an image can be dark and noisy; clean when
+      none is) and its predicted severity in [0, 1]; None for single-label perceivers.
     """
 
     content: torch.Tensor | None = None
@@ -46,6 +49,8 @@ class Perception:
     class_probs: torch.Tensor | None = None
     quality_probs: torch.Tensor | None = None
     quality_score: torch.Tensor | None = None
+    presence: torch.Tensor | None = None
+    severity: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_conditioning(self) -> Conditioning:
@@ -69,6 +74,10 @@ class Perception:
         out: dict = {}
         if self.class_probs is not None and self.class_names:
             out["degradation"] = {n: round(float(p), 6) for n, p in zip(self.class_names, self.class_probs[index].detach())}
+        for key in ("presence", "severity"):
+            v = getattr(self, key)
+            if v is not None and self.class_names:
+                out[key] = {n: round(float(p), 6) for n, p in zip(self.class_names, v[index].detach())}
         if self.quality_probs is not None:
             out["quality"] = {n: round(float(p), 6) for n, p in zip(QUALITY_TIERS, self.quality_probs[index].detach())}
         if self.quality_score is not None:

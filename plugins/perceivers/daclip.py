@@ -7,6 +7,12 @@ the official code pops from the end of a list). The frozen head on the controlle
 the content embedding; the controller's own head gives the degradation embedding, classified
 zero-shot against the text embeddings of the degradation words.
 
+``objective: multilabel`` adds a presence head (``_presence.PresenceHead`` on the degradation
+embedding and the class text embeddings): ``Perception.presence`` / ``severity`` per class, trained
+by BCE on presence and a severity regression on the present classes (targets from the batch's
+``parts``, else one-hot of ``degradation_name``); ``class_probs`` is then the presence normalised
+over the classes, so routing by the most likely class still works.
+
 The module layout matches the official checkpoint ``daclip_ViT-B-32.pt`` (``clip.*``,
 ``visual_control.*``, ``logit_scale``); ``load_weights`` reads it directly.
 """
@@ -24,7 +30,7 @@ from vlir.core.classes import DACLIP_WORDS
 from vlir.core.components import Perceiver
 from vlir.core.conditioning import Perception
 
-from . import _clip
+from . import _clip, _presence
 
 DEGRADATIONS = list(DACLIP_WORDS)  # classes when the spec's data names none (vlir.core.classes)
 
@@ -83,7 +89,8 @@ class DACLIP(Perceiver):
         pretrained: str | None = "laion2b_s34b_b79k"  # open_clip tag, CLIP or DA-CLIP checkpoint file, or None
         degradations: list[str] = Field(default_factory=lambda: list(DEGRADATIONS))
         prompt: str = "{}"  # prompt template of a degradation word (DA-CLIP uses the bare word)
-        objective: Literal["contrastive", "cross_entropy"] = "contrastive"
+        # contrastive / cross_entropy: one class per image; multilabel: presence and severity per class
+        objective: Literal["contrastive", "cross_entropy", "multilabel"] = "contrastive"
         normalize: bool = False  # return L2-normalised embeddings (DA-CLIP feeds them unnormalised)
         resize: bool = True  # open_clip's resize; False: centre crop at native resolution (see _clip.preprocess)
         views: int = Field(1, ge=1, le=8)  # >1: also a views x views grid of crops; their logits and embeddings averaged
@@ -126,6 +133,8 @@ class DACLIP(Perceiver):
             from vlir.core.io import load_state_dict_checked
 
             load_state_dict_checked(self, self.convert_checkpoint(full), source=f"DA-CLIP checkpoint {p.pretrained}")
+        if p.objective == "multilabel":  # after the checkpoint: the official one has no such head
+            self.presence_head = _presence.PresenceHead(_clip.embed_dim(p.model), len(p.degradations), text=True)
 
     # -- info ------------------------------------------------------------------------------
     @classmethod
@@ -197,22 +206,36 @@ class DACLIP(Perceiver):
         image's crops of their embeddings and of their class logits (a degradation seen in a few
         crops, such as sparse rain, still counts; training always sees one crop)."""
         content, degradation = self.encode(lq, self.params.views)
-        logits = self.scale() * F.normalize(degradation, dim=-1) @ self.degradation_text().t()
+        text = self.degradation_text()
+        logits = self.scale() * F.normalize(degradation, dim=-1) @ text.t()
+        outs = [content, degradation, logits]
+        if self.multilabel:  # raw presence logits and severity, averaged over the views like the logits
+            outs += self.presence_head.raw(degradation, text)
         if content.shape[0] != lq.shape[0]:
-            content, degradation, logits = (t.unflatten(0, (lq.shape[0], -1)).mean(1)
-                                            for t in (content, degradation, logits))
+            outs = [t.unflatten(0, (lq.shape[0], -1)).mean(1) for t in outs]
+        content, degradation, logits = outs[:3]
         if self.params.normalize:
             content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
+        if not self.multilabel:
+            return Perception(content=content, degradation=degradation, class_names=self.class_names,
+                              class_probs=logits.softmax(dim=-1), extras={"degradation_logits": logits})
+        raw, severity = outs[3:]
+        presence = self.presence_head.calibrated(raw).sigmoid()
         return Perception(content=content, degradation=degradation, class_names=self.class_names,
-                          class_probs=logits.softmax(dim=-1), extras={"degradation_logits": logits})
+                          class_probs=_presence.class_probs(presence), presence=presence, severity=severity,
+                          extras={"degradation_logits": logits, "presence_logits": raw})
 
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Caption/content InfoNCE + degradation term (DA-CLIP contrastive or K-way cross-entropy)."""
+        """Caption/content InfoNCE + degradation term (DA-CLIP contrastive, K-way cross-entropy, or
+        multi-label: presence BCE + severity regression, ``_presence.losses``)."""
         lq = batch["lq"]
         content, degradation = self.encode(lq)
+        raw_degradation = degradation
         content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
         scale = self.scale()
-        labels = self.class_labels(batch, lq.device)
+        multilabel = self.multilabel
+        # a multi-label batch's classes come from its parts strings, where it has them
+        labels = None if multilabel and batch.get("parts") is not None else self.class_labels(batch, lq.device)
         out: dict[str, torch.Tensor] = {}
         if batch.get("caption") is not None:
             captions = list(batch["caption"])
@@ -220,6 +243,13 @@ class DACLIP(Perceiver):
                 raise ValueError(f"daclip objective: {len(captions)} captions for {lq.shape[0]} images")
             out["content"] = info_nce(content, self.encode_text(captions), scale)
         words = self.degradation_text()
+        if multilabel:
+            presence, severity = _presence.targets(batch, self.class_names, labels, lq.device, "daclip objective")
+            raw, predicted = self.presence_head.raw(raw_degradation, words)
+            out.update(_presence.losses(raw, predicted, presence, severity, self.class_names))
+            out["degradation"] = out["presence"] + out["severity"]
+            out["loss"] = out["degradation"] + out.get("content", 0.0)
+            return out
         logits = scale * degradation @ words.t()
         if self.params.objective == "contrastive":
             out["degradation"] = info_nce(degradation, words[labels], scale)
