@@ -10,6 +10,11 @@
   nothing to remove (its ``clean`` class, or a top probability under ``abstain``), when a step does
   not lower the probability of the degradation it treated (that step is undone), or after
   ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
+  With a multi-label feeding perceiver (``Perception.presence``: each class present or not) an
+  image is clean when no class is present above ``present`` (0.5), each step treats the most
+  severe present class, a step is undone when it does not lower that class's presence x severity,
+  and abstention reads the top presence; ``vlir restore`` then chains by default
+  (:func:`default_steps`).
 
 Only pipelines whose feeding perceiver has named classes and whose conditioning uses the class
 probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
@@ -29,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
 CLEAN = "clean"  # the class word of images with nothing to remove
+PRESENT = 0.5  # a multi-label perceiver's class is present above this probability
 
 
 class SteerError(UserError, ValueError):
@@ -111,6 +117,20 @@ def classes(pipeline: "Pipeline") -> tuple[str | None, list[str]]:
     return role, list(getattr(pipeline.perceivers[role], "class_names", None) or [])
 
 
+def multilabel(pipeline: "Pipeline") -> bool:
+    """Whether the feeding perceiver is multi-label (fills ``Perception.presence``)."""
+    role, _ = classes(pipeline)
+    return role is not None and bool(getattr(pipeline.perceivers[role], "multilabel", False))
+
+
+def default_steps(pipeline: "Pipeline") -> int | None:
+    """Steps of ``vlir restore`` without ``--chain``: one per class (``clean`` aside) for a steerable
+    pipeline fed by a multi-label perceiver, None (one ordinary restoration) otherwise."""
+    if not multilabel(pipeline) or why_not_steerable(pipeline) is not None:
+        return None
+    return max(1, sum(n != CLEAN for n in classes(pipeline)[1]))
+
+
 def why_not_steerable(pipeline: "Pipeline") -> str | None:
     """Why the pipeline cannot be told which degradation to remove, or None when it can."""
     role, names = classes(pipeline)
@@ -143,7 +163,8 @@ def steer(pipeline: "Pipeline", perceptions: dict[str, "Perception"], word: str)
 # -- step by step -----------------------------------------------------------------------------------
 @dataclass
 class Step:
-    """One restoration step: the class treated, its probability before and after the step."""
+    """One restoration step: the class treated, its probability (multi-label: presence x severity)
+    before and after the step."""
 
     word: str
     before: float
@@ -154,8 +175,8 @@ class Step:
 class Path:
     """What was done to one image and why it stopped: ``clean`` (nothing left to remove),
     ``unsure`` (top probability under the abstention threshold), ``no better`` (the last step did not
-    lower its class's probability and was undone), ``steps`` (the step limit) or ``asked`` (a
-    given path, done)."""
+    lower its class's probability, or presence x severity, and was undone), ``steps`` (the step
+    limit) or ``asked`` (a given path, done)."""
 
     steps: list[Step] = field(default_factory=list)
     stop: str = "steps"
@@ -179,16 +200,41 @@ def _top(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int 
     return names[k], float(probs[k]), probs
 
 
+def _amount(p: "Perception", k: int, index: int = 0) -> float:
+    """How much of class ``k`` image ``index`` shows: its class probability, or for a multi-label
+    perceiver its presence x severity (an expected severity: near 0 once the class is gone)."""
+    if p.presence is None:
+        return float(p.class_probs[index].float()[k])
+    amount = p.presence[index, k].float()
+    if p.severity is not None:
+        amount = amount * p.severity[index, k].float()
+    return float(amount)
+
+
+def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float
+             ) -> tuple[list[str], float]:
+    """(the classes present in image ``index``, most severe first; the top presence), ``clean`` aside."""
+    role, names = classes(pipeline)
+    p = perceptions[role]
+    presence = p.presence[index].float()
+    severity = p.severity[index].float() if p.severity is not None else presence
+    ks = [k for k, n in enumerate(names) if n != CLEAN]
+    found = sorted((k for k in ks if float(presence[k]) > present),
+                   key=lambda k: (-float(severity[k]), -float(presence[k])))
+    return [names[k] for k in found], max((float(presence[k]) for k in ks), default=0.0)
+
+
 @torch.no_grad()
 def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, path: Sequence[str] | None = None,
                   abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
-                  generator: torch.Generator | None = None, ensemble: bool = False
+                  generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT
                   ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
     """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
 
     ``steps=1`` without ``path`` is one ordinary restoration (the pipeline's own routing), left
-    undone for images whose top class probability is under ``abstain``. Returns the restored
-    images, the perceptions of the inputs and each image's :class:`Path`.
+    undone for images whose top class probability (multi-label: top presence) is under
+    ``abstain``, and for multi-label perceivers also where no class is present above ``present``.
+    Returns the restored images, the perceptions of the inputs and each image's :class:`Path`.
     """
     from .inference import restore, run_backbone
 
@@ -204,6 +250,7 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
     if abstain is not None and not names:
         raise SteerError("--abstain needs a perceiver with named degradation classes")
     kw = dict(tile=tile, overlap=overlap, generator=generator)
+    ml = multilabel(pipeline)
 
     if path is None and steps == 1:  # one ordinary restoration, abstaining where unsure
         out, perceptions = restore(pipeline, lq, ensemble=ensemble, **kw)
@@ -213,9 +260,17 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
                 paths.append(Path(stop="steps"))
                 continue
             word, prob, _ = _top(pipeline, perceptions, i)
-            if abstain is not None and prob < abstain:
+            found: list[str] = [word]
+            if ml:  # nothing present: left as it is; abstention reads the top presence
+                found, prob = _present(pipeline, perceptions, i, present)
+            if not found:
+                out[i] = lq[i].to(out.dtype)
+                paths.append(Path(stop="clean"))
+            elif abstain is not None and prob < abstain:
                 out[i] = lq[i].to(out.dtype)
                 paths.append(Path(stop="unsure"))
+            elif ml:
+                paths.append(Path([Step(word, _amount(perceptions[role], names.index(word), i))], stop="steps"))
             else:
                 paths.append(Path([Step(word, prob)], stop="clean" if word == CLEAN else "steps"))
         return out, perceptions, paths
@@ -228,8 +283,11 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
         done = Path(stop="asked" if path is not None else "steps")
         todo = list(path) if path is not None else [None] * steps
         for want in todo:
-            word, prob, probs = _top(pipeline, seen)
+            word, prob, _ = _top(pipeline, seen)
             if want is None:
+                if ml:  # the most severe present class; abstention reads the top presence
+                    found, prob = _present(pipeline, seen, 0, present)
+                    word = found[0] if found else CLEAN
                 if word == CLEAN:
                     done.stop = "clean"
                     break
@@ -237,11 +295,12 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
                     done.stop = "unsure"
                     break
             else:
-                word, prob = want, float(probs[names.index(want)])
+                word = want
+            prob = _amount(seen[role], names.index(word))
             cond = pipeline.condition(steer(pipeline, seen, word))
             y = run_backbone(pipeline, x, cond, steps=None, **kw).clamp(0, 1)
             after = pipeline.perceive(y)
-            step = Step(word, prob, float(after[role].class_probs[0, names.index(word)]))
+            step = Step(word, prob, _amount(after[role], names.index(word)))
             if want is None and step.after >= step.before:  # no better: undo and stop
                 done.undone, done.stop = step, "no better"
                 break

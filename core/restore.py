@@ -301,9 +301,10 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--prompt", metavar="TEXT", help='say it in words: "remove the rain, then the noise"')
     g.add_argument("--chain", type=int, metavar="K", help="restore step by step, at most K steps: remove the most "
                                                           "likely degradation, look again, stop when nothing is left "
-                                                          "or a step does not help (undone)")
+                                                          "or a step does not help (undone); on by default, one step "
+                                                          "per class, for multi-label perceivers (--chain 1: off)")
     g.add_argument("--abstain", type=float, metavar="P", help="leave an image as it is when the perceiver's top class "
-                                                              "probability is under P (0..1)")
+                                                              "probability (multi-label: top presence) is under P (0..1)")
     p.add_argument("--suffix", default="", metavar="S", help="added to each output file's stem, e.g. _restored")
     p.add_argument("--quality", type=quality, default=95, metavar="Q", help="JPEG/WebP output quality, 1..100 (default 95)")
     p.add_argument("--seed", type=int, default=0, help="seed of diffusion sampling (per image)")
@@ -429,9 +430,12 @@ def run_restore(args: argparse.Namespace) -> int:
 def steering_of(pipe: "Pipeline", args: argparse.Namespace) -> dict[str, Any] | None:
     """``Pipeline.restore_steps`` arguments of ``--degradation`` / ``--prompt`` / ``--chain`` /
     ``--abstain`` (None: none given), checked against the pipeline before any file is read."""
-    from .chain import check_words, classes, words_from_prompt, why_not_steerable, SteerError
+    from .chain import check_words, classes, default_steps, words_from_prompt, why_not_steerable, SteerError
 
-    if args.degradation is None and args.prompt is None and args.chain is None and args.abstain is None:
+    steps = args.chain
+    if steps is None and args.degradation is None and args.prompt is None:
+        steps = default_steps(pipe)  # a multi-label perceiver's pipeline chains unless told otherwise
+    if args.degradation is None and args.prompt is None and steps is None and args.abstain is None:
         return None
     names = classes(pipe)[1]
     path = None
@@ -439,9 +443,9 @@ def steering_of(pipe: "Pipeline", args: argparse.Namespace) -> dict[str, Any] | 
         path = check_words(pipe, [w.strip() for w in args.degradation.split(",") if w.strip()])
     elif args.prompt is not None:
         path = words_from_prompt(args.prompt, names)
-    if (path is not None or (args.chain or 1) > 1) and (reason := why_not_steerable(pipe)):
+    if (path is not None or (steps or 1) > 1) and (reason := why_not_steerable(pipe)):
         raise SteerError(f"--degradation, --prompt and --chain need a pipeline that can be steered: {reason}")
-    return {"path": path, "steps": args.chain or 1, "abstain": args.abstain}
+    return {"path": path, "steps": steps or 1, "abstain": args.abstain}
 
 
 # -- classify ----------------------------------------------------------------------------------
