@@ -180,6 +180,14 @@ class Perceiver(Component):
         not, independently): a perceiver with a ``presence_head`` (``plugins/perceivers/_presence``)."""
         return getattr(self, "presence_head", None) is not None
 
+    def calibrate(self, batches: Any) -> dict[str, list[float]] | None:
+        """Fit the presence calibration (per-class temperature and offset, saved with the weights) on
+        held-out ``batches`` (dicts with ``lq`` and ``parts`` or class labels); returns the fitted
+        values, or None for a perceiver that is not multi-label."""
+        if not self.multilabel:
+            return None
+        return self.presence_head.fit(self, batches)
+
     @property
     def class_names(self) -> list[str]:
         """Names of the degradation classes of ``class_probs`` (empty if it has none)."""

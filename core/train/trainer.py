@@ -559,10 +559,27 @@ class Trainer:
         """The averaged weights become the weights; a checkpoint marks the next stage's start."""
         if run.ema is not None:
             run.ema.copy_to()
+        self._calibrate(run.stage)
         self.stage_index += 1
         self.stage_step = 0
         self._save(run, mid_stage=False)
         self.ema = None
+
+    @torch.no_grad()
+    def _calibrate(self, stage: StageSpec) -> None:
+        """End of a ``perceiver:<role>`` stage: a multi-label perceiver's presence calibration is fitted
+        on the validation data (``data.val``: held-out, never a test set) and saved with its weights.
+        Every process fits the same values from the same data."""
+        role = self._target_module(stage.target)
+        if role == "restorer" or self.val_data is None or not self.pipeline.perceivers[role].multilabel:
+            return
+        fitted = self.pipeline.perceivers[role].calibrate(to_device(b, self.device) for b in self._val_loader())
+        names = self.pipeline.perceivers[role].class_names
+        if self.dist.main:
+            log.info("calibrated the presence of perceiver %r on data.val: %s", role, ", ".join(
+                f"{n} T={t:.3g} b={b:+.3g}" for n, t, b in zip(names, fitted["temperature"], fitted["offset"])))
+        self._log("calibration", {f"{key}/{n}": v for key in ("temperature", "offset")
+                                  for n, v in zip(names, fitted[key])}, extra={"perceiver": role})
 
     def _run_stage(self) -> bool:
         """Train the current stage from ``stage_step``; True when the run must stop here."""
@@ -604,15 +621,20 @@ class Trainer:
         self.last_val = values
         return values
 
-    def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
+    def _val_loader(self) -> Any:
+        """The validation data in batches (up to 8 images of equal size; one image otherwise)."""
         from torch.utils.data import DataLoader
 
-        from ..metrics import validation_values
         from .data import collate
 
         assert self.val_data is not None
         bs = min(8, self.data.batch_size) if self.data.val_size else 1
-        dl = DataLoader(self.val_data, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
+        return DataLoader(self.val_data, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
+
+    def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
+        from ..metrics import validation_values
+
+        dl = self._val_loader()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # samples behind each value (per-degradation values: that degradation's)
         shown: list[torch.Tensor] = []

@@ -9,7 +9,8 @@ class is present. Shared by the CLIP perceivers:
   where a CLIP perceiver has them) -> raw presence logits and severity. Its ``temperature`` and
   ``offset`` buffers (per class; saved with the weights) calibrate the logits:
   ``presence = sigmoid(logit / temperature + offset)``; identity until :meth:`PresenceHead.calibrate`
-  fits them on held-out data.
+  (or :meth:`PresenceHead.fit`, on a perceiver and held-out batches; the trainer calls it through
+  ``Perceiver.calibrate`` at the end of the perceiver's stage) fits them.
 - :func:`targets`: presence and severity targets of a batch, from its ``parts`` strings
   (:func:`vlir.core.classes.parse_parts`), else one-hot of its class labels with severity 1.
 - :func:`losses`: BCE on presence + severity regression on the present classes.
@@ -18,7 +19,7 @@ class is present. Shared by the CLIP perceivers:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,25 @@ class PresenceHead(nn.Module):
         self.offset.copy_(b.to(self.offset))
         return {"temperature": [round(float(v), 4) for v in self.temperature],
                 "offset": [round(float(v), 4) for v in self.offset]}
+
+    @torch.no_grad()
+    def fit(self, perceiver: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+        """:meth:`calibrate` on the raw logits (``extras['presence_logits']``) ``perceiver`` gives for
+        held-out ``batches`` (``lq`` and ``parts`` or class labels), in eval mode."""
+        was = perceiver.training
+        perceiver.eval()
+        logits, wanted = [], []
+        try:
+            for batch in batches:
+                lq = batch["lq"]
+                logits.append(perceiver(lq).extras["presence_logits"].float())
+                labels = None if batch.get("parts") is not None else perceiver.class_labels(batch, lq.device)
+                wanted.append(targets(batch, perceiver.class_names, labels, lq.device, f"{perceiver.name} calibration")[0])
+        finally:
+            perceiver.train(was)
+        if not logits:
+            raise ValueError(f"{perceiver.name} calibration: no held-out batches")
+        return self.calibrate(torch.cat(logits), torch.cat(wanted))
 
 
 def targets(batch: Mapping[str, Any], words: Sequence[str], labels: torch.Tensor | None = None,
