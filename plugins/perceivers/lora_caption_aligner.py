@@ -24,9 +24,14 @@ VLMIR (arXiv 2512.17292) has no public code; what follows is our reading of the 
   penalised too).
 - ``forward(lq)``: ``content = c`` and ``degradation = d`` (``[B, D]``, unnormalised) plus the
   class probabilities. ``output_dims = (D, D)``.
+- ``objective: multilabel``: a presence head (``_presence.PresenceHead``) on ``d`` replaces the
+  cross-entropy: ``Perception.presence`` / ``severity`` per class, BCE on presence + severity
+  regression (targets from ``batch['parts']``, else one-hot of the class labels); ``class_probs``
+  is the presence normalised over the classes.
 
 Adapters are saved and loaded through peft (``save_adapter`` / ``load_adapter``: safetensors with
-``clip.*`` = ``get_peft_model_state_dict`` and ``head.*`` = the predictor); ``merge()`` folds them
+``clip.*`` = ``get_peft_model_state_dict``, ``head.*`` = the predictor and, multi-label,
+``presence_head.*``); ``merge()`` folds them
 into the CLIP weights and removes the wrappers (peft's merge-and-unload, layer by layer).
 """
 from __future__ import annotations
@@ -47,7 +52,7 @@ from vlir.core.classes import DACLIP_WORDS
 from vlir.core.components import Perceiver
 from vlir.core.conditioning import Perception
 
-from . import _clip
+from . import _clip, _presence
 
 DEGRADATIONS = list(DACLIP_WORDS)  # classes when the spec's data names none (vlir.core.classes)
 ADAPTER_FORMAT = "vlir-lora-caption-aligner/1"
@@ -82,6 +87,8 @@ class LoraCaptionAligner(Perceiver):
         lora_targets: list[str] = Field(default_factory=lambda: ["mlp.c_fc", "mlp.c_proj"])
         lora_towers: Literal["image", "text", "both"] = "both"
         degradations: list[str] = Field(default_factory=lambda: list(DEGRADATIONS))
+        # cross_entropy: one class per image; multilabel: presence and severity per class (_presence)
+        objective: Literal["cross_entropy", "multilabel"] = "cross_entropy"
         align: Literal["image", "caption", "both"] = "both"
         frozen_target: bool = True  # HQ caption encoded without adapters and without gradient
         predictor_hidden: int | None = Field(None, ge=1)  # hidden width of the split MLP (None: D)
@@ -125,6 +132,8 @@ class LoraCaptionAligner(Perceiver):
             q.requires_grad_("lora_" in name)
         d = _clip.embed_dim(p.model)
         self.head = DegradationPredictor(d, p.predictor_hidden or d, len(p.degradations))
+        if p.objective == "multilabel":
+            self.presence_head = _presence.PresenceHead(d, len(p.degradations), p.predictor_hidden)
         self.merged = False
 
     def _target_regex(self, clip: nn.Module) -> str:
@@ -202,9 +211,14 @@ class LoraCaptionAligner(Perceiver):
     def forward(self, lq: torch.Tensor) -> Perception:
         e = self.encode_image(lq)
         d, c, logits = self.head(e)
+        if not self.multilabel:
+            return Perception(content=c, degradation=d, class_names=self.class_names,
+                              class_probs=logits.softmax(dim=-1),
+                              extras={"degradation_logits": logits, "image_embedding": e})
+        raw, presence, severity = self.presence_head(d)
         return Perception(content=c, degradation=d, class_names=self.class_names,
-                          class_probs=logits.softmax(dim=-1),
-                          extras={"degradation_logits": logits, "image_embedding": e})
+                          class_probs=_presence.class_probs(presence), presence=presence, severity=severity,
+                          extras={"degradation_logits": logits, "presence_logits": raw, "image_embedding": e})
 
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cosine alignment with the HQ caption + degradation CE + content alignment + orthogonality."""
@@ -238,6 +252,15 @@ class LoraCaptionAligner(Perceiver):
         out["content"] = _one_minus_cos(c, target)
         out["orthogonal"] = F.cosine_similarity(d, c, dim=-1).pow(2).mean()
         loss = p.w_align * sum(align) + p.w_content * out["content"] + p.w_orthogonal * out["orthogonal"]
+        if self.multilabel:  # presence BCE + severity regression instead of the cross-entropy
+            labels = None if batch.get("parts") is not None else self.class_labels(batch, lq.device)
+            presence, severity = _presence.targets(batch, self.class_names, labels, lq.device,
+                                                   "lora_caption_aligner objective")
+            raw, predicted = self.presence_head.raw(d)
+            out.update(_presence.losses(raw, predicted, presence, severity, self.class_names))
+            out["degradation"] = out["presence"] + out["severity"]
+            out["loss"] = loss + p.w_degradation * out["degradation"]
+            return out
         labels = self.class_labels(batch, lq.device, required=False)
         if labels is not None:
             out["degradation"] = F.cross_entropy(logits, labels)
@@ -253,6 +276,8 @@ class LoraCaptionAligner(Perceiver):
             raise RuntimeError("lora_caption_aligner: adapters are merged into CLIP; nothing separate to save")
         sd = {f"clip.{k}": v for k, v in get_peft_model_state_dict(self.clip).items()}
         sd.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        if self.multilabel:
+            sd.update({f"presence_head.{k}": v for k, v in self.presence_head.state_dict().items()})
         return sd
 
     def save_adapter(self, path) -> None:
@@ -279,7 +304,7 @@ class LoraCaptionAligner(Perceiver):
         if missing or unexpected or shapes:
             raise ValueError(
                 f"lora_caption_aligner adapter {name} does not fit this model (check lora_rank, lora_targets, "
-                f"lora_towers, degradations): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"lora_towers, degradations, objective): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
                 f"shape mismatch {[(k, tuple(sd[k].shape), tuple(expected[k].shape)) for k in shapes[:5]]}")
         lora = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
@@ -288,13 +313,17 @@ class LoraCaptionAligner(Perceiver):
         if bad:
             raise ValueError(f"lora_caption_aligner adapter {name}: peft did not place {bad[:5]}")
         self.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+        if self.multilabel:
+            self.presence_head.load_state_dict({k[len("presence_head."):]: v for k, v in sd.items()
+                                                if k.startswith("presence_head.")})
 
     def load_weights(self, path: str, strict: bool = True) -> None:
         """A state dict of this module (with adapters, or merged), or a ``save_adapter`` file."""
         from vlir.core.io import load_checkpoint, load_state_dict_checked, unwrap_state_dict
 
         sd = unwrap_state_dict(load_checkpoint(path))
-        if sd and all(("lora_" in k and k.startswith("clip.")) or k.startswith("head.") for k in sd):
+        if sd and all(("lora_" in k and k.startswith("clip.")) or k.startswith(("head.", "presence_head."))
+                      for k in sd):
             self.load_adapter(sd)
             return
         if any(k.startswith("clip.") for k in sd) and not any("lora_" in k or ".base_layer." in k for k in sd):

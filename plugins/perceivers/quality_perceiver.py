@@ -20,6 +20,11 @@ Logits are ``logit_scale * cos(image, prompt)`` with a fixed ``logit_scale = 100
 Outputs for conditioning (``output_dims = (3, D)``): the vector is the quality distribution
 (``Perception.quality_probs``, read by ``Perception.to_conditioning`` when there is no
 degradation embedding) and the content token is the CLIP image embedding ``[B, D]``.
+
+``presence: [class words]`` adds a multi-label degradation head (``_presence.PresenceHead``) on the
+image embedding: ``Perception.presence`` / ``severity`` per class (``class_probs``: the presence
+normalised), trained with the prompts by BCE on presence (``lq``: from ``batch['parts']`` or the
+class labels; ``gt``: nothing present) + severity regression on the present classes.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from vlir.core.classes import QUALITY_TIERS, QUALITY_WORDS, TIER_VALUES
 from vlir.core.components import Perceiver
 from vlir.core.conditioning import Perception
 
-from . import _clip
+from . import _clip, _presence
 
 CLASS_WORDS = list(QUALITY_WORDS)  # of QUALITY_TIERS low, medium, high (vlir.core.classes)
 
@@ -50,6 +55,14 @@ class QualityPerceiver(Perceiver):
         class_words: list[str] = Field(default_factory=lambda: list(CLASS_WORDS))
         ctx_init_std: float = Field(0.02, ge=0.0)  # std of the random part of the context init
         logit_scale: float = Field(100.0, gt=0.0)  # logits = logit_scale * cos(image, prompt)
+        # class words of a multi-label presence head (None: none; not 'degradations', which a spec's
+        # data would fill in for every quality perceiver)
+        presence: list[str] | None = None
+
+        @field_validator("presence")
+        @classmethod
+        def _presence_words(cls, v: list[str] | None) -> list[str] | None:
+            return None if v is None else Perceiver.check_class_words(v)
 
         @field_validator("class_words")
         @classmethod
@@ -89,6 +102,8 @@ class QualityPerceiver(Perceiver):
                                  f"more than n_ctx={p.n_ctx}")
             ctx[k, p.n_ctx - len(word_ids):] = emb[word_ids].detach()
         self.ctx = nn.Parameter(ctx)
+        if p.presence is not None:
+            self.presence_head = _presence.PresenceHead(_clip.embed_dim(p.model), len(p.presence))
 
     # -- info ------------------------------------------------------------------------------
     @classmethod
@@ -96,6 +111,10 @@ class QualityPerceiver(Perceiver):
         if isinstance(params, Mapping) or params is None:
             params = cls.Params(**(params or {}))
         return len(QUALITY_TIERS), _clip.embed_dim(params.model)
+
+    @classmethod
+    def class_words(cls, params) -> list[str]:
+        return list(params.presence or [])
 
     def train(self, mode: bool = True) -> "QualityPerceiver":
         super().train(mode)
@@ -142,8 +161,14 @@ class QualityPerceiver(Perceiver):
         logits = self.logits(image)
         probs = logits.softmax(dim=-1)
         values = torch.tensor(TIER_VALUES, dtype=probs.dtype, device=probs.device)
+        if not self.multilabel:
+            return Perception(content=image, quality_probs=probs, quality_score=probs @ values,
+                              extras={"quality_logits": logits})
+        raw, presence, severity = self.presence_head(image)
         return Perception(content=image, quality_probs=probs, quality_score=probs @ values,
-                          extras={"quality_logits": logits})
+                          class_names=self.class_names, class_probs=_presence.class_probs(presence),
+                          presence=presence, severity=severity,
+                          extras={"quality_logits": logits, "presence_logits": raw})
 
     def objective(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cross-entropy over the three tiers: ``lq`` -> 0, ``medium`` -> 1 (if given), ``gt`` -> 2."""
@@ -162,4 +187,16 @@ class QualityPerceiver(Perceiver):
         logits = self.logits(image)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=-1) == labels).float().mean().detach()
-        return {"loss": loss, "quality": loss.detach(), "accuracy": accuracy}
+        out = {"loss": loss, "quality": loss.detach(), "accuracy": accuracy}
+        if self.multilabel:  # lq: its parts (or class labels); gt: nothing present
+            lq, gt, words = batch["lq"], batch["gt"], self.class_names
+            who = "quality_perceiver objective"
+            found = _presence.targets(batch, words, None if batch.get("parts") is not None
+                                      else self.class_labels(batch, lq.device), lq.device, who)
+            none = _presence.targets({"parts": [""] * gt.shape[0]}, words, device=gt.device, who=who)
+            raw, predicted = self.presence_head.raw(torch.cat([image[:lq.shape[0]], image[-gt.shape[0]:]]))
+            parts = _presence.losses(raw, predicted, torch.cat([found[0], none[0]]), torch.cat([found[1], none[1]]),
+                                     words)
+            out.update(presence=parts["presence"], severity=parts["severity"], presence_accuracy=parts["accuracy"])
+            out["loss"] = loss + parts["presence"] + parts["severity"]
+        return out

@@ -1,0 +1,295 @@
+"""Multi-label perceivers: presence and severity per class, calibration, and the chain that uses them."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("open_clip")
+
+from vlir.core import Backbone, Perceiver, Pipeline  # noqa: E402
+from vlir.core.chain import default_steps, restore_steps, steer  # noqa: E402
+from vlir.core.classes import format_parts  # noqa: E402
+from vlir.core.conditioning import Perception  # noqa: E402
+from vlir.core.inference import run_backbone  # noqa: E402
+from vlir.plugins.degradations.low_light import LowLight  # noqa: E402
+from vlir.plugins.degradations.noise import GaussianNoise  # noqa: E402
+from vlir.plugins.perceivers import _presence  # noqa: E402
+from vlir.plugins.perceivers.daclip import DACLIP  # noqa: E402
+
+WORDS = ["low-light", "noisy", "hazy"]
+
+
+# -- targets and the head -------------------------------------------------------------------------
+def test_targets_from_parts_strings_and_from_old_labels():
+    words = ["low-light", "noisy", "hazy", "clean"]
+    batch = {"parts": [format_parts({"low-light": 0.73, "noisy": 0.41}), "", "hazy=1.0000"]}
+    presence, severity = _presence.targets(batch, words)
+    assert presence.tolist() == [[1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
+    torch.testing.assert_close(severity, torch.tensor([[0.73, 0.41, 0, 0], [0, 0, 0, 0], [0, 0, 1.0, 0]]))
+    with pytest.raises(ValueError, match=r"\['rainy'\].*not class words.*'low-light', 'noisy'"):
+        _presence.targets({"parts": ["rainy=0.5000"]}, words, who="daclip objective")
+    # data without parts: one-hot of degradation_name, severity 1 (through the perceiver's class labels)
+    m = DACLIP(model="vlir-tiny", pretrained=None, degradations=words, objective="multilabel")
+    labels = m.class_labels({"degradation_name": ["noisy", "clean"]})
+    presence, severity = _presence.targets({"degradation_name": ["noisy", "clean"]}, words, labels)
+    assert presence.tolist() == [[0, 1, 0, 0], [0, 0, 0, 1]] and severity.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
+
+
+def test_a_multilabel_perception_shows_presence_and_severity():
+    torch.manual_seed(0)
+    m = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel").eval()
+    single = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS).eval()
+    assert m.multilabel and not single.multilabel
+    assert not any(k.startswith("presence_head.") for k in single.state_dict())  # single-label weights as before
+    x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p = m(x)
+        q = single(x)
+    assert p.presence.shape == p.severity.shape == (2, 3) and q.presence is None and q.severity is None
+    assert ((p.severity >= 0) & (p.severity <= 1)).all()
+    torch.testing.assert_close(p.class_probs.sum(-1), torch.ones(2))  # routing by class_probs still works
+    assert p.top()[0][0] == WORDS[int(p.presence[0].argmax())]
+    d = p.as_dict(1)
+    assert list(d["presence"]) == WORDS and d["presence"]["noisy"] == round(float(p.presence[1, 1]), 6)
+    assert set(d) == {"degradation", "presence", "severity"} and set(q.as_dict()) == {"degradation"}
+    p.presence.requires_grad_(True)
+    assert not p.detach().presence.requires_grad
+
+
+def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(F.binary_cross_entropy_with_logits(logits, y))
+
+
+def test_calibration_lowers_held_out_nll_and_travels_with_the_weights():
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):  # over-confident, shifted logits of a known model
+        z = 2 * torch.randn(n, 3, generator=g)
+        y = (torch.rand(n, 3, generator=g) < torch.sigmoid(z)).float()
+        return 4 * z + torch.tensor([1.5, -1.0, 0.0]), y
+
+    head = _presence.PresenceHead(8, 3)
+    fit_z, fit_y = draw(2000)
+    held_z, held_y = draw(2000)
+    fitted = head.calibrate(fit_z, fit_y)
+    assert nll(head.calibrated(held_z), held_y) < nll(held_z, held_y) - 0.05
+    assert all(3 < t < 5 for t in fitted["temperature"]), fitted  # the 4x over-confidence found
+    sd = head.state_dict()
+    assert torch.allclose(sd["temperature"], torch.tensor(fitted["temperature"]), atol=1e-4)  # a buffer, saved
+    fresh = _presence.PresenceHead(8, 3)
+    fresh.load_state_dict(sd)
+    torch.testing.assert_close(fresh.calibrated(held_z), head.calibrated(held_z))
+    # a class never present in the data keeps the identity (its offset would run off)
+    always = head.calibrate(fit_z, torch.cat([fit_y[:, :2], torch.zeros(2000, 1)], 1))
+    assert always["temperature"][2] == 1.0 and always["offset"][2] == 0.0
+
+
+# -- a tiny multi-label DA-CLIP trained here ---------------------------------------------------------
+def smooth(n: int, g: torch.Generator, size: int = 32) -> torch.Tensor:
+    """Smooth random colour images."""
+    return F.interpolate(torch.rand(n, 3, 4, 4, generator=g) * 0.7 + 0.2, size=(size, size), mode="bilinear",
+                         align_corners=False)
+
+
+def severity(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The severity of a part (vlir.core.classes): clamp((40 - PSNR(before, after)) / 30, 0, 1)."""
+    psnr = -10 * torch.log10((before - after).pow(2).mean().clamp(min=1e-10))
+    return float(((40 - psnr) / 30).clamp(0, 1))
+
+
+DARK, NOISE = LowLight(), GaussianNoise(sigma=(20.0, 50.0))
+
+
+def degraded(x: torch.Tensor, which: tuple[str, ...], g: torch.Generator) -> tuple[torch.Tensor, str]:
+    """``x`` [1, 3, H, W] with the named degradations applied in order, and its parts string."""
+    parts = {}
+    for word in which:
+        y = (DARK if word == "low-light" else NOISE)(x, g)
+        parts[word] = severity(x, y)
+        x = y
+    return x, format_parts(parts)
+
+
+KINDS = [(), ("low-light",), ("noisy",), ("low-light", "noisy")]  # clean, each alone, both together
+
+
+def batch(n: int, g: torch.Generator) -> dict:
+    kinds = torch.randint(0, len(KINDS), (n,), generator=g).tolist()
+    items = [degraded(x[None], KINDS[k], g) for x, k in zip(smooth(n, g), kinds)]
+    return {"lq": torch.cat([x for x, _ in items]), "parts": [p for _, p in items]}
+
+
+@pytest.fixture(scope="module")
+def trained() -> DACLIP:
+    torch.manual_seed(0)
+    m = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel", resize=False)
+    opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    m.train()
+    for _ in range(300):
+        loss = m.objective(batch(32, g))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+def test_a_trained_multilabel_daclip_sees_both_degradations_of_a_mixed_image(trained):
+    g = torch.Generator().manual_seed(123)
+    x = smooth(1, g)
+    cases = {k: degraded(x, k, g)[0] for k in KINDS}
+    with torch.no_grad():
+        seen = {k: trained(y) for k, y in cases.items()}
+    both = seen[("low-light", "noisy")].presence[0]
+    assert both[0] > 0.5 and both[1] > 0.5 and both[2] < 0.5, both  # dark AND noisy, not hazy
+    assert (seen[()].presence[0] < 0.5).all(), seen[()].presence  # clean: nothing present
+    for k in [("low-light",), ("noisy",)]:
+        present = [WORDS[i] for i, v in enumerate(seen[k].presence[0]) if v > 0.5]
+        assert present == list(k), (k, seen[k].presence)
+    # the objective's terms are finite and old single-class data (no parts) still trains
+    out = trained.objective({"lq": cases[("noisy",)], "degradation_name": ["noisy"]})
+    assert torch.isfinite(out["loss"]) and {"presence", "severity", "accuracy"} <= set(out)
+
+
+def test_a_perceiver_calibrated_on_held_out_data_saves_it_with_the_pipeline(trained, tmp_path):
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny",
+                            "params": {"degradations": WORDS, "objective": "multilabel", "resize": False}}],
+            "backbone": {"type": "nafnet", "preset": "tiny"}}
+    pipe = Pipeline.from_spec(spec, build_losses=False).eval()
+    pipe.perceivers["daclip"].load_state_dict(trained.state_dict())
+    per = pipe.perceivers["daclip"]
+    held = [batch(32, torch.Generator().manual_seed(s)) for s in (7, 8)]
+
+    def loss(b):
+        with torch.no_grad():
+            return nll(per.presence_head.calibrated(per(b["lq"]).extras["presence_logits"]),
+                       _presence.targets(b, WORDS)[0])
+
+    before = loss(held[1])
+    fitted = per.calibrate(iter(held[:1]))
+    assert fitted["temperature"] != [1.0, 1.0, 1.0]
+    assert loss(held[1]) <= before  # on other held-out images, no worse
+    assert Perceiver.calibrate(DACLIP(model="vlir-tiny", pretrained=None), held) is None  # single-label: nothing
+    again = Pipeline.load(pipe.save(tmp_path / "pipe")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.perceivers["daclip"](held[1]["lq"]).presence, per(held[1]["lq"]).presence)
+    assert again.perceivers["daclip"].presence_head.temperature.tolist() == \
+        per.presence_head.temperature.tolist()
+
+
+def test_the_trainer_calibrates_a_multilabel_perceiver_at_the_end_of_its_stage(tmp_path):
+    from test_trainer import make_images
+
+    from vlir.core.spec import load_spec
+    from vlir.core.train.trainer import Trainer
+
+    images = make_images(tmp_path / "clean", n=4, size=40)
+    raw = {"perceivers": [{"type": "daclip", "preset": "tiny",
+                           "params": {"degradations": ["noisy", "blurry"], "objective": "multilabel"}}],
+           "backbone": {"type": "nafnet", "preset": "tiny"}, "losses": [{"type": "l1"}],
+           "data": {"train": [str(images)], "val": [str(images)], "patch_size": 32, "batch_size": 4,
+                    "degradations": [{"type": "noise"}, {"type": "blur"}], "val_size": 32, "val_limit": 8},
+           "train": {"iterations": 3, "lr": 1e-3, "warmup": 1, "log_every": 1, "val_every": 100, "save_every": 100,
+                     "ema": None, "stages": [{"name": "perceiver", "target": "perceiver:daclip", "iterations": 3}]}}
+    out = Trainer(load_spec(raw), tmp_path / "r", device="cpu", progress=False).fit()
+    rows = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    cal = [r for r in rows if r["kind"] == "calibration"]
+    assert len(cal) == 1 and cal[0]["perceiver"] == "daclip" and "temperature/noisy" in cal[0]
+    saved = Pipeline.load(out).perceivers["daclip"].presence_head
+    assert saved.temperature.tolist() == pytest.approx([cal[0]["temperature/noisy"], cal[0]["temperature/blurry"]],
+                                                       abs=1e-5)
+    assert saved.temperature.tolist() != [1.0, 1.0]
+
+
+# -- the chain with a multi-label perceiver ------------------------------------------------------------
+def high_pass(x: torch.Tensor) -> torch.Tensor:
+    return (x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)).std(dim=(1, 2, 3))
+
+
+class Rules(Perceiver):
+    """A multi-label perceiver written out: dark images are low-light, high-pass energy is noise."""
+
+    class Params(Perceiver.Params):
+        degradations: list[str] = WORDS
+
+    @property
+    def multilabel(self) -> bool:
+        return True
+
+    def forward(self, lq):
+        mean, hp = lq.mean(dim=(1, 2, 3)), high_pass(lq)
+        presence = torch.stack([torch.sigmoid((0.3 - mean) * 40), torch.sigmoid((hp - 0.015) * 300),
+                                torch.full_like(mean, 0.01)], 1)
+        severity = torch.stack([(0.5 - mean).clamp(0, 0.5) * 2, (hp * 5).clamp(0, 1), torch.zeros_like(mean)], 1)
+        return Perception(class_names=self.class_names, class_probs=_presence.class_probs(presence),
+                          presence=presence, severity=severity)
+
+
+class Brighten(Backbone):
+    def forward(self, lq, cond=None, **kw):
+        return (lq * 0.5 / lq.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+
+
+class Smooth(Backbone):
+    def forward(self, lq, cond=None, **kw):
+        return F.avg_pool2d(F.pad(lq, (3, 3, 3, 3), mode="replicate"), 7, stride=1)
+
+
+def rules_pipeline() -> Pipeline:
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": WORDS}}],
+            "backbone": {"type": "experts", "params": {"expert_params": {"width": 8, "enc_blk_nums": [1],
+                                                                          "middle_blk_num": 1, "dec_blk_nums": [1]}}},
+            "condition": {"vector": "probs", "tokens": False}}
+    pipe = Pipeline.from_spec(spec, build_losses=False).eval()
+    pipe.perceivers["daclip"] = Rules()
+    pipe.backbone.nets[0], pipe.backbone.nets[1] = Brighten(), Smooth()
+    return pipe
+
+
+def dark_noisy(seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = smooth(1, g, size=48) * 0.3
+    return (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def test_the_chain_removes_the_most_severe_present_class_first_and_stops_at_clean():
+    pipe = rules_pipeline()
+    x = dark_noisy()
+    with torch.no_grad():
+        seen = pipe.perceive(x)["daclip"]
+        assert (seen.presence[0, :2] > 0.5).all() and seen.severity[0, 0] > seen.severity[0, 1]
+        out, _, paths = restore_steps(pipe, x, steps=3)
+        cond = pipe.condition(steer(pipe, pipe.perceive(x), "low-light"))
+        y = run_backbone(pipe, x, cond).clamp(0, 1)
+        want = run_backbone(pipe, y, pipe.condition(steer(pipe, pipe.perceive(y), "noisy"))).clamp(0, 1)
+    assert [s.word for s in paths[0].steps] == ["low-light", "noisy"] and paths[0].stop == "clean", str(paths[0])
+    assert all(s.after < s.before for s in paths[0].steps)
+    torch.testing.assert_close(out, want)
+    assert str(paths[0]).endswith("→ clean")
+
+
+def test_abstention_and_clean_images_are_left_bit_for_bit():
+    pipe = rules_pipeline()
+    x = dark_noisy()
+    clean = smooth(1, torch.Generator().manual_seed(2), size=48)
+    with torch.no_grad():
+        for steps in (1, 3):
+            out, _, paths = restore_steps(pipe, x, steps=steps, abstain=1.0)
+            assert torch.equal(out, x) and paths[0].stop == "unsure"
+            out, _, paths = restore_steps(pipe, clean, steps=steps)
+            assert torch.equal(out, clean) and paths[0].stop == "clean"
+
+
+def test_restore_chains_by_default_only_for_multilabel_pipelines():
+    from vlir.core.restore import steering_of
+    from test_chain import pipeline as single_label
+
+    args = argparse.Namespace(degradation=None, prompt=None, chain=None, abstain=None)
+    assert default_steps(rules_pipeline()) == 3
+    assert steering_of(rules_pipeline(), args) == {"path": None, "steps": 3, "abstain": None}
+    assert default_steps(single_label()) is None and steering_of(single_label(), args) is None
+    assert steering_of(rules_pipeline(), argparse.Namespace(**{**vars(args), "chain": 1}))["steps"] == 1
