@@ -293,3 +293,52 @@ def test_restore_chains_by_default_only_for_multilabel_pipelines():
     assert steering_of(rules_pipeline(), args) == {"path": None, "steps": 3, "abstain": None}
     assert default_steps(single_label()) is None and steering_of(single_label(), args) is None
     assert steering_of(rules_pipeline(), argparse.Namespace(**{**vars(args), "chain": 1}))["steps"] == 1
+
+
+# -- the other CLIP perceivers: the same head on their embedding -------------------------------------
+def fit(m: Perceiver, extra, steps: int = 40) -> tuple[float, float]:
+    """(presence BCE at the first step, at the last) training ``m`` on batches with ``extra`` keys."""
+    opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    m.train()
+    first = last = None
+    for _ in range(steps):
+        b = batch(16, g)
+        out = m.objective({**b, **extra(b)})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        last = float(out["presence"].detach())
+        first = last if first is None else first
+    return first, last
+
+
+def test_lora_caption_aligner_and_quality_perceiver_have_a_multilabel_option(tmp_path):
+    pytest.importorskip("peft")
+    from vlir.plugins.perceivers.lora_caption_aligner import LoraCaptionAligner
+    from vlir.plugins.perceivers.quality_perceiver import QualityPerceiver
+
+    torch.manual_seed(0)
+    lora = LoraCaptionAligner(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel")
+    quality = QualityPerceiver(model="vlir-tiny", pretrained=None, n_ctx=4, presence=WORDS)
+    assert lora.multilabel and quality.multilabel and quality.class_names == WORDS
+    assert not QualityPerceiver(model="vlir-tiny", pretrained=None, n_ctx=4).class_names  # as before
+    first, last = fit(lora, lambda b: {"caption": ["a photo"] * len(b["parts"])})
+    assert last < first, (first, last)
+    first, last = fit(quality, lambda b: {"gt": smooth(len(b["parts"]), torch.Generator().manual_seed(1))})
+    assert last < first, (first, last)
+    x = batch(4, torch.Generator().manual_seed(3))["lq"]
+    for m in (lora.eval(), quality.eval()):
+        with torch.no_grad():
+            p = m(x)
+        assert p.presence.shape == p.severity.shape == (4, 3) and p.class_names == WORDS
+        torch.testing.assert_close(p.class_probs.sum(-1), torch.ones(4))
+    # the LoRA aligner's adapter file carries the presence head and its calibration
+    lora.presence_head.temperature.fill_(2.0)
+    lora.save_adapter(tmp_path / "adapter.safetensors")
+    torch.manual_seed(0)  # the same frozen CLIP; adapters and heads from the file
+    base = LoraCaptionAligner(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel")
+    base.load_adapter(tmp_path / "adapter.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(base.eval()(x).presence, lora(x).presence)
+    assert base.presence_head.temperature.tolist() == [2.0, 2.0, 2.0]
