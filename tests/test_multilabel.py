@@ -272,6 +272,23 @@ def test_the_chain_removes_the_most_severe_present_class_first_and_stops_at_clea
     assert str(paths[0]).endswith("→ clean")
 
 
+class Keep(Backbone):
+    def forward(self, lq, cond=None, **kw):
+        return lq.clone()
+
+
+def test_a_step_that_does_not_lower_its_class_is_undone():
+    pipe = rules_pipeline()
+    pipe.backbone.nets[1] = Keep()  # the noise expert does nothing
+    x = dark_noisy()
+    with torch.no_grad():
+        out, _, paths = restore_steps(pipe, x, steps=3)
+        y = run_backbone(pipe, x, pipe.condition(steer(pipe, pipe.perceive(x), "low-light"))).clamp(0, 1)
+    assert [s.word for s in paths[0].steps] == ["low-light"] and paths[0].stop == "no better"
+    assert paths[0].undone.word == "noisy" and paths[0].undone.after >= paths[0].undone.before
+    assert torch.equal(out, y)
+
+
 def test_abstention_and_clean_images_are_left_bit_for_bit():
     pipe = rules_pipeline()
     x = dark_noisy()

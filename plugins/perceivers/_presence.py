@@ -1,6 +1,6 @@
 """Multi-label degradation heads: is each class present, how severe, and calibrated probabilities.
 
-A multi-label perceiver (``objective: multilabel``) says for each of its class words independently
+A multi-label perceiver (``objective: multilabel``; the quality perceiver: ``presence: [words]``) says for each of its class words independently
 whether the image shows it (``Perception.presence``, [B, K]) and how strongly
 (``Perception.severity``, [B, K] in [0, 1]): an image can be dark and noisy; it is clean when no
 class is present. Shared by the CLIP perceivers:
