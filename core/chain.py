@@ -242,6 +242,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
         raise SteerError(f"--chain must be at least 1 step, got {steps}")
     if abstain is not None and not 0 <= abstain <= 1:
         raise SteerError(f"--abstain must be a probability in [0, 1], got {abstain}")
+    if not 0 <= present <= 1:
+        raise SteerError(f"present (the presence threshold) must be a probability in [0, 1], got {present}")
     role, names = classes(pipeline)
     if path is not None:
         path = check_words(pipeline, path)
