@@ -14,6 +14,7 @@ from vlir.core import Backbone, Perceiver, Pipeline  # noqa: E402
 from vlir.core.chain import default_steps, restore_steps, steer  # noqa: E402
 from vlir.core.classes import format_parts  # noqa: E402
 from vlir.core.conditioning import Perception  # noqa: E402
+from vlir.core.data.datasets import severity  # noqa: E402
 from vlir.core.inference import run_backbone  # noqa: E402
 from vlir.plugins.degradations.low_light import LowLight  # noqa: E402
 from vlir.plugins.degradations.noise import GaussianNoise  # noqa: E402
@@ -95,17 +96,12 @@ def smooth(n: int, g: torch.Generator, size: int = 32) -> torch.Tensor:
                          align_corners=False)
 
 
-def severity(before: torch.Tensor, after: torch.Tensor) -> float:
-    """The severity of a part (vlir.core.classes): clamp((40 - PSNR(before, after)) / 30, 0, 1)."""
-    psnr = -10 * torch.log10((before - after).pow(2).mean().clamp(min=1e-10))
-    return float(((40 - psnr) / 30).clamp(0, 1))
-
-
 DARK, NOISE = LowLight(), GaussianNoise(sigma=(20.0, 50.0))
 
 
 def degraded(x: torch.Tensor, which: tuple[str, ...], g: torch.Generator) -> tuple[torch.Tensor, str]:
-    """``x`` [1, 3, H, W] with the named degradations applied in order, and its parts string."""
+    """``x`` [1, 3, H, W] with the named degradations applied in order, and its parts string (as
+    the data's items have it)."""
     parts = {}
     for word in which:
         y = (DARK if word == "low-light" else NOISE)(x, g)
@@ -188,21 +184,24 @@ def test_the_trainer_calibrates_a_multilabel_perceiver_at_the_end_of_its_stage(t
     from vlir.core.train.trainer import Trainer
 
     images = make_images(tmp_path / "clean", n=4, size=40)
-    raw = {"perceivers": [{"type": "daclip", "preset": "tiny",
-                           "params": {"degradations": ["noisy", "blurry"], "objective": "multilabel"}}],
+    mix = {"type": "mix", "params": {"include": ["low-light", "noisy"], "count": 2}}
+    raw = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"objective": "multilabel"}}],
            "backbone": {"type": "nafnet", "preset": "tiny"}, "losses": [{"type": "l1"}],
            "data": {"train": [str(images)], "val": [str(images)], "patch_size": 32, "batch_size": 4,
-                    "degradations": [{"type": "noise"}, {"type": "blur"}], "val_size": 32, "val_limit": 8},
+                    "degradations": [{"type": "noise"}, mix], "val_size": 32, "val_limit": 8},
            "train": {"iterations": 3, "lr": 1e-3, "warmup": 1, "log_every": 1, "val_every": 100, "save_every": 100,
                      "ema": None, "stages": [{"name": "perceiver", "target": "perceiver:daclip", "iterations": 3}]}}
-    out = Trainer(load_spec(raw), tmp_path / "r", device="cpu", progress=False).fit()
+    trainer = Trainer(load_spec(raw), tmp_path / "r", device="cpu", progress=False)
+    assert trainer.pipeline.perceivers["daclip"].class_names == ["noisy", "low-light"]  # the data's words, mix expanded
+    assert any(";" in trainer.val_data[i]["parts"] for i in range(8))  # mixed items show both
+    out = trainer.fit()
     rows = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     cal = [r for r in rows if r["kind"] == "calibration"]
-    assert len(cal) == 1 and cal[0]["perceiver"] == "daclip" and "temperature/noisy" in cal[0]
+    assert len(cal) == 1 and cal[0]["perceiver"] == "daclip"
     saved = Pipeline.load(out).perceivers["daclip"].presence_head
-    assert saved.temperature.tolist() == pytest.approx([cal[0]["temperature/noisy"], cal[0]["temperature/blurry"]],
+    assert saved.temperature.tolist() == pytest.approx([cal[0]["temperature/noisy"], cal[0]["temperature/low-light"]],
                                                        abs=1e-5)
-    assert saved.temperature.tolist() != [1.0, 1.0]
+    assert saved.temperature[0] == 1.0 and 0.1 < saved.temperature[1] != 1.0  # noisy: in every image, kept
 
 
 # -- the chain with a multi-label perceiver ------------------------------------------------------------

@@ -68,8 +68,10 @@ class PresenceHead(nn.Module):
     @torch.no_grad()
     def calibrate(self, logits: torch.Tensor, targets: torch.Tensor, iterations: int = 100) -> dict[str, list[float]]:
         """Fit ``temperature`` and ``offset`` per class by LBFGS on the BCE of held-out raw ``logits``
-        ``[N, K]`` against 0/1 ``targets`` ``[N, K]``. A class that is never, or always, present in
-        the data keeps the identity (its offset would run off). Returns the fitted values."""
+        ``[N, K]`` against 0/1 ``targets`` ``[N, K]``, with a unit normal prior on log(temperature)
+        and on the offset (a MAP fit: a few separable images do not drive the temperature to 0; many
+        images outweigh it). A class that is never, or always, present in the data keeps the
+        identity (its offset would run off). Returns the fitted values."""
         if logits.shape != targets.shape or logits.dim() != 2 or logits.shape[1] != self.temperature.numel():
             raise ValueError(f"PresenceHead.calibrate: logits {tuple(logits.shape)} and targets "
                              f"{tuple(targets.shape)} must both be [N, {self.temperature.numel()}]")
@@ -82,6 +84,7 @@ class PresenceHead(nn.Module):
         def closure() -> torch.Tensor:
             opt.zero_grad()
             loss = F.binary_cross_entropy_with_logits(z / log_t.exp() + shift, y, reduction="none")[:, fit].sum()
+            loss = loss + 0.5 * (log_t[fit].pow(2) + shift[fit].pow(2)).sum()
             loss.backward()
             return loss
 
@@ -92,8 +95,7 @@ class PresenceHead(nn.Module):
         b = torch.where(fit, shift.detach(), torch.zeros_like(shift))
         self.temperature.copy_(t.to(self.temperature))
         self.offset.copy_(b.to(self.offset))
-        return {"temperature": [round(float(v), 4) for v in self.temperature],
-                "offset": [round(float(v), 4) for v in self.offset]}
+        return {"temperature": self.temperature.tolist(), "offset": self.offset.tolist()}
 
     @torch.no_grad()
     def fit(self, perceiver: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
