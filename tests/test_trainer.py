@@ -273,7 +273,8 @@ def test_cpu_autocast_and_channels_last(tmp_path, images, amp, channels_last, dt
             convs = [m for m in trainer.pipeline.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
             seen["layouts"] = {c.weight.is_contiguous(memory_format=torch.channels_last)  # (size-1 dims: both)
                                for c in convs if c.kernel_size != (1, 1) and c.weight.shape[1] > 1}
-            convs[0].register_forward_hook(lambda m, i, o: seen.setdefault("dtypes", set()).add(o.dtype))
+            # convs[0] reads the image in fp32 (plugins/backbones/_blocks.full_precision); the next runs in autocast
+            convs[1].register_forward_hook(lambda m, i, o: seen.setdefault("dtypes", set()).add(o.dtype))
     with Hook(grab):
         out = Trainer(load_spec(tiny_spec(images, iterations=3, amp=amp, channels_last=channels_last)),
                       tmp_path / "r", device="cpu", progress=False).fit()
