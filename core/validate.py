@@ -85,6 +85,16 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                 errors.append((f"losses[{i}].params.perceiver", f"loss {loss.type!r} names perceiver role "
                                                                 f"{role!r}, which the spec does not have; {known}"))
             kinds = registry.load("loss", loss.type, loss.provider).perceiver_kinds
+            if isinstance(role, str) and role in roles and kinds:
+                k = roles.index(role)
+                p = spec.perceivers[k]
+                builtin = f"perceivers[{k}]" not in failed and \
+                    registry.load("perceiver", p.type, p.provider).__module__.startswith("vlir.")
+                if builtin and not names[k] & set(kinds):  # a third-party perceiver may give what it reads
+                    types = [t for t in kinds if t in registered] or kinds
+                    errors.append((f"losses[{i}].params.perceiver",
+                                   f"loss {loss.type!r} reads a perceiver of type {' or '.join(types)}; role "
+                                   f"{role!r} is a {p.type!r} perceiver"))
             if role is None and kinds and not any(n & set(kinds) for n in names):
                 types = [k for k in kinds if k in registered] or kinds  # the registry names, not class names
                 errors.append((f"losses[{i}]", f"loss {loss.type!r} reads a perceiver of type "

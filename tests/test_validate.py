@@ -111,6 +111,19 @@ def test_loss_reading_a_perceiver_type_the_spec_lacks(tmp_path, loss, perceivers
     """, "role.yaml"), REG)
 
 
+def test_loss_naming_a_builtin_perceiver_of_the_wrong_type(tmp_path):
+    """An explicit role must be a perceiver the loss can read (a built-in one of another type is
+    refused; a third-party perceiver may give what the loss reads, so only run time checks it)."""
+    errs = errors_of(spec_file(tmp_path, f"""
+        perceivers: [{{type: daclip, preset: tiny}}, {{type: quality_perceiver, preset: tiny}}]
+        backbone: {{type: nafnet, params: {TINY_NAF}}}
+        losses: [{{type: l1}}, {{type: clip_quality, params: {{perceiver: daclip}}}}]
+    """))
+    assert list(errs) == ["losses[1].params.perceiver"]
+    assert "reads a perceiver of type quality_perceiver; role 'daclip' is a 'daclip' perceiver" in \
+        errs["losses[1].params.perceiver"]
+
+
 def test_stage_target_naming_a_missing_perceiver(tmp_path):
     errs = errors_of(spec_file(tmp_path, f"""
         perceivers: [{{type: daclip, preset: tiny}}]
