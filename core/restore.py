@@ -184,9 +184,12 @@ def summarize(perceptions: "dict[str, Perception]", index: int = 0) -> dict[str,
     """One image's perceptions merged over roles.
 
     Top-level ``degradation`` / ``confidence`` / ``probabilities`` come from the first perceiver
-    with class probabilities, ``quality_score`` / ``quality`` from the first with a quality
-    output; ``perceivers`` holds every role's own summary.
+    with class probabilities, ``present`` (class -> presence of the classes present, most likely
+    first) from the first multi-label one, ``quality_score`` / ``quality`` from the first with a
+    quality output; ``perceivers`` holds every role's own summary.
     """
+    from .chain import PRESENT
+
     out: dict[str, Any] = {}
     by_role = {}
     for role, p in perceptions.items():
@@ -195,6 +198,8 @@ def summarize(perceptions: "dict[str, Perception]", index: int = 0) -> dict[str,
         if "degradation" in d and "degradation" not in out:
             name, prob = max(d["degradation"].items(), key=lambda kv: kv[1])
             out.update(degradation=name, confidence=prob, probabilities=d["degradation"], degradation_from=role)
+        if "presence" in d and "present" not in out:  # a multi-label perceiver: every class present
+            out["present"] = {w: q for w, q in sorted(d["presence"].items(), key=lambda kv: -kv[1]) if q >= PRESENT}
         if "quality_score" in d and "quality_score" not in out:
             out["quality_score"] = d["quality_score"]
         if "quality" in d and "quality" not in out:
@@ -204,9 +209,14 @@ def summarize(perceptions: "dict[str, Perception]", index: int = 0) -> dict[str,
 
 
 def describe(summary: dict[str, Any]) -> str:
-    """Short text for one image, e.g. ``noisy 0.93, quality 0.71``."""
+    """Short text for one image, e.g. ``noisy 0.93, quality 0.71``; for a multi-label perceiver
+    what is present, e.g. ``low-light 0.97 + noisy 0.81`` (or ``clean``)."""
+    from .chain import CLEAN
+
     parts = []
-    if "degradation" in summary:
+    if "present" in summary:  # multi-label: what is present (clean: nothing)
+        parts.append(" + ".join(f"{w} {q:.2f}" for w, q in summary["present"].items() if w != CLEAN) or "clean")
+    elif "degradation" in summary:
         parts.append(f"{summary['degradation']} {summary['confidence']:.2f}")
     if "quality_score" in summary:
         parts.append(f"quality {summary['quality_score']:.2f}")

@@ -61,6 +61,22 @@ def test_a_multilabel_perception_shows_presence_and_severity():
     assert not p.detach().presence.requires_grad
 
 
+def test_the_summary_names_every_present_class():
+    """``vlir restore``/``classify`` lines show what a multi-label perceiver sees as present."""
+    from vlir.core.conditioning import Perception
+    from vlir.core.restore import describe, summarize
+
+    words = ["noisy", "low-light", "clean"]
+    presence = torch.tensor([[0.81, 0.97, 0.02], [0.1, 0.2, 0.9]])
+    p = Perception(class_names=words, class_probs=presence / presence.sum(-1, keepdim=True), presence=presence)
+    first = summarize({"daclip": p}, 0)
+    assert list(first["present"]) == ["low-light", "noisy"]
+    assert describe(first) == "low-light 0.97 + noisy 0.81"
+    assert describe(summarize({"daclip": p}, 1)) == "clean"
+    single = Perception(class_names=words, class_probs=presence)
+    assert "present" not in summarize({"daclip": single}) and describe(summarize({"daclip": single})) == "low-light 0.97"
+
+
 def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(F.binary_cross_entropy_with_logits(logits, y))
 
