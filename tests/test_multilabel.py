@@ -31,6 +31,9 @@ def test_targets_from_parts_strings_and_from_old_labels():
     presence, severity = _presence.targets(batch, words)
     assert presence.tolist() == [[1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
     torch.testing.assert_close(severity, torch.tensor([[0.73, 0.41, 0, 0], [0, 0, 0, 0], [0, 0, 1.0, 0]]))
+    # a part that did not visibly change the image (severity 0) is not present; alone, the image is clean
+    presence, _ = _presence.targets({"parts": ["noisy=0.0000;hazy=0.2000", "noisy=0.0000"]}, words)
+    assert presence.tolist() == [[0, 0, 1, 0], [0, 0, 0, 1]]
     with pytest.raises(ValueError, match=r"\['rainy'\].*not class words.*'low-light', 'noisy'"):
         _presence.targets({"parts": ["rainy=0.5000"]}, words, who="daclip objective")
     # data without parts: one-hot of degradation_name, severity 1 (through the perceiver's class labels)

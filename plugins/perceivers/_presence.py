@@ -123,7 +123,8 @@ def targets(batch: Mapping[str, Any], words: Sequence[str], labels: torch.Tensor
 
     From ``batch['parts']`` (one string per image, :func:`vlir.core.classes.parse_parts`) when it
     is there, else one-hot of ``labels`` (the batch's class indices, ``Perceiver.class_labels``)
-    with severity 1. A ``clean`` class word is present when nothing else is, with severity 0.
+    with severity 1. A part of severity 0 (it changed the image by less than 40 dB PSNR) is not
+    present. A ``clean`` class word is present when nothing else is, with severity 0.
     A word of a parts string that is not in ``words`` is a ValueError naming it.
     """
     words = list(words)
@@ -142,8 +143,8 @@ def targets(batch: Mapping[str, Any], words: Sequence[str], labels: torch.Tensor
         presence = torch.zeros(len(parsed), len(words))
         severity = torch.zeros(len(parsed), len(words))
         for i, d in enumerate(parsed):
-            for w, s in d.items():
-                presence[i, words.index(w)] = 1.0
+            for w, s in d.items():  # severity 0: the part changed the image by less than 40 dB PSNR
+                presence[i, words.index(w)] = float(s > 0)  # an invisible part is not present
                 severity[i, words.index(w)] = s
     if CLEAN in words:
         k = words.index(CLEAN)
