@@ -9,7 +9,10 @@
   the most likely degradation with its expert, perceive again; stop when the perceiver sees
   nothing to remove (its ``clean`` class, or a top probability under ``abstain``), when a step does
   not lower the probability of the degradation it treated (that step is undone), or after
-  ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
+  ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices. With a
+  multi-label perceiver, "nothing to remove" is no class present, each step treats the most severe
+  present class, and a step that changes the image far more than that class's perceived severity
+  allows is undone (:func:`too_much`: do no harm on images the perceiver misreads).
   With a multi-label feeding perceiver (``Perception.presence``: each class present or not) an
   image is clean when no class is present above ``present`` (0.5), each step treats the most
   severe present class, a step is undone when it does not lower that class's presence x severity,
@@ -21,6 +24,7 @@ probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
@@ -35,6 +39,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CLEAN = "clean"  # the class word of images with nothing to remove
 PRESENT = 0.5  # a multi-label perceiver's class is present above this probability
+# A multi-label step is undone when it changes the image by GUARD dB more than the perceived severity
+# says the image is degraded: severity s is defined by PSNR(clean, degraded) = 40 - 30 s
+# (vlir.core.classes), so a right restoration changes its input by about that much, and an expert
+# run on a misread image (a low-light expert on a normally lit photo) by far more. Chosen on held-out
+# synthetic images by benchmarks/guard.py; None: off.
+GUARD: float | None = 8.0
 
 
 class SteerError(UserError, ValueError):
@@ -175,8 +185,9 @@ class Step:
 class Path:
     """What was done to one image and why it stopped: ``clean`` (nothing left to remove),
     ``unsure`` (top probability under the abstention threshold), ``no better`` (the last step did not
-    lower its class's probability, or presence x severity, and was undone), ``steps`` (the step
-    limit) or ``asked`` (a given path, done)."""
+    lower its class's probability, or presence x severity, and was undone), ``too much`` (the last
+    step changed the image far more than the perceived severity allows, :func:`too_much`, and was
+    undone), ``steps`` (the step limit) or ``asked`` (a given path, done)."""
 
     steps: list[Step] = field(default_factory=list)
     stop: str = "steps"
@@ -185,9 +196,9 @@ class Path:
     def __str__(self) -> str:
         parts = [f"{s.word} {s.before:.2f}" for s in self.steps]
         end = {"clean": "clean", "unsure": "left as is (unsure)", "no better": "stop (no better)",
-               "steps": "", "asked": ""}[self.stop]
+               "too much": "stop (too much)", "steps": "", "asked": ""}[self.stop]
         if self.undone is not None:
-            end = f"{self.undone.word} undone (no better)"
+            end = f"{self.undone.word} undone ({self.stop})"
         return " → ".join([*parts, end] if end else parts) or "nothing done"
 
 
@@ -224,16 +235,32 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     return [names[k] for k in found], max((float(presence[k]) for k in ks), default=0.0)
 
 
+def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: float) -> bool:
+    """Whether restoring class ``k`` changed ``x`` into ``y`` by more than its perceived severity
+    allows: PSNR(x, y) under 40 - 30 severity - ``guard`` dB. Severities near 1 (PSNR 10 dB or
+    less, the end of the scale) are never too much."""
+    if p.severity is None:
+        return False
+    s = float(p.severity[0, k])
+    if s >= 0.95:
+        return False
+    mse = float((x.float() - y.float()).pow(2).mean())
+    change = 10 * math.log10(1 / mse) if mse > 0 else math.inf
+    return change < 40 - 30 * s - guard
+
+
 @torch.no_grad()
 def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, path: Sequence[str] | None = None,
                   abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
-                  generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT
-                  ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
+                  generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT,
+                  guard: float | None = GUARD) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
     """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
 
     ``steps=1`` without ``path`` is one ordinary restoration (the pipeline's own routing), left
     undone for images whose top class probability (multi-label: top presence) is under
     ``abstain``, and for multi-label perceivers also where no class is present above ``present``.
+    Step by step with a multi-label perceiver, a step that changes the image ``guard`` dB more than
+    its class's perceived severity allows is undone (:func:`too_much`).
     Returns the restored images, the perceptions of the inputs and each image's :class:`Path`.
     """
     from .inference import restore, run_backbone
@@ -301,6 +328,9 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             prob = _amount(seen[role], names.index(word))
             cond = pipeline.condition(steer(pipeline, seen, word))
             y = run_backbone(pipeline, x, cond, steps=None, **kw).clamp(0, 1)
+            if want is None and ml and guard is not None and too_much(seen[role], names.index(word), x, y, guard):
+                done.undone, done.stop = Step(word, prob), "too much"
+                break
             after = pipeline.perceive(y)
             step = Step(word, prob, _amount(after[role], names.index(word)))
             if want is None and step.after >= step.before:  # no better: undo and stop

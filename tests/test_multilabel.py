@@ -11,7 +11,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from vlir.core import Backbone, Perceiver, Pipeline  # noqa: E402
-from vlir.core.chain import default_steps, restore_steps, steer  # noqa: E402
+from vlir.core.chain import _present, default_steps, restore_steps, steer  # noqa: E402
 from vlir.core.classes import format_parts  # noqa: E402
 from vlir.core.conditioning import Perception  # noqa: E402
 from vlir.core.data.datasets import severity  # noqa: E402
@@ -242,7 +242,9 @@ class Rules(Perceiver):
         mean, hp = lq.mean(dim=(1, 2, 3)), high_pass(lq)
         presence = torch.stack([torch.sigmoid((0.3 - mean) * 40), torch.sigmoid((hp - 0.015) * 300),
                                 torch.full_like(mean, 0.01)], 1)
-        severity = torch.stack([(0.5 - mean).clamp(0, 0.5) * 2, (hp * 5).clamp(0, 1), torch.zeros_like(mean)], 1)
+        # severity as vlir defines it, (40 - PSNR(clean, degraded)) / 30: the distance to mean 0.5 and the noise
+        scale = lambda rms: ((40 + 20 * torch.log10(rms.clamp(min=1e-4))) / 30).clamp(0, 1)  # noqa: E731
+        severity = torch.stack([scale(0.5 - mean), scale(hp), torch.zeros_like(mean)], 1)
         return Perception(class_names=self.class_names, class_probs=_presence.class_probs(presence),
                           presence=presence, severity=severity)
 
@@ -305,6 +307,28 @@ def test_a_step_that_does_not_lower_its_class_is_undone():
     assert [s.word for s in paths[0].steps] == ["low-light"] and paths[0].stop == "no better"
     assert paths[0].undone.word == "noisy" and paths[0].undone.after >= paths[0].undone.before
     assert torch.equal(out, y)
+
+
+class SmoothDark(Backbone):
+    def forward(self, lq, cond=None, **kw):
+        return Smooth()(lq) * 0.4
+
+
+def test_a_step_that_changes_far_more_than_the_severity_allows_is_undone():
+    """A noise expert that also darkens a normally lit image (as a low-light expert brightens a
+    misread photo) changes it far more than its noise severity allows: undone, image kept."""
+    pipe = rules_pipeline()
+    pipe.backbone.nets[1] = SmoothDark()
+    g = torch.Generator().manual_seed(3)
+    x = (smooth(1, g, size=48) * 0.4 + 0.3 + 0.03 * torch.randn(1, 3, 48, 48, generator=g)).clamp(0, 1)
+    with torch.no_grad():
+        seen = pipe.perceive(x)["daclip"]
+        assert _present(pipe, {"daclip": seen}, 0, 0.5)[0] == ["noisy"]
+        out, _, paths = restore_steps(pipe, x, steps=3)
+        assert torch.equal(out, x) and paths[0].stop == "too much" and paths[0].undone.word == "noisy"
+        assert str(paths[0]) == "noisy undone (too much)"
+        kept, _, paths = restore_steps(pipe, x, steps=3, guard=None)  # without the guard the step stays
+        assert paths[0].steps and paths[0].steps[0].word == "noisy" and not torch.equal(kept, x)
 
 
 def test_abstention_and_clean_images_are_left_bit_for_bit():
