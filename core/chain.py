@@ -9,14 +9,12 @@
   the most likely degradation with its expert, perceive again; stop when the perceiver sees
   nothing to remove (its ``clean`` class, or a top probability under ``abstain``), when a step does
   not lower the probability of the degradation it treated (that step is undone), or after
-  ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices. With a
-  multi-label perceiver, "nothing to remove" is no class present, each step treats the most severe
-  present class, and a step that changes the image far more than that class's perceived severity
-  allows is undone (:func:`too_much`: do no harm on images the perceiver misreads).
+  ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
   With a multi-label feeding perceiver (``Perception.presence``: each class present or not) an
   image is clean when no class is present above ``present`` (0.5), each step treats the most
-  severe present class, a step is undone when it does not lower that class's presence x severity,
-  and abstention reads the top presence; ``vlir restore`` then chains by default
+  severe present class, a step is undone when it does not lower that class's presence x severity
+  or changes the image far more than that severity allows (:func:`too_much`: do no harm where the
+  perceiver misreads an image), and abstention reads the top presence; ``vlir restore`` then chains by default
   (:func:`default_steps`).
 
 Only pipelines whose feeding perceiver has named classes and whose conditioning uses the class
