@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,3 +402,28 @@ def test_lora_caption_aligner_and_quality_perceiver_have_a_multilabel_option(tmp
     with torch.no_grad():
         torch.testing.assert_close(base.eval()(x).presence, lora(x).presence)
     assert base.presence_head.temperature.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_guard_benchmark_measures_right_steps(tmp_path):
+    """benchmarks/guard.py: d = PSNR(input, output) - (40 - 30 severity) of each right step."""
+    import importlib.util
+
+    from test_trainer import make_images
+
+    from vlir.core.chain import GUARD
+
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"objective": "multilabel"}}],
+            "backbone": {"type": "nafnet", "preset": "tiny"},
+            "data": {"train": [str(tmp_path)], "degradations": [{"type": "noise"}, {"type": "blur"}, {"type": "clean"}]}}
+    folder = Pipeline.from_spec(spec, build_losses=False).save(tmp_path / "pipe")
+    images = make_images(tmp_path / "held", n=2, size=40)
+    bench = importlib.util.spec_from_file_location("guard", Path(__file__).parents[1] / "benchmarks" / "guard.py")
+    mod = importlib.util.module_from_spec(bench)
+    bench.loader.exec_module(mod)
+    assert mod.main(["--pipeline", str(folder), "--data", str(images), "--seeds", "1", "--threads", "1",
+                     "--out", str(tmp_path / "guard.json")]) == 0
+    out = json.loads((tmp_path / "guard.json").read_text())
+    assert out["steps"] == 4 and {r["word"] for r in out["rows"]} == {"noisy", "blurry"}
+    for r in out["rows"]:
+        assert r["d"] == pytest.approx(r["change_db"] - (40 - 30 * r["severity"]), abs=2e-3)
+    assert f"{GUARD:g}" in out["undone_share"]
