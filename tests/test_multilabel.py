@@ -425,5 +425,5 @@ def test_guard_benchmark_measures_right_steps(tmp_path):
     out = json.loads((tmp_path / "guard.json").read_text())
     assert out["steps"] == 4 and {r["word"] for r in out["rows"]} == {"noisy", "blurry"}
     for r in out["rows"]:
-        assert r["d"] == pytest.approx(r["change_db"] - (40 - 30 * r["severity"]), abs=2e-3)
+        assert r["d"] == pytest.approx(r["change_db"] - (40 - 30 * r["severity"]), abs=5e-3)  # each rounded
     assert f"{GUARD:g}" in out["undone_share"]
