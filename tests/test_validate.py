@@ -501,3 +501,13 @@ def test_captions_file_is_read_at_validation(tmp_path, images):
         data: {{train: [imgs], captions: caps.csv, degradations: [{{type: noise}}]}}
     """, "specs/spec.yaml"))
     assert list(errs) == ["data.captions"] and "caps.csv" in errs["data.captions"]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "default-v2.yaml"])
+def test_the_default_model_specs_validate_with_the_shared_data(name):
+    """The specs that train the built-in model (v1, and v2's perceiver with data.pairs and mixes)
+    pass every check, their data folders read from ../shared beside the repository."""
+    spec = Path(__file__).resolve().parents[1] / "specs" / name
+    if not (spec.parent / ".." / ".." / "shared" / "data" / "LOL").is_dir():
+        pytest.skip("../shared/data is not beside the repository")
+    validate(spec)
