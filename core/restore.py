@@ -468,6 +468,8 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from .chain import CLEAN
+
     jobs, missing = expand_inputs(args.inputs, args.recursive)
     failed = [{"path": p, "error": r} for p, r in missing]
     if not args.json:
@@ -503,7 +505,13 @@ def run_classify(args: argparse.Namespace) -> int:
         results.append({"path": str(job.src), **s})
         if not args.json:
             line = f"{job.src}: {describe(s)}"
-            if "probabilities" in s:
+            if "present" in s:  # multi-label: the most likely of the classes not present
+                presence = s["perceivers"][s["degradation_from"]]["presence"]
+                others = sorted(((n, v) for n, v in presence.items() if n not in s["present"] and n != CLEAN),
+                                key=lambda kv: -kv[1])[:3]
+                if others:
+                    line += " (not present: " + ", ".join(f"{n} {v:.2f}" for n, v in others) + ")"
+            elif "probabilities" in s:
                 others = sorted(s["probabilities"].items(), key=lambda kv: -kv[1])[1:4]
                 if others:
                     line += " (" + ", ".join(f"{n} {v:.2f}" for n, v in others) + ")"

@@ -427,3 +427,21 @@ def test_guard_benchmark_measures_right_steps(tmp_path):
     for r in out["rows"]:
         assert r["d"] == pytest.approx(r["change_db"] - (40 - 30 * r["severity"]), abs=5e-3)  # each rounded
     assert f"{GUARD:g}" in out["undone_share"]
+
+
+def test_classify_prints_present_and_absent_classes(tmp_path, capsys):
+    import re
+
+    from test_trainer import make_images
+
+    from vlir.core.cli import main
+
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": WORDS,
+                                                                           "objective": "multilabel"}}],
+            "backbone": {"type": "nafnet", "preset": "tiny"}}
+    folder = Pipeline.from_spec(spec, build_losses=False).save(tmp_path / "pipe")
+    image = make_images(tmp_path / "img", n=1, size=40) / "img00.png"
+    assert main(["classify", str(image), "--pipeline", str(folder)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    word = r"[a-z-]+ \d\.\d\d"
+    assert re.fullmatch(rf".*img00\.png: (clean|{word}( \+ {word})*)( \(not present: {word}(, {word})*\))?", line), line
