@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -38,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import vlir
-    from vlir.core.chain import classes, multilabel, steer
+    from vlir.core.chain import SATURATED, classes, multilabel, steer
+    from vlir.core.classes import psnr_of
     from vlir.core.data.datasets import list_images
     from vlir.core.data.images import read_image
     from vlir.core.inference import run_backbone
+    from vlir.core.metrics import psnr_torch
 
     torch.set_num_threads(args.threads)
     pipe = vlir.load(args.pipeline)
@@ -61,11 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                     seen = pipe.perceive(x)
                     s = float(seen[role].severity[0, names.index(word)])
                     y = run_backbone(pipe, x, pipe.condition(steer(pipe, seen, word))).clamp(0, 1)
-                mse = float((x - y).pow(2).mean())
-                change = 10 * math.log10(1 / mse) if mse > 0 else 100.0
+                change = float(psnr_torch(y, x)[0])  # 100 dB when nothing changed
                 rows.append({"image": path.name, "degradation": e.type, "word": word, "seed": seed,
                              "severity": round(s, 4), "change_db": round(change, 3),
-                             "d": round(change - (40 - 30 * s), 3), "saturated": s >= 0.95})
+                             "d": round(change - psnr_of(s), 3), "saturated": s >= SATURATED})
     ds = sorted(r["d"] for r in rows if not r["saturated"])
     q = lambda f: ds[min(len(ds) - 1, int(f * len(ds)))] if ds else None  # noqa: E731
     out = {"pipeline": args.pipeline, "data": Path(args.data).name, "seeds": args.seeds, "steps": len(rows),
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
            "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{len(ds)} right steps checked (of {len(rows)}; severity >= 0.95 is never checked)")
+    print(f"{len(ds)} right steps checked (of {len(rows)}; severity >= {SATURATED} is never checked)")
     print("quantiles of d (dB):", out["quantiles_d"])
     print("share of right steps each margin would undo:", out["undone_share"])
     print(f"wrote {args.out}")

@@ -22,20 +22,19 @@ probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from .classes import CLEAN, psnr_of
 from .errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Perception
     from .pipeline import Pipeline
 
-CLEAN = "clean"  # the class word of images with nothing to remove
 PRESENT = 0.5  # a multi-label perceiver's class is present above this probability
 # A multi-label step is undone when it changes the image by GUARD dB more than the perceived severity
 # says the image is degraded: severity s is defined by PSNR(clean, degraded) = 40 - 30 s
@@ -43,6 +42,7 @@ PRESENT = 0.5  # a multi-label perceiver's class is present above this probabili
 # run on a misread image (a low-light expert on a normally lit photo) by far more. Chosen on held-out
 # synthetic images by benchmarks/guard.py; None: off.
 GUARD: float | None = 8.0
+SATURATED = 0.95  # severities from here up (PSNR 11.5 dB or less) are the end of the scale: never guarded
 
 
 class SteerError(UserError, ValueError):
@@ -235,16 +235,17 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
 
 def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: float) -> bool:
     """Whether restoring class ``k`` changed ``x`` into ``y`` by more than its perceived severity
-    allows: PSNR(x, y) under 40 - 30 severity - ``guard`` dB. Severities near 1 (PSNR 10 dB or
-    less, the end of the scale) are never too much."""
+    allows: PSNR(x, y) under the PSNR the severity stands for (:func:`vlir.core.classes.psnr_of`)
+    less ``guard`` dB. Severities of :data:`SATURATED` and above (the end of the scale) are never
+    too much."""
     if p.severity is None:
         return False
+    from .metrics import psnr_torch
+
     s = float(p.severity[0, k])
-    if s >= 0.95:
+    if s >= SATURATED:
         return False
-    mse = float((x.float() - y.float()).pow(2).mean())
-    change = 10 * math.log10(1 / mse) if mse > 0 else math.inf
-    return change < 40 - 30 * s - guard
+    return float(psnr_torch(y.float(), x.float())[0]) < psnr_of(s) - guard
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ QUALITY_WORDS = ("terrible", "mediocre", "excellent")
 TIER_VALUES = (0.0, 0.5, 1.0)
 
 CLASS_WORDS_FIELD = "degradations"  # the Params field of a perceiver's degradation class words
+CLEAN = "clean"  # the class word of images with nothing to remove (plugins/degradations/clean.py)
 
 
 def degradation_word(degradation: Any) -> str:
@@ -30,6 +31,14 @@ def degradation_word(degradation: Any) -> str:
     else its class name."""
     cls = degradation if isinstance(degradation, type) else type(degradation)
     return getattr(degradation, "label", "") or getattr(degradation, "name", "") or cls.__name__.lower()
+
+
+def shown_words(degradation: Any, params: Any) -> list[str]:
+    """The class words a degradation (class or instance) with ``params`` can show: its parts'
+    (``class_words(params)``, e.g. ``mix``), else its own word."""
+    cls = degradation if isinstance(degradation, type) else type(degradation)
+    parts = getattr(cls, "class_words", None)
+    return list(parts(params)) if callable(parts) else [degradation_word(degradation)]
 
 
 def data_words(spec: dict[str, Any], registry: "Registry") -> list[str] | None:
@@ -48,9 +57,7 @@ def data_words(spec: dict[str, Any], registry: "Registry") -> list[str] | None:
     for d in degradations:
         name = d.get("type") if isinstance(d, dict) else None
         try:
-            cls = registry.load("degradation", name)
-            parts = getattr(cls, "class_words", None)
-            words.extend(parts(d.get("params") or {}) if callable(parts) else [degradation_word(cls)])
+            words.extend(shown_words(registry.load("degradation", name), d.get("params") or {}))
         except Exception:  # noqa: BLE001 - not a known degradation, or bad params: left to validation
             return None
     return list(dict.fromkeys(words))
@@ -81,7 +88,19 @@ def default_class_words(spec: dict[str, Any], registry: "Registry") -> None:
 # A training or evaluation sample says which degradations it shows, and how strongly, in one string
 # (so that it collates into a list like ``degradation_name``): ``"low-light=0.73;noisy=0.41"``, class
 # words with a severity in [0, 1] each, in the order they were applied; ``""``: nothing (clean).
-# Severity of a part: how much it changed the image, ``clamp((40 - PSNR(before, after)) / 30, 0, 1)``.
+# Severity of a part: how much it changed the image, ``clamp((40 - PSNR(before, after)) / 30, 0, 1)``
+# (:func:`severity_of`; the PSNR a severity stands for: :func:`psnr_of`).
+def severity_of(psnr_db: float) -> float:
+    """The severity of a change of ``psnr_db`` dB: 0 at 40 dB and above (barely visible), 1 at 10 dB
+    and below."""
+    return min(max((40.0 - psnr_db) / 30.0, 0.0), 1.0)
+
+
+def psnr_of(severity: float) -> float:
+    """The PSNR (dB) between an image and its degraded version that a severity in [0, 1] stands for."""
+    return 40.0 - 30.0 * severity
+
+
 def format_parts(parts: dict[str, float]) -> str:
     """``{"low-light": 0.73, "noisy": 0.41}`` -> ``"low-light=0.73;noisy=0.41"``."""
     for w in parts:

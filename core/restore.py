@@ -199,7 +199,7 @@ def summarize(perceptions: "dict[str, Perception]", index: int = 0) -> dict[str,
             name, prob = max(d["degradation"].items(), key=lambda kv: kv[1])
             out.update(degradation=name, confidence=prob, probabilities=d["degradation"], degradation_from=role)
         if "presence" in d and "present" not in out:  # a multi-label perceiver: every class present
-            out["present"] = {w: q for w, q in sorted(d["presence"].items(), key=lambda kv: -kv[1]) if q >= PRESENT}
+            out["present"] = {w: q for w, q in sorted(d["presence"].items(), key=lambda kv: -kv[1]) if q > PRESENT}
         if "quality_score" in d and "quality_score" not in out:
             out["quality_score"] = d["quality_score"]
         if "quality" in d and "quality" not in out:
@@ -211,7 +211,7 @@ def summarize(perceptions: "dict[str, Perception]", index: int = 0) -> dict[str,
 def describe(summary: dict[str, Any]) -> str:
     """Short text for one image, e.g. ``noisy 0.93, quality 0.71``; for a multi-label perceiver
     what is present, e.g. ``low-light 0.97 + noisy 0.81`` (or ``clean``)."""
-    from .chain import CLEAN
+    from .classes import CLEAN
 
     parts = []
     if "present" in summary:  # multi-label: what is present (clean: nothing)
@@ -468,7 +468,7 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from .chain import CLEAN
+    from .classes import CLEAN
 
     jobs, missing = expand_inputs(args.inputs, args.recursive)
     failed = [{"path": p, "error": r} for p, r in missing]

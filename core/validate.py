@@ -143,7 +143,7 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
     return errors
 
 
-def _check_paths(spec: "PipelineSpec", registry: "Registry | None" = None) -> list[tuple[str, str]]:
+def _check_paths(spec: "PipelineSpec", registry: "Registry") -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
 
     def need(path: str, value: str, folder: bool) -> None:
@@ -171,13 +171,12 @@ def _check_paths(spec: "PipelineSpec", registry: "Registry | None" = None) -> li
             from .classes import data_words
             from .data.datasets import paired_names
             from .data.pairs import check_pairs
-            from .registry import get_registry
 
             data = spec.data
             if data.layout == "paired":
                 words = paired_names(Path(data.train[0]).expanduser()) if data.train else None
             else:
-                words = data_words({"data": data.model_dump()}, registry or get_registry())
+                words = data_words({"data": data.model_dump()}, registry)
             errors += check_pairs(data.pairs, words or None)
     if spec.eval is not None:
         for i, v in enumerate(spec.eval.data):
@@ -290,7 +289,7 @@ def validate(source: Any, registry: "Registry | None" = None, name: str | None =
     registry = registry or get_registry()
     name = name or (str(source) if isinstance(source, (str, Path)) else "spec")
     spec = load_spec(source, registry, name=name)
-    errors = _check_paths(spec) + _check_paired(spec, registry) + dry_run(spec, registry)
+    errors = _check_paths(spec, registry) + _check_paired(spec, registry) + dry_run(spec, registry)
     if errors:
         raise SpecError(errors, source=name)
     return spec

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..classes import degradation_word, format_parts
+from ..classes import CLEAN, degradation_word, format_parts, severity_of, shown_words as _shown
 from .images import ImageError, is_image_file, read_image
 
 log = logging.getLogger("vlir.data")
@@ -214,9 +214,6 @@ def resolve_degradation(spec: Any, registry: Any = None) -> torch.nn.Module:
 
 
 # -- what an item shows -------------------------------------------------------------------------
-CLEAN = "clean"  # the class word of undegraded images (plugins/degradations/clean.py): no parts
-
-
 def severity(before: torch.Tensor, after: torch.Tensor) -> float:
     """How much one degradation changed an image: ``clamp((40 - PSNR(before, after)) / 30, 0, 1)``
     (float PSNR in dB, :func:`vlir.core.metrics.psnr_torch`): 0 at 40 dB and above (barely
@@ -224,15 +221,13 @@ def severity(before: torch.Tensor, after: torch.Tensor) -> float:
     from ..metrics import psnr_torch
 
     a, b = (x.reshape(-1, *x.shape[-3:]).float() for x in (after, before))
-    db = float(psnr_torch(a, b))
-    return min(max((40.0 - db) / 30.0, 0.0), 1.0)
+    return severity_of(float(psnr_torch(a, b)))
 
 
 def shown_words(module: Any) -> list[str]:
     """The class words a degradation module can show: its parts' (``class_words(params)``, e.g.
     ``mix``), else its own word."""
-    parts = getattr(type(module), "class_words", None)
-    return list(parts(module.params)) if callable(parts) else [degradation_word(module)]
+    return _shown(module, module.params)
 
 
 def vocabulary(modules: Iterable[Any]) -> list[str]:
@@ -317,6 +312,7 @@ class SyntheticDegradations(_Epoch, Dataset):
         self.augment = {"rot90": rot90, "channels": channels, "scale": tuple(scale)}
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._bad: set[int] = set()
+        self._classes: list[str] | None = None
 
     @property
     def degradations(self) -> list[torch.nn.Module]:
@@ -332,8 +328,10 @@ class SyntheticDegradations(_Epoch, Dataset):
 
     @property
     def classes(self) -> list[str]:
-        """The class words items are labelled with (``degradation`` indexes them)."""
-        return vocabulary(self.degradations)
+        """The class words items are labelled with (``degradation`` indexes them); worked out once."""
+        if self._classes is None:
+            self._classes = vocabulary(self.degradations)
+        return self._classes
 
     def __len__(self) -> int:
         return self.length

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlir.core.chain import CLEAN
-from vlir.core.classes import parse_parts
+from vlir.core.classes import CLEAN, parse_parts
 
 
 class PresenceHead(nn.Module):
@@ -108,8 +107,7 @@ class PresenceHead(nn.Module):
             for batch in batches:
                 lq = batch["lq"]
                 logits.append(perceiver(lq).extras["presence_logits"].float())
-                labels = None if batch.get("parts") is not None else perceiver.class_labels(batch, lq.device)
-                wanted.append(targets(batch, perceiver.class_names, labels, lq.device, f"{perceiver.name} calibration")[0])
+                wanted.append(perceiver_targets(perceiver, batch, lq.device, f"{perceiver.name} calibration")[0])
         finally:
             perceiver.train(was)
         if not logits:
@@ -152,6 +150,14 @@ def targets(batch: Mapping[str, Any], words: Sequence[str], labels: torch.Tensor
         presence[:, k] = (others.sum(1) == 0).float()
         severity[:, k] = 0.0
     return presence.to(device), severity.to(device)
+
+
+def perceiver_targets(perceiver: Any, batch: Mapping[str, Any], device: Any = None, who: str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`targets` of a batch over ``perceiver``'s class names: from its ``parts`` where it has
+    them, else from its class labels (``Perceiver.class_labels``)."""
+    labels = None if batch.get("parts") is not None else perceiver.class_labels(batch, device)
+    return targets(batch, perceiver.class_names, labels, device, who or f"{perceiver.name} objective")
 
 
 def losses(logits: torch.Tensor, severity: torch.Tensor, presence_t: torch.Tensor, severity_t: torch.Tensor,

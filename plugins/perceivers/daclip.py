@@ -234,8 +234,7 @@ class DACLIP(Perceiver):
         content, degradation = F.normalize(content, dim=-1), F.normalize(degradation, dim=-1)
         scale = self.scale()
         multilabel = self.multilabel
-        # a multi-label batch's classes come from its parts strings, where it has them
-        labels = None if multilabel and batch.get("parts") is not None else self.class_labels(batch, lq.device)
+        labels = None if multilabel else self.class_labels(batch, lq.device)  # multi-label: _presence targets
         out: dict[str, torch.Tensor] = {}
         if batch.get("caption") is not None:
             captions = list(batch["caption"])
@@ -244,7 +243,7 @@ class DACLIP(Perceiver):
             out["content"] = info_nce(content, self.encode_text(captions), scale)
         words = self.degradation_text()
         if multilabel:
-            presence, severity = _presence.targets(batch, self.class_names, labels, lq.device, "daclip objective")
+            presence, severity = _presence.perceiver_targets(self, batch, lq.device, "daclip objective")
             raw, predicted = self.presence_head.raw(raw_degradation, words)
             out.update(_presence.losses(raw, predicted, presence, severity, self.class_names))
             out["degradation"] = out["presence"] + out["severity"]

@@ -253,9 +253,7 @@ class LoraCaptionAligner(Perceiver):
         out["orthogonal"] = F.cosine_similarity(d, c, dim=-1).pow(2).mean()
         loss = p.w_align * sum(align) + p.w_content * out["content"] + p.w_orthogonal * out["orthogonal"]
         if self.multilabel:  # presence BCE + severity regression instead of the cross-entropy
-            labels = None if batch.get("parts") is not None else self.class_labels(batch, lq.device)
-            presence, severity = _presence.targets(batch, self.class_names, labels, lq.device,
-                                                   "lora_caption_aligner objective")
+            presence, severity = _presence.perceiver_targets(self, batch, lq.device, "lora_caption_aligner objective")
             raw, predicted = self.presence_head.raw(d)
             out.update(_presence.losses(raw, predicted, presence, severity, self.class_names))
             out["degradation"] = out["presence"] + out["severity"]

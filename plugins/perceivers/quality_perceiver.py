@@ -191,8 +191,7 @@ class QualityPerceiver(Perceiver):
         if self.multilabel:  # lq: its parts (or class labels); gt: nothing present
             lq, gt, words = batch["lq"], batch["gt"], self.class_names
             who = "quality_perceiver objective"
-            found = _presence.targets(batch, words, None if batch.get("parts") is not None
-                                      else self.class_labels(batch, lq.device), lq.device, who)
+            found = _presence.perceiver_targets(self, batch, lq.device, who)
             none = _presence.targets({"parts": [""] * gt.shape[0]}, words, device=gt.device, who=who)
             raw, predicted = self.presence_head.raw(torch.cat([image[:lq.shape[0]], image[-gt.shape[0]:]]))
             parts = _presence.losses(raw, predicted, torch.cat([found[0], none[0]]), torch.cat([found[1], none[1]]),
