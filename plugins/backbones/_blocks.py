@@ -21,7 +21,7 @@ def full_precision(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Under bf16 autocast the image itself would be rounded to bf16 (8 mantissa bits: about one
     8-bit grey level above 0.5), noise that a deblurring network amplifies (the default model's
-    blur expert lost 0.43 dB that way; 0.02 dB with this). Without autocast it is ``module(x)``.
+    blur expert: benchmarks/results/default_model_bf16.md). Without autocast it is ``module(x)``.
     """
     if not torch.is_autocast_enabled(x.device.type):
         return module(x)
