@@ -109,6 +109,31 @@ def test_calibration_lowers_held_out_nll_and_travels_with_the_weights():
     assert always["temperature"][2] == 1.0 and always["offset"][2] == 0.0
 
 
+def test_a_single_label_checkpoint_starts_a_multilabel_daclip_with_a_fresh_presence_head(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    single = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS, resize=False)
+    path = tmp_path / "single.safetensors"
+    save_file({k: v.contiguous() for k, v in single.state_dict().items()}, str(path))
+    torch.manual_seed(1)
+    multi = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel", resize=False)
+    head = {k: v.clone() for k, v in multi.presence_head.state_dict().items()}
+    multi.load_weights(str(path))
+    sd = multi.state_dict()
+    for k, v in single.state_dict().items():  # everything the checkpoint has is read ...
+        assert torch.equal(sd[k], v), k
+    for k, v in head.items():  # ... and the head it lacks keeps its own initialisation
+        assert torch.equal(sd[f"presence_head.{k}"], v), k
+    # a multi-label checkpoint brings its head along
+    multi.presence_head.temperature.fill_(2.0)
+    again = tmp_path / "multi.safetensors"
+    save_file({k: v.contiguous() for k, v in multi.state_dict().items()}, str(again))
+    other = DACLIP(model="vlir-tiny", pretrained=None, degradations=WORDS, objective="multilabel", resize=False)
+    other.load_weights(str(again))
+    assert float(other.presence_head.temperature[0]) == 2.0
+
+
 # -- a tiny multi-label DA-CLIP trained here ---------------------------------------------------------
 def smooth(n: int, g: torch.Generator, size: int = 32) -> torch.Tensor:
     """Smooth random colour images."""

@@ -14,11 +14,13 @@ by BCE on presence and a severity regression on the present classes (targets fro
 over the classes, so routing by the most likely class still works.
 
 The module layout matches the official checkpoint ``daclip_ViT-B-32.pt`` (``clip.*``,
-``visual_control.*``, ``logit_scale``); ``load_weights`` reads it directly.
+``visual_control.*``, ``logit_scale``); ``load_weights`` reads it directly, and a multi-label
+model read from it (or from a single-label vlir perceiver) keeps its fresh presence head.
 """
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Literal, Mapping
 
 import torch
@@ -32,6 +34,7 @@ from vlir.core.conditioning import Perception
 
 from . import _clip, _presence
 
+log = logging.getLogger("vlir.perceivers")
 DEGRADATIONS = list(DACLIP_WORDS)  # classes when the spec's data names none (vlir.core.classes)
 
 
@@ -274,7 +277,7 @@ class DACLIP(Perceiver):
         """
         sd = self._flat(obj)
         if any(k.startswith("clip.") for k in sd):
-            return {k: v for k, v in sd.items() if not k.startswith("visual.")}
+            return self._fresh_presence({k: v for k, v in sd.items() if not k.startswith("visual.")})
         if "visual.conv1.weight" not in sd:
             raise ValueError("daclip checkpoint: neither a DA-CLIP checkpoint (clip.*, visual_control.*) "
                              "nor an open_clip CLIP state dict (visual.conv1.weight missing)")
@@ -290,4 +293,13 @@ class DACLIP(Perceiver):
                 out[k] = torch.zeros_like(v, device="cpu")
         if "logit_scale" in sd:
             out["logit_scale"] = sd["logit_scale"]
-        return out
+        return self._fresh_presence(out)
+
+    def _fresh_presence(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A multi-label model read from a checkpoint without a presence head (the official DA-CLIP
+        one, or a single-label vlir perceiver) keeps its own freshly initialised head, to be trained."""
+        head = getattr(self, "presence_head", None)
+        if head is None or any(k.startswith("presence_head.") for k in sd):
+            return sd
+        log.info("daclip: the checkpoint has no presence head (single-label); the multi-label head starts fresh")
+        return {**sd, **{f"presence_head.{k}": v for k, v in head.state_dict().items()}}
