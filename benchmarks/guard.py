@@ -9,7 +9,7 @@ expert (as a chain step does) and records d = PSNR(input, output) - (40 - 30 s).
 d < -GUARD; the guard should keep nearly every right step: the script reports the quantiles of d and
 the share of right steps each margin would undo. Writes ``benchmarks/results/guard.json``.
 
-    python benchmarks/guard.py --pipeline runs/default-v2/pipeline [--data DIR] [--seeds 2]
+    python benchmarks/guard.py --pipeline runs/default-v2b/pipeline [--data DIR] [--seeds 2]
 """
 from __future__ import annotations
 
