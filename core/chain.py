@@ -1,7 +1,8 @@
 """Telling a pipeline what to remove, and restoring step by step.
 
 - :func:`words_from_prompt` turns the user's words ("remove the rain and the noise") into class
-  words of the pipeline's perceiver ("rainy", "noisy").
+  words of the pipeline's perceiver ("rainy", "noisy"); where no word matches, :func:`prompt_words`
+  asks the perceiver's text encoder for the nearest class (:func:`nearest_class`).
 - :func:`steer` restores as if the perceiver had seen the given class: the feeding perceiver's class
   probabilities become one-hot on it, so an ``experts`` backbone runs that expert and a backbone
   conditioned on class probabilities gets that class.
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .classes import CLEAN, psnr_of
 from .errors import UserError
@@ -42,6 +44,9 @@ PRESENT = 0.5  # a multi-label perceiver's class is present above this probabili
 # run on a misread image (a low-light expert on a normally lit photo) by far more. Chosen on held-out
 # synthetic images by benchmarks/guard.py; None: off.
 GUARD: float | None = 8.0
+# a prompt that names no class word goes to the class its perceiver's text encoder embeds nearest, when
+# that one is at least this much nearer (cosine similarity) than the runner-up
+TEXT_MARGIN = 0.02
 SATURATED = 0.95  # severities from here up (PSNR 11.5 dB or less) are the end of the scale: never guarded
 
 
@@ -88,12 +93,15 @@ def _match(stem: str, said: list[str]) -> int | None:
     return None
 
 
-def words_from_prompt(text: str, classes: Sequence[str]) -> list[str]:
+def words_from_prompt(text: str, classes: Sequence[str],
+                      encode: Callable[[list[str]], torch.Tensor] | None = None) -> list[str]:
     """The class words an instruction names, in the order it names them ("remove the rain, then the
     noise" -> ["rainy", "noisy"]). A class is named when all of its own words occur in the text (as
     stems: "rain" ~ "rainy", "denoise" ~ "noisy") or one of its :data:`SYNONYMS` does ("fog" ->
     "hazy"); a class whose words are all part of another named class is dropped ("motion blur"
-    names motion-blurry, not blurry too). Nothing named is a :class:`SteerError` listing the classes.
+    names motion-blurry, not blurry too). Where no word matches and ``encode`` (a perceiver's text
+    encoder: texts -> normalised embeddings) is given, the class whose words embed nearest to the
+    text (:func:`nearest_class`). Nothing named is a :class:`SteerError` listing the classes.
     """
     said = [_stem(w) for w in _words(text)]
     named: dict[str, tuple[int, set[str]]] = {}
@@ -110,10 +118,38 @@ def words_from_prompt(text: str, classes: Sequence[str]) -> list[str]:
                 break
     out = [n for n, (_, used) in named.items()
            if not any(m != n and used < other for m, (_, other) in named.items())]
+    if not out and encode is not None:
+        return [nearest_class(text, classes, encode)]
     if not out:
         raise SteerError(f"the prompt {text!r} names no degradation this pipeline knows; use its class words: "
                          f"{', '.join(classes)}")
     return sorted(out, key=lambda n: named[n][0])
+
+
+def nearest_class(text: str, classes: Sequence[str], encode: Callable[[list[str]], torch.Tensor],
+                  margin: float = TEXT_MARGIN) -> str:
+    """The class (``clean`` aside) whose words the text encoder ``encode`` embeds nearest to
+    ``text`` (cosine similarity); a :class:`SteerError` when it is not ``margin`` nearer than the
+    runner-up (the encoder cannot tell them apart: the image is not touched on a guess)."""
+    names = [c for c in classes if c != CLEAN]
+    with torch.no_grad():
+        emb = F.normalize(encode([text, *names]).float(), dim=-1)
+    sims = (emb[1:] @ emb[0]).tolist()
+    order = sorted(range(len(names)), key=lambda k: -sims[k])
+    best = order[0]
+    if len(order) > 1 and sims[best] - sims[order[1]] < margin:
+        raise SteerError(f"the prompt {text!r} names no class word, and the perceiver's text encoder finds it as "
+                         f"near to {names[order[1]]!r} ({sims[order[1]]:.3f}) as to {names[best]!r} "
+                         f"({sims[best]:.3f}); use the class words: {', '.join(classes)}")
+    return names[best]
+
+
+def prompt_words(pipeline: "Pipeline", text: str) -> list[str]:
+    """:func:`words_from_prompt` with the pipeline's class words, and the feeding perceiver's text
+    encoder (``encode_text``) where it has one."""
+    role, names = classes(pipeline)
+    encode = getattr(pipeline.perceivers[role], "encode_text", None) if role is not None else None
+    return words_from_prompt(text, names, encode)
 
 
 # -- steering ---------------------------------------------------------------------------------------

@@ -306,10 +306,10 @@ class Pipeline(torch.nn.Module):
         ``prompt``: "remove the rain"), or leaving images under ``abstain`` as they are
         (:func:`vlir.core.chain.restore_steps`). Returns the images, the input's perceptions and
         each image's :class:`vlir.core.chain.Path` (print it: ``low-light 0.97 → noisy 0.81``)."""
-        from .chain import classes, restore_steps, words_from_prompt
+        from .chain import prompt_words, restore_steps
 
         if prompt is not None:
-            path = words_from_prompt(prompt, classes(self)[1])
+            path = prompt_words(self, prompt)
         if isinstance(path, str):
             path = [w.strip() for w in path.split(",") if w.strip()]
         with torch.inference_mode():

@@ -440,19 +440,18 @@ def run_restore(args: argparse.Namespace) -> int:
 def steering_of(pipe: "Pipeline", args: argparse.Namespace) -> dict[str, Any] | None:
     """``Pipeline.restore_steps`` arguments of ``--degradation`` / ``--prompt`` / ``--chain`` /
     ``--abstain`` (None: none given), checked against the pipeline before any file is read."""
-    from .chain import check_words, classes, default_steps, words_from_prompt, why_not_steerable, SteerError
+    from .chain import check_words, default_steps, prompt_words, why_not_steerable, SteerError
 
     steps = args.chain
     if steps is None and args.degradation is None and args.prompt is None:
         steps = default_steps(pipe)  # a multi-label perceiver's pipeline chains unless told otherwise
     if args.degradation is None and args.prompt is None and steps is None and args.abstain is None:
         return None
-    names = classes(pipe)[1]
     path = None
     if args.degradation is not None:
         path = check_words(pipe, [w.strip() for w in args.degradation.split(",") if w.strip()])
     elif args.prompt is not None:
-        path = words_from_prompt(args.prompt, names)
+        path = prompt_words(pipe, args.prompt)
     if (path is not None or (steps or 1) > 1) and (reason := why_not_steerable(pipe)):
         raise SteerError(f"--degradation, --prompt and --chain need a pipeline that can be steered: {reason}")
     return {"path": path, "steps": steps or 1, "abstain": args.abstain}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlir.core import Pipeline
-from vlir.core.chain import SteerError, restore_steps, steer, words_from_prompt
+from vlir.core.chain import SteerError, nearest_class, prompt_words, restore_steps, steer, words_from_prompt
 from vlir.core.inference import restore, run_backbone
 
 WORDS = ["noisy", "jpeg-compressed", "blurry", "motion-blurry", "low-light", "hazy", "rainy"]
@@ -25,6 +25,35 @@ def test_words_from_prompt(text, words):
 def test_prompt_naming_nothing_lists_the_classes():
     with pytest.raises(SteerError, match="names no degradation.*noisy, jpeg-compressed"):
         words_from_prompt("make it pretty", WORDS)
+
+
+def table_encoder(table):
+    """A text encoder from a table of fixed embeddings (texts it does not know embed to zeros)."""
+    return lambda texts: torch.stack([torch.tensor(table.get(t, [0.0, 0.0, 0.0])) for t in texts])
+
+
+def test_a_prompt_naming_no_class_word_goes_to_the_text_encoders_nearest_class():
+    enc = table_encoder({"the air is thick and grey": [0.1, 0.9, 0.2], "noisy": [1.0, 0.0, 0.0],
+                         "hazy": [0.0, 1.0, 0.0], "rainy": [0.0, 0.0, 1.0], "clean": [0.0, 1.0, 0.0],
+                         "half one half the other": [1.0, 1.0, 0.0]})
+    words = ["noisy", "hazy", "rainy", "clean"]
+    assert words_from_prompt("the air is thick and grey", words, enc) == ["hazy"]  # clean is never a target
+    assert words_from_prompt("remove the rain", words, enc) == ["rainy"]  # words first
+    with pytest.raises(SteerError, match="as near to 'noisy'.*as to 'hazy'|as near to 'hazy'.*as to 'noisy'"):
+        words_from_prompt("half one half the other", words, enc)  # a tie: nothing done on a guess
+    with pytest.raises(SteerError, match="names no degradation"):
+        words_from_prompt("the air is thick and grey", words)  # no encoder: words only
+
+
+def test_prompt_words_uses_the_feeding_perceivers_text_encoder():
+    pipe = pipeline()
+    daclip = pipe.perceivers["daclip"]
+    names = list(daclip.class_names)
+    with torch.no_grad():
+        emb = daclip.encode_text(["make it pretty", *names])
+    sims = emb[1:] @ emb[0]
+    assert nearest_class("make it pretty", names, daclip.encode_text, margin=0.0) == names[int(sims.argmax())]
+    assert prompt_words(pipe, "remove the rain") == ["rainy"]
 
 
 def pipeline(vector="probs", words=("noisy", "hazy", "rainy")):
