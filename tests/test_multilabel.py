@@ -171,7 +171,7 @@ def trained() -> DACLIP:
     opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=2e-3)
     g = torch.Generator().manual_seed(0)
     m.train()
-    for _ in range(300):
+    for _ in range(500):  # 300 left the mixed case on a knife edge (6 to 14 of 16, by thread count)
         loss = m.objective(batch(32, g))["loss"]
         opt.zero_grad()
         loss.backward()
@@ -181,16 +181,16 @@ def trained() -> DACLIP:
 
 def test_a_trained_multilabel_daclip_sees_both_degradations_of_a_mixed_image(trained):
     g = torch.Generator().manual_seed(123)
-    x = smooth(1, g)
-    cases = {k: degraded(x, k, g)[0] for k in KINDS}
-    with torch.no_grad():
-        seen = {k: trained(y) for k, y in cases.items()}
-    both = seen[("low-light", "noisy")].presence[0]
-    assert both[0] > 0.5 and both[1] > 0.5 and both[2] < 0.5, both  # dark AND noisy, not hazy
-    assert (seen[()].presence[0] < 0.5).all(), seen[()].presence  # clean: nothing present
-    for k in [("low-light",), ("noisy",)]:
-        present = [WORDS[i] for i, v in enumerate(seen[k].presence[0]) if v > 0.5]
-        assert present == list(k), (k, seen[k].presence)
+    right = {k: 0 for k in KINDS}
+    for _ in range(16):  # held-out images: exactly the applied classes present (dark AND noisy, not hazy)
+        x = smooth(1, g)
+        cases = {k: degraded(x, k, g)[0] for k in KINDS}
+        with torch.no_grad():
+            seen = {k: trained(y).presence[0] for k, y in cases.items()}
+        for k, p in seen.items():
+            right[k] += [w for w, v in zip(WORDS, p) if v > 0.5] == [w for w in WORDS if w in k]
+    assert right[("low-light", "noisy")] >= 12, right  # both found in at least 75%
+    assert all(right[k] >= 14 for k in KINDS[:3]), right  # clean: nothing present; one class: that one
     # the objective's terms are finite and old single-class data (no parts) still trains
     out = trained.objective({"lq": cases[("noisy",)], "degradation_name": ["noisy"]})
     assert torch.isfinite(out["loss"]) and {"presence", "severity", "accuracy"} <= set(out)
