@@ -132,6 +132,8 @@ def nearest_class(text: str, classes: Sequence[str], encode: Callable[[list[str]
     ``text`` (cosine similarity); a :class:`SteerError` when it is not ``margin`` nearer than the
     runner-up (the encoder cannot tell them apart: the image is not touched on a guess)."""
     names = [c for c in classes if c != CLEAN]
+    if not names:
+        raise SteerError(f"the prompt {text!r} names no degradation, and this pipeline has none to remove")
     with torch.no_grad():
         emb = F.normalize(encode([text, *names]).float(), dim=-1)
     sims = (emb[1:] @ emb[0]).tolist()
