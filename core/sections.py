@@ -53,6 +53,19 @@ class Augment(Section):
         (1.0, 1.0), description="synthetic data: crops show a region patch/s wide shrunk to the patch, "
                                 "s drawn from [lo, hi] (0 < lo <= hi <= 1); (1, 1): off")
 
+    exposure: tuple[float, float] = Field(
+        (1.0, 1.0), description="synthetic data: the clean crop is multiplied by e drawn from [lo, hi] "
+                                "(0 < lo <= hi <= 1) before it is degraded, as a darker scene photographed "
+                                "correctly; the target is the darkened crop too; (1, 1): off")
+
+    @field_validator("exposure")
+    @classmethod
+    def _exposure(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"exposure must be (lo, hi) with 0 < lo <= hi <= 1, got {list(v)}")
+        return v
+
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:

@@ -302,6 +302,24 @@ def test_scale_shows_a_wider_region_shrunk_to_the_patch():
     assert 0 <= float(tiny.min()) and float(tiny.max()) <= 1
 
 
+def test_exposure_darkens_the_clean_crop_before_the_degradation(tmp_path):
+    from vlir.core.data.datasets import SyntheticDegradations
+
+    img = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0))
+    (same,) = crop_flip([img], 32, torch.Generator().manual_seed(1), flips=False)
+    (dark,) = crop_flip([img], 32, torch.Generator().manual_seed(1), flips=False, exposure=(0.5, 0.5))
+    assert torch.allclose(dark, same * 0.5)  # the same crop (no extra draw before it), half as bright
+    for i in range(2):
+        Image.fromarray(rgb(i, 64, 64)).save(tmp_path / f"{i}.png")
+    plain = SyntheticDegradations(tmp_path, [{"name": "clean"}], patch_size=32, seed=0)
+    lit = SyntheticDegradations(tmp_path, [{"name": "clean"}], patch_size=32, seed=0, exposure=(0.3, 0.6))
+    for i in range(2):
+        a, b = plain[i], lit[i]
+        assert torch.equal(b["lq"], b["gt"])  # clean: the darkened crop is its own target
+        ratio = float(b["gt"].sum() / a["gt"].sum())
+        assert 0.3 - 1e-4 <= ratio <= 0.6 + 1e-4
+
+
 def test_augment_spec_reaches_training_data_only(tmp_path, caplog):
     from vlir.core.sections import Augment, DataSpec
     from vlir.core.spec import SpecError
@@ -312,15 +330,21 @@ def test_augment_spec_reaches_training_data_only(tmp_path, caplog):
     data = DataSpec(train=[str(tmp_path)], val=[str(tmp_path)], degradations=[{"type": "noise"}],
                     augment={"rot90": True, "channels": True, "scale": [0.5, 1.0]})
     train = build_dataset(data, "train", 32)
-    assert train.augment == {"rot90": True, "channels": True, "scale": (0.5, 1.0)}
+    assert train.augment == {"rot90": True, "channels": True, "scale": (0.5, 1.0), "exposure": (1.0, 1.0)}
     val = build_dataset(data, "val", 32)
-    assert val.augment == {"rot90": False, "channels": False, "scale": (1.0, 1.0)} and not val.flips
+    assert val.augment == {"rot90": False, "channels": False, "scale": (1.0, 1.0), "exposure": (1.0, 1.0)}
+    assert not val.flips
     with pytest.raises(ValueError, match="scale must be"):
         DataSpec(train=[str(tmp_path)], augment={"scale": [0.5, 1.5]})
     make_paired(tmp_path / "paired")
     paired = DataSpec(train=[str(tmp_path / "paired")], layout="paired", augment={"scale": [0.5, 1.0]})
     with pytest.raises(SpecError, match="data.augment.scale: scale augmentation is for synthetic data"):
         build_dataset(paired, "train", 32)
+    dark = paired.model_copy(update={"augment": Augment(exposure=(0.5, 1.0))})
+    with pytest.raises(SpecError, match="data.augment.exposure: exposure augmentation is for synthetic data"):
+        build_dataset(dark, "train", 32)
+    with pytest.raises(ValueError, match="exposure must be"):
+        DataSpec(train=[str(tmp_path)], augment={"exposure": [0, 1]})
     ok = build_dataset(paired.model_copy(update={"augment": Augment(rot90=True)}), "train", 32)
     assert ok.augment == {"rot90": True, "channels": False}
 

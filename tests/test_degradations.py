@@ -206,3 +206,15 @@ def test_clean_is_the_identity_with_its_own_label():
     assert torch.equal(d(torch.full((1, 3, 4, 4), 1.5)), torch.ones(1, 3, 4, 4))  # clamped like the others
     with pytest.raises(ValueError, match="clean: expected images"):
         d(torch.rand(3, 4, 4))
+
+
+def test_clean_can_be_saved_as_high_quality_jpeg():
+    from vlir.core.registry import get_registry
+    from vlir.plugins.degradations.jpeg import jpeg_roundtrip
+
+    x = textured()
+    always = get_registry().build("degradation", "clean", params={"jpeg": [95, 95], "jpeg_probability": 1.0})
+    y = always(x, generator=seeded(0))
+    assert torch.equal(y[0], jpeg_roundtrip(x[0], 95)) and not torch.equal(y, x)
+    never = get_registry().build("degradation", "clean", params={"jpeg_probability": 0.0})
+    assert torch.equal(never(x, generator=seeded(0)), x)

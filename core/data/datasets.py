@@ -139,14 +139,16 @@ def scan_images(paths: Sequence[PathLike], min_size: int = 1, what: str = "image
 
 def crop_flip(images: Sequence[torch.Tensor], patch: int | None, generator: torch.Generator,
               flips: bool = True, rot90: bool = False, channels: bool = False,
-              scale: tuple[float, float] = (1.0, 1.0)) -> list[torch.Tensor]:
+              scale: tuple[float, float] = (1.0, 1.0),
+              exposure: tuple[float, float] = (1.0, 1.0)) -> list[torch.Tensor]:
     """The same random ``patch`` x ``patch`` crop and augmentations of images of equal size.
 
     ``flips``: random horizontal and vertical flips; ``rot90``: then a random quarter turn (with
     flips: all eight symmetries of the square); ``channels``: a random order of the colour
     channels; ``scale`` (lo, hi): the crop shows a region ``patch / s`` wide, ``s`` drawn uniformly
     from the range, shrunk to ``patch`` (antialiased bicubic; ``s`` is capped so the region fits
-    the image). Random numbers are drawn only for the augmentations in use.
+    the image); ``exposure`` (lo, hi): the crops multiplied by ``e`` drawn uniformly from the range
+    (a darker scene). Random numbers are drawn only for the augmentations in use.
     """
     h, w = images[0].shape[-2:]
     out = list(images)
@@ -175,6 +177,10 @@ def crop_flip(images: Sequence[torch.Tensor], patch: int | None, generator: torc
     if channels and out[0].shape[-3] > 1:
         order = torch.randperm(out[0].shape[-3], generator=generator)
         out = [x[..., order, :, :] for x in out]
+    if exposure != (1.0, 1.0):
+        lo, hi = exposure
+        e = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+        out = [x * e if x.is_floating_point() else (x.float() * e).round().to(x.dtype) for x in out]
     return [x.contiguous() for x in out]
 
 
@@ -278,7 +284,7 @@ class SyntheticDegradations(_Epoch, Dataset):
     are visited in a fresh random order each round of ``len(images)`` items. ``length``
     defaults to ``len(images) * K``. Each item is a random ``patch_size`` crop (``None``: the
     whole image) with random flips and the augmentations of :func:`crop_flip` asked for
-    (``rot90``, ``channels``, ``scale``); the degradation runs on the augmented clean crop.
+    (``rot90``, ``channels``, ``scale``, ``exposure``); the degradation runs on the augmented clean crop.
 
     ``names`` are the degradations' own words (one per degradation; ``mixed`` for a mix),
     ``classes`` the class vocabulary :func:`vocabulary` (a mix's parts expanded) that an item's
@@ -289,7 +295,8 @@ class SyntheticDegradations(_Epoch, Dataset):
                  patch_size: int | None = 64, length: int | None = None, seed: int = 0, balanced: bool = True,
                  captions: Any = None, flips: bool = True, scan: bool = True, cache: bool = False,
                  recursive: bool = True, rot90: bool = False, channels: bool = False,
-                 scale: tuple[float, float] = (1.0, 1.0), registry: Any = None):
+                 scale: tuple[float, float] = (1.0, 1.0), exposure: tuple[float, float] = (1.0, 1.0),
+                 registry: Any = None):
         if not degradations:
             raise ValueError("SyntheticDegradations needs at least one degradation")
         files = list_images(roots, recursive=recursive)
@@ -309,7 +316,7 @@ class SyntheticDegradations(_Epoch, Dataset):
         self.balanced = balanced
         self.captions = captions
         self.flips = flips
-        self.augment = {"rot90": rot90, "channels": channels, "scale": tuple(scale)}
+        self.augment = {"rot90": rot90, "channels": channels, "scale": tuple(scale), "exposure": tuple(exposure)}
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._bad: set[int] = set()
         self._classes: list[str] | None = None

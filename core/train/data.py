@@ -119,10 +119,14 @@ def _folders(data: DataSpec, split: str, paths: list[str], patch_size: int | Non
         return SyntheticDegradations(roots, degradation_specs(data), patch_size=patch_size,
                                      seed=data.seed + (0 if train else 1), balanced=True,
                                      captions=captions, flips=train, rot90=aug.rot90,
-                                     channels=aug.channels, scale=aug.scale, registry=registry)
+                                     channels=aug.channels, scale=aug.scale, exposure=aug.exposure,
+                                     registry=registry)
     if aug.scale != (1.0, 1.0):
         raise SpecError([("data.augment.scale", "scale augmentation is for synthetic data (it would resample "
                                                 "the LQ image's degradation); use rot90 and channels")])
+    if aug.exposure != (1.0, 1.0):
+        raise SpecError([("data.augment.exposure", "exposure augmentation is for synthetic data (it would "
+                                                   "darken a real pair's degraded image too); use rot90 and channels")])
     parts = []
     names = None
     for root in roots:

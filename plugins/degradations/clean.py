@@ -5,7 +5,8 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import as_float, finish
+from ._common import Probability, QualityRange, as_float, finish, rand, randint
+from .jpeg import jpeg_roundtrip
 
 
 class Clean(Degradation):
@@ -13,11 +14,25 @@ class Clean(Degradation):
 
     Listed among ``data.degradations``, it teaches a perceiver a ``clean`` class, which a
     restorer can route to no restoration at all (``experts``' ``identity``), so that images
-    with nothing to restore are left alone.
+    with nothing to restore are left alone. With ``jpeg_probability`` > 0 an image is, with that
+    probability, saved as a camera or photo site saves it: JPEG at a high ``jpeg`` quality, which
+    is still clean (nothing a restorer should touch).
     """
 
     label = "clean"
 
+    class Params(Degradation.Params):
+        jpeg: QualityRange = (90, 98)
+        jpeg_probability: Probability = 0.0
+
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "clean")
+        p = self.params
+        if p.jpeg_probability > 0:  # drawn only when asked, so the plain class keeps its random stream
+            n = x.shape[0]
+            compress = rand((n,), generator) < p.jpeg_probability
+            quality = randint(p.jpeg, n, generator)
+            x = x.clone()
+            for i in torch.nonzero(compress).flatten().tolist():
+                x[i] = jpeg_roundtrip(x[i], int(quality[i])).to(x.device)
         return finish(x, dtype)
