@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -52,26 +52,17 @@ class Augment(Section):
     scale: tuple[float, float] = Field(
         (1.0, 1.0), description="synthetic data: crops show a region patch/s wide shrunk to the patch, "
                                 "s drawn from [lo, hi] (0 < lo <= hi <= 1); (1, 1): off")
-
     exposure: tuple[float, float] = Field(
         (1.0, 1.0), description="synthetic data: the clean crop is multiplied by e drawn from [lo, hi] "
                                 "(0 < lo <= hi <= 1) before it is degraded, as a darker scene photographed "
                                 "correctly; the target is the darkened crop too; (1, 1): off")
 
-    @field_validator("exposure")
+    @field_validator("scale", "exposure")
     @classmethod
-    def _exposure(cls, v: tuple[float, float]) -> tuple[float, float]:
+    def _unit_range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         lo, hi = v
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"exposure must be (lo, hi) with 0 < lo <= hi <= 1, got {list(v)}")
-        return v
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = v
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {list(v)}")
+            raise ValueError(f"{info.field_name} must be (lo, hi) with 0 < lo <= hi <= 1, got {list(v)}")
         return v
 
 
