@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             path = str(paths[0]).replace("→", "->")  # the default font has no arrow
             cells = [("input", lq), ("one step", one[0]), (f"step by step: {path}", chain[0])]
             if gt is not None:
-                cells = [(f"{t}  {psnr(x, gt):.2f} dB", x) for t, x in cells] + [("reference", gt)]
+                cells = [(f"{psnr(x, gt):.2f} dB  {t}", x) for t, x in cells] + [("reference", gt)]
             label = pipe.spec.name if name == "default" else f"{pipe.spec.name} ({name})"
             rows.append((f"{title} {files[0].name}  |  {label}", cells))
             print(rows[-1][0], " | ".join(t for t, _ in cells))
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         draw.text((pad, y), title, fill=(0, 0, 0), font=font)
         x = pad
         for t, im in r:
-            draw.text((x, y + head), t[:48], fill=(0, 0, 0), font=font)
+            draw.text((x, y + head), t[:im.width // 7], fill=(0, 0, 0), font=font)  # ~7 px a letter
             grid.paste(im, (x, y + 2 * head))
             x += im.width + pad
         y += h + 2 * head + pad
