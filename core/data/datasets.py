@@ -180,7 +180,7 @@ def crop_flip(images: Sequence[torch.Tensor], patch: int | None, generator: torc
     if exposure != (1.0, 1.0):
         lo, hi = exposure
         e = lo + (hi - lo) * float(torch.rand(1, generator=generator))
-        out = [x * e if x.is_floating_point() else (x.float() * e).round().to(x.dtype) for x in out]
+        out = [x * e for x in out]
     return [x.contiguous() for x in out]
 
 

@@ -121,12 +121,10 @@ def _folders(data: DataSpec, split: str, paths: list[str], patch_size: int | Non
                                      captions=captions, flips=train, rot90=aug.rot90,
                                      channels=aug.channels, scale=aug.scale, exposure=aug.exposure,
                                      registry=registry)
-    if aug.scale != (1.0, 1.0):
-        raise SpecError([("data.augment.scale", "scale augmentation is for synthetic data (it would resample "
-                                                "the LQ image's degradation); use rot90 and channels")])
-    if aug.exposure != (1.0, 1.0):
-        raise SpecError([("data.augment.exposure", "exposure augmentation is for synthetic data (it would "
-                                                   "darken a real pair's degraded image too); use rot90 and channels")])
+    for name, why in (("scale", "resample the LQ image's degradation"), ("exposure", "darken a real pair's degraded image too")):
+        if getattr(aug, name) != (1.0, 1.0):
+            raise SpecError([(f"data.augment.{name}", f"{name} augmentation is for synthetic data (it would {why}); "
+                                                      "use rot90 and channels")])
     parts = []
     names = None
     for root in roots:

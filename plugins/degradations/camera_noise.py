@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from vlir.core.components import Degradation
 
-from ._common import (PositiveRange, Probability, QualityRange, as_float, finish, linear_to_srgb, log_uniform, rand,
-                      randint, randn, srgb_to_linear, uniform)
-from .jpeg import jpeg_roundtrip
+from ._common import (PositiveRange, Probability, QualityRange, as_float, finish, linear_to_srgb, log_uniform, randn,
+                      srgb_to_linear, uniform)
+from .jpeg import jpeg_some
 
 # bilinear demosaicing as a normalised convolution of each channel's samples
 _BILINEAR = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
@@ -77,8 +77,4 @@ class CameraNoise(Degradation):
         std = (col(shot) * raw + col(read) ** 2).sqrt()
         raw = (raw + std * randn(raw.shape, generator, x.device)).clamp(0, 1)
         out = linear_to_srgb(demosaic(raw, masks), gamma).clamp(0, 1)
-        compress = rand((n,), generator) < p.jpeg_probability
-        quality = randint(p.jpeg, n, generator)
-        for i in torch.nonzero(compress).flatten().tolist():
-            out[i] = jpeg_roundtrip(out[i], int(quality[i])).to(x.device)
-        return finish(out, dtype)
+        return finish(jpeg_some(out, p.jpeg, p.jpeg_probability, generator), dtype)

@@ -5,8 +5,8 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import Probability, QualityRange, as_float, finish, rand, randint
-from .jpeg import jpeg_roundtrip
+from ._common import Probability, QualityRange, as_float, finish
+from .jpeg import jpeg_some
 
 
 class Clean(Degradation):
@@ -27,12 +27,6 @@ class Clean(Degradation):
 
     def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x, dtype = as_float(img, "clean")
-        p = self.params
-        if p.jpeg_probability > 0:  # drawn only when asked, so the plain class keeps its random stream
-            n = x.shape[0]
-            compress = rand((n,), generator) < p.jpeg_probability
-            quality = randint(p.jpeg, n, generator)
-            x = x.clone()
-            for i in torch.nonzero(compress).flatten().tolist():
-                x[i] = jpeg_roundtrip(x[i], int(quality[i])).to(x.device)
+        if self.params.jpeg_probability > 0:  # drawn only when asked, so the plain class keeps its random stream
+            x = jpeg_some(x, self.params.jpeg, self.params.jpeg_probability, generator)
         return finish(x, dtype)

@@ -6,7 +6,7 @@ import torch
 
 from vlir.core.components import Degradation
 
-from ._common import QualityRange, as_float, finish, randint
+from ._common import QualityRange, as_float, finish, rand, randint
 
 
 def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
@@ -25,6 +25,19 @@ def jpeg_roundtrip(img: torch.Tensor, quality: int) -> torch.Tensor:
     dec = cv2.imdecode(enc, cv2.IMREAD_COLOR)
     out = np.ascontiguousarray(dec[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / 255.0
     return torch.from_numpy(out)
+
+
+def jpeg_some(x: torch.Tensor, quality, probability: float, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """Each image of the batch ``x`` [B, 3, H, W] JPEG-compressed with ``probability``, at a quality
+    drawn from the inclusive range ``quality`` (draws: which images, then their qualities)."""
+    n = x.shape[0]
+    compress = rand((n,), generator) < probability
+    q = randint(quality, n, generator)
+    out = x.clone()
+    for i in torch.nonzero(compress).flatten().tolist():
+        out[i] = jpeg_roundtrip(x[i], int(q[i])).to(x.device)
+    return out
 
 
 class JPEG(Degradation):
