@@ -15,7 +15,8 @@ noise: Gaussian σ 1, median 3, bilateral), all with the library's fixed textboo
 (nothing here is tuned on a test set), and, with ``--cbm3d``, CBM3D (``pip install vlir[benchmark]``)
 on the noise set at the noise level estimated by ``vlir.core.noref.noise_sigma``. The pipeline runs
 once (its own routing) and step by step (``vlir.core.chain.restore_steps``, ``--chain`` steps);
-the degradation each image was recognised as (the feeding perceiver's top class) is counted, and
+the degradation each image was recognised as (what one step treated it for, or ``clean`` / ``unsure``
+where it was left alone) is counted, and
 seconds per image are recorded. The published numbers of GPU-trained paper models are shown where
 ``../shared/reference/NOTES.md`` has them for the set. Writes ``benchmarks/results/real_sets.json``
 and ``real_sets.md``.
@@ -204,13 +205,13 @@ def run_set(name: str, pipe, args: argparse.Namespace) -> dict[str, Any]:
         gen = (lambda: torch.Generator().manual_seed(args.seed)) if pipe.process is not None else (lambda: None)
         with torch.inference_mode():
             t = time.perf_counter()
-            one, perceptions, _ = restore_steps(pipe, lq, steps=1, generator=gen())
+            one, perceptions, one_paths = restore_steps(pipe, lq, steps=1, generator=gen())
             rows["one"].add(one.float(), gt, time.perf_counter() - t)
             t = time.perf_counter()
             many, _, chain_paths = restore_steps(pipe, lq, steps=args.chain, generator=gen())
             rows["chain"].add(many.float(), gt, time.perf_counter() - t)
         s = summarize(perceptions)
-        recognised[s.get("degradation", "(no classes)")] += 1
+        recognised[one_paths[0].first if s.get("degradation") else "(no classes)"] += 1
         paths[str(chain_paths[0])] += 1
         print(f"  {name} {i + 1}/{len(files)} {lq_path.name}: input {rows['input'].psnr[-1]:.2f}"
               f" one {rows['one'].psnr[-1]:.2f} chain {rows['chain'].psnr[-1]:.2f} dB"

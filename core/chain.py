@@ -16,7 +16,9 @@
   severe present class, a step is undone when it does not lower that class's presence x severity
   or changes the image far more than that severity allows (:func:`too_much`: do no harm where the
   perceiver misreads an image), and abstention reads the top presence; ``vlir restore`` then chains by default
-  (:func:`default_steps`).
+  (:func:`default_steps`). A present class that the image's plain statistics rule out
+  (:func:`vlir.core.plausible.ruled_out`: a bright image is not low-light, a clear one not hazy) is
+  taken for absent, in one step and step by step.
 
 Only pipelines whose feeding perceiver has named classes and whose conditioning uses the class
 probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
@@ -30,8 +32,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .classes import CLEAN, psnr_of
+from .classes import CLEAN, SATURATED, psnr_of
 from .errors import UserError
+from .plausible import BOUNDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Perception
@@ -47,7 +50,6 @@ GUARD: float | None = 8.0
 # a prompt that names no class word goes to the class its perceiver's text encoder embeds nearest, when
 # that one is at least this much nearer (cosine similarity) than the runner-up
 TEXT_MARGIN = 0.02
-SATURATED = 0.95  # severities from here up (PSNR 11.5 dB or less) are the end of the scale: never guarded
 
 
 class SteerError(UserError, ValueError):
@@ -228,6 +230,14 @@ class Path:
     steps: list[Step] = field(default_factory=list)
     stop: str = "steps"
     undone: Step | None = None
+    ruled_out: dict[str, str] = field(default_factory=dict)  # class word -> why it was taken for absent
+
+    @property
+    def first(self) -> str:
+        """The class the first step treated, else why the image was left alone (``clean``, ``unsure``)."""
+        if self.steps:
+            return self.steps[0].word
+        return self.stop if self.stop in ("clean", "unsure") else (self.undone.word if self.undone else self.stop)
 
     def __str__(self) -> str:
         parts = [f"{s.word} {s.before:.2f}" for s in self.steps]
@@ -235,7 +245,8 @@ class Path:
                "too much": "stop (too much)", "steps": "", "asked": ""}[self.stop]
         if self.undone is not None:
             end = f"{self.undone.word} undone ({self.stop})"
-        return " → ".join([*parts, end] if end else parts) or "nothing done"
+        text = " → ".join([*parts, end] if end else parts) or "nothing done"
+        return text + (f" ({', '.join(self.ruled_out)} ruled out)" if self.ruled_out else "")
 
 
 def _top(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int = 0
@@ -258,9 +269,14 @@ def _amount(p: "Perception", k: int, index: int = 0) -> float:
     return float(amount)
 
 
-def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float
+def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float,
+             x: torch.Tensor | None = None, bounds: dict | None = None, ruled: dict[str, str] | None = None
              ) -> tuple[list[str], float]:
-    """(the classes present in image ``index``, most severe first; the top presence), ``clean`` aside."""
+    """(the classes present in image ``index``, most severe first; the top presence), ``clean`` aside.
+    With the image ``x`` (1, 3, H, W) and ``bounds``, a class :func:`vlir.core.plausible.ruled_out`
+    is left out, and why is written into ``ruled``."""
+    from .plausible import ruled_out
+
     role, names = classes(pipeline)
     p = perceptions[role]
     presence = p.presence[index].float()
@@ -268,7 +284,21 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     ks = [k for k, n in enumerate(names) if n != CLEAN]
     found = sorted((k for k in ks if float(presence[k]) > present),
                    key=lambda k: (-float(severity[k]), -float(presence[k])))
-    return [names[k] for k in found], max((float(presence[k]) for k in ks), default=0.0)
+    words = [names[k] for k in found]
+    if x is not None and bounds is not None:
+        why = {names[k]: r for k in found if (r := ruled_out(names[k], x, float(severity[k]), bounds)) is not None}
+        words = [w for w in words if w not in why]
+        if ruled is not None:
+            ruled.update(why)
+    return words, max((float(presence[k]) for k in ks), default=0.0)
+
+
+def _one(perceptions: dict[str, "Perception"], index: int) -> dict[str, "Perception"]:
+    """The perceptions of image ``index`` alone (a batch of one)."""
+    from dataclasses import fields
+
+    return {r: replace(p, **{f.name: getattr(p, f.name)[index:index + 1] for f in fields(p)
+                             if isinstance(getattr(p, f.name), torch.Tensor)}) for r, p in perceptions.items()}
 
 
 def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: float) -> bool:
@@ -290,14 +320,19 @@ def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: f
 def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, path: Sequence[str] | None = None,
                   abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
                   generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT,
-                  guard: float | None = GUARD) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
+                  guard: float | None = GUARD, bounds: dict | None = BOUNDS
+                  ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
     """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
 
     ``steps=1`` without ``path`` is one ordinary restoration (the pipeline's own routing), left
     undone for images whose top class probability (multi-label: top presence) is under
-    ``abstain``, and for multi-label perceivers also where no class is present above ``present``.
-    Step by step with a multi-label perceiver, a step that changes the image ``guard`` dB more than
-    its class's perceived severity allows is undone (:func:`too_much`).
+    ``abstain``, and for multi-label perceivers also where no class is present above ``present``;
+    a multi-label image routed to a class that is not present (or is ruled out) is restored for
+    its most severe present class instead.
+    With a multi-label perceiver, present classes that ``bounds`` rule out
+    (:func:`vlir.core.plausible.ruled_out`; None: no bounds) are taken for absent, and a step (the one
+    step too) that changes the image ``guard`` dB more than its class's perceived severity allows
+    is undone (:func:`too_much`).
     Returns the restored images, the perceptions of the inputs and each image's :class:`Path`.
     """
     from .inference import restore, run_backbone
@@ -327,16 +362,28 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
                 continue
             word, prob, _ = _top(pipeline, perceptions, i)
             found: list[str] = [word]
+            ruled: dict[str, str] = {}
             if ml:  # nothing present: left as it is; abstention reads the top presence
-                found, prob = _present(pipeline, perceptions, i, present)
+                found, prob = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds, ruled)
             if not found:
                 out[i] = lq[i].to(out.dtype)
-                paths.append(Path(stop="clean"))
+                paths.append(Path(stop="clean", ruled_out=ruled))
             elif abstain is not None and prob < abstain:
                 out[i] = lq[i].to(out.dtype)
-                paths.append(Path(stop="unsure"))
+                paths.append(Path(stop="unsure", ruled_out=ruled))
             elif ml:
-                paths.append(Path([Step(word, _amount(perceptions[role], names.index(word), i))], stop="steps"))
+                mine = _one(perceptions, i)
+                if word not in found:  # routed elsewhere: restored for the most severe present class
+                    word = found[0]
+                    y, _ = restore(pipeline, lq[i:i + 1], ensemble=ensemble, perceptions=steer(pipeline, mine, word),
+                                   **kw)
+                    out[i] = y[0].to(out.dtype)
+                step = Step(word, _amount(perceptions[role], names.index(word), i))
+                if guard is not None and too_much(mine[role], names.index(word), lq[i:i + 1], out[i:i + 1], guard):
+                    out[i] = lq[i].to(out.dtype)  # as a chain step: undone
+                    paths.append(Path(stop="too much", undone=step, ruled_out=ruled))
+                else:
+                    paths.append(Path([step], stop="steps", ruled_out=ruled))
             else:
                 paths.append(Path([Step(word, prob)], stop="clean" if word == CLEAN else "steps"))
         return out, perceptions, paths
@@ -352,7 +399,7 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             word, prob, _ = _top(pipeline, seen)
             if want is None:
                 if ml:  # the most severe present class; abstention reads the top presence
-                    found, prob = _present(pipeline, seen, 0, present)
+                    found, prob = _present(pipeline, seen, 0, present, x, bounds, done.ruled_out)
                     word = found[0] if found else CLEAN
                 if word == CLEAN:
                     done.stop = "clean"

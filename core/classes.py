@@ -101,6 +101,11 @@ def psnr_of(severity: float) -> float:
     return 40.0 - 30.0 * severity
 
 
+# severities from here up (PSNR 11.5 dB or less) are the end of the scale: "at least this bad", so the
+# change a right restoration makes is not bounded by them
+SATURATED = 0.95
+
+
 def format_parts(parts: dict[str, float]) -> str:
     """``{"low-light": 0.73, "noisy": 0.41}`` -> ``"low-light=0.73;noisy=0.41"``."""
     for w in parts:

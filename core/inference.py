@@ -107,9 +107,11 @@ def perceive(pipeline: "Pipeline", lq: torch.Tensor, precision: "Precision | Non
 @torch.no_grad()
 def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
             steps: int | None = None, generator: torch.Generator | None = None, ensemble: bool = False,
-            precision: "str | torch.dtype | None" = None) -> tuple[torch.Tensor, dict[str, "Perception"]]:
+            precision: "str | torch.dtype | None" = None, perceptions: "dict[str, Perception] | None" = None
+            ) -> tuple[torch.Tensor, dict[str, "Perception"]]:
     """Restore a batch ``lq`` (B, 3, H, W in [0, 1]); perceivers see whole images, the backbone runs
     on ``tile`` x ``tile`` tiles when ``tile`` is set (overlap: :func:`default_overlap`).
+    ``perceptions`` given (e.g. steered, :func:`vlir.core.chain.steer`) condition the backbone instead.
 
     ``ensemble``: self-ensemble (EDSR's "+"): the backbone restores flips and quarter turns of
     the image and the outputs, turned back, are averaged; the perceivers see the image once and
@@ -126,7 +128,8 @@ def restore(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, 
 
     tile, overlap = tiling(tile, overlap)
     plan = resolve(precision, lq.device, pipeline)
-    perceptions = perceive(pipeline, lq, plan.perceivers)
+    if perceptions is None:
+        perceptions = perceive(pipeline, lq, plan.perceivers)
     cond = pipeline.condition(perceptions)
 
     def run(x: torch.Tensor) -> torch.Tensor:

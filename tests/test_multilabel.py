@@ -353,6 +353,8 @@ def test_a_step_that_changes_far_more_than_the_severity_allows_is_undone():
         out, _, paths = restore_steps(pipe, x, steps=3)
         assert torch.equal(out, x) and paths[0].stop == "too much" and paths[0].undone.word == "noisy"
         assert str(paths[0]) == "noisy undone (too much)"
+        out, _, paths = restore_steps(pipe, x, steps=1)  # one step: the same guard
+        assert torch.equal(out, x) and paths[0].stop == "too much" and paths[0].first == "noisy"
         kept, _, paths = restore_steps(pipe, x, steps=3, guard=None)  # without the guard the step stays
         assert paths[0].steps and paths[0].steps[0].word == "noisy" and not torch.equal(kept, x)
 
@@ -367,6 +369,53 @@ def test_abstention_and_clean_images_are_left_bit_for_bit():
             assert torch.equal(out, x) and paths[0].stop == "unsure"
             out, _, paths = restore_steps(pipe, clean, steps=steps)
             assert torch.equal(out, clean) and paths[0].stop == "clean"
+
+
+class Claims(Rules):
+    """:class:`Rules`, but every image is read as low-light, and as more likely low-light than noisy."""
+
+    def forward(self, lq):
+        p = super().forward(lq)
+        presence, severity = p.presence.clone(), p.severity.clone()
+        presence[:, 0], severity[:, 0] = 0.99, 0.7
+        return Perception(class_names=self.class_names, class_probs=_presence.class_probs(presence),
+                          presence=presence, severity=severity)
+
+
+class Gain(Backbone):
+    def forward(self, lq, cond=None, **kw):
+        return (lq * 1.6).clamp(0, 1)
+
+
+def test_a_bright_photo_read_as_low_light_is_not_brightened():
+    """Low light ruled out by the image's brightness (vlir.core.plausible): step by step the noise is
+    treated (and then nothing is left); in one step, routed to low-light, it is restored for noise instead."""
+    from vlir.core.plausible import BOUNDS, mean_luminance
+
+    pipe = rules_pipeline()
+    pipe.perceivers["daclip"] = Claims()
+    pipe.backbone.nets[0] = Gain()
+    g = torch.Generator().manual_seed(3)
+    x = (smooth(1, g, size=48) * 0.4 + 0.35 + 0.03 * torch.randn(1, 3, 48, 48, generator=g)).clamp(0, 1)
+    assert float(mean_luminance(x)) > BOUNDS["low-light"]["any"][1]
+    with torch.no_grad():
+        denoised = run_backbone(pipe, x, pipe.condition(steer(pipe, pipe.perceive(x), "noisy"))).clamp(0, 1)
+        for steps in (1, 3):
+            out, _, paths = restore_steps(pipe, x, steps=steps, guard=None)
+            assert paths[0].first == "noisy" and "low-light" in paths[0].ruled_out, str(paths[0])
+            assert "mean luminance" in paths[0].ruled_out["low-light"]
+            assert "(low-light ruled out)" in str(paths[0])
+            torch.testing.assert_close(out, denoised)
+        # without bounds the perceiver's reading is followed, and only the guard keeps the image
+        out, _, paths = restore_steps(pipe, x, steps=1, bounds=None)
+        assert paths[0].first == "low-light" and paths[0].stop == "too much" and torch.equal(out, x)
+        out, _, paths = restore_steps(pipe, x, steps=1, bounds=None, guard=None)
+        assert paths[0].first == "low-light" and not paths[0].ruled_out
+        torch.testing.assert_close(out, Gain()(x))
+        # a dark photo keeps its low-light reading
+        dark = x * 0.3
+        out, _, paths = restore_steps(pipe, dark, steps=1)
+        assert paths[0].first == "low-light" and not paths[0].ruled_out
 
 
 def test_restore_chains_by_default_only_for_multilabel_pipelines():
