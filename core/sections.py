@@ -154,6 +154,9 @@ class StageSpec(Section):
     degradations: list[str] | None = Field(
         None, description="synthetic data: train on these of data.degradations only (by type), e.g. [noise]; "
                           "labels keep their class words, so routing and classification stay the same")
+    pairs_weight: float | None = Field(
+        None, gt=0, lt=1, description="the share of data.pairs in this stage's training samples (their weights "
+                                      "scaled to sum to it; the train folders get the rest); unset: data.pairs' weights")
 
     @field_validator("target")
     @classmethod

@@ -122,6 +122,8 @@ def check_wiring(spec: "PipelineSpec", registry: "Registry", *, model_only: bool
                     errors.append((f"{where}.degradations", f"expected types of data.degradations "
                                                             f"({', '.join(types) or 'none'}) with layout: synthetic; "
                                                             f"got {s.degradations}"))
+            if s.pairs_weight is not None and spec.data is not None and not spec.data.pairs:
+                errors.append((f"{where}.pairs_weight", "the data has no pairs (data.pairs) to weigh"))
 
     # class words: a synthetic sample's label is its degradation's word; it must be a class of
     # every perceiver that classifies degradations (training and teacher routing read it)

@@ -413,6 +413,28 @@ def test_a_stage_sees_its_own_degradations_and_augmentations(tmp_path, images):
         load_spec(raw)
 
 
+def test_a_stage_weighs_the_real_pairs_its_own_way(tmp_path, images):
+    raw = tiny_spec(images)
+    raw["data"]["pairs"] = [{"lq": str(images), "gt": str(images), "label": "noisy", "weight": 0.1},
+                            {"lq": str(images), "gt": str(images), "label": "noisy", "weight": 0.3}]
+    raw["train"]["stages"] = [{"target": "restorer"}, {"target": "restorer", "pairs_weight": 0.6}]
+    trainer = Trainer(load_spec(raw), tmp_path / "r", progress=False)
+    first, second = (trainer._stage_data(s) for s in trainer.stages)
+    assert [p.weight for p in first.pairs] == [0.1, 0.3]
+    assert [p.weight for p in second.pairs] == pytest.approx([0.15, 0.45])  # in proportion, summing to 0.6
+    from vlir.core.train.data import build_dataset
+
+    ds = build_dataset(second, "train", 16)
+    assert ds.weights.tolist() == pytest.approx([0.4, 0.15, 0.45])  # the train folders get the rest
+    raw["train"]["stages"][1]["pairs_weight"] = 1.0
+    with pytest.raises(SpecError, match=r"train.stages\[1\].pairs_weight"):
+        load_spec(raw)
+    del raw["data"]["pairs"]
+    raw["train"]["stages"][1]["pairs_weight"] = 0.5
+    with pytest.raises(SpecError, match=r"train.stages\[1\].pairs_weight: the data has no pairs"):
+        Trainer(load_spec(raw), tmp_path / "s", progress=False)
+
+
 def test_cli_train_then_eval_writes_a_report(tmp_path, images):
     from vlir.core.cli import main
 

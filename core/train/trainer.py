@@ -190,12 +190,17 @@ class Trainer:
             raise SpecError(list(dict.fromkeys(errors)))
 
     def _stage_data(self, stage: StageSpec) -> DataSpec:
-        """The data section as a stage sees it (``degradations``: a subset of the synthetic ones; ``augment``)."""
+        """The data section as a stage sees it (``degradations``: a subset of the synthetic ones; ``augment``;
+        ``pairs_weight``: the pairs' weights scaled to sum to it)."""
         update: dict[str, Any] = {}
         if stage.degradations is not None:
             update["degradations"] = [d for d in self.data.degradations if d.type in stage.degradations]
         if stage.augment is not None:
             update["augment"] = stage.augment
+        if stage.pairs_weight is not None and self.data.pairs:
+            total = sum(p.weight for p in self.data.pairs)
+            update["pairs"] = [p.model_copy(update={"weight": p.weight * stage.pairs_weight / total})
+                               for p in self.data.pairs]
         return self.data.model_copy(update=update) if update else self.data
 
     def _load_proxy(self, path: str) -> Pipeline:
