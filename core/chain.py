@@ -26,7 +26,7 @@ probabilities (``condition.vector: probs``) can be steered (:func:`steerable`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -295,8 +295,6 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
 
 def _one(perceptions: dict[str, "Perception"], index: int) -> dict[str, "Perception"]:
     """The perceptions of image ``index`` alone (a batch of one)."""
-    from dataclasses import fields
-
     return {r: replace(p, **{f.name: getattr(p, f.name)[index:index + 1] for f in fields(p)
                              if isinstance(getattr(p, f.name), torch.Tensor)}) for r, p in perceptions.items()}
 
@@ -429,7 +427,5 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
 
 
 def _cat(ps: list["Perception"]) -> "Perception":
-    from dataclasses import fields
-
     return replace(ps[0], **{f.name: torch.cat([getattr(p, f.name) for p in ps]) for f in fields(ps[0])
                              if isinstance(getattr(ps[0], f.name), torch.Tensor)})
