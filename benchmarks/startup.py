@@ -11,7 +11,7 @@ base, ...: drift and load spikes hit both): each through a folder of links that 
 ``--pipeline`` folder when given; its outputs then differ from the base's). The base is a git
 worktree of ``--base`` made (once) at ``--base-dir``. Each repeat times the plain command (wall
 clock of the process); one more run per tree, with ``-X importtime`` and timers around
-``Pipeline.load`` and ``Pipeline.restore``, says where the time goes: importing torch, importing
+``Pipeline.load`` and ``Pipeline.restore`` (or ``restore_steps``), says where the time goes: importing torch, importing
 open_clip, loading the pipeline (building + weights, less an open_clip import inside it),
 restoring, and the rest (interpreter, CLI, other imports, image files). The restored files of
 both trees are compared pixel for pixel. Writes ``benchmarks/results/startup.json``.
@@ -36,23 +36,33 @@ RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
 BASE = "801769f"  # the commit before the start-up work
 
-# run inside each tree: the CLI with timers around Pipeline.load / Pipeline.restore
+# run inside each tree: the CLI with timers around Pipeline.load / Pipeline.restore (and .restore_steps)
 _TIMED = r"""
 import json, sys, time
 out, argv = sys.argv[1], sys.argv[2:]
 T = {"load": 0.0, "restore": 0.0, "open_clip_in_load": False}
 import vlir.core.pipeline as P
-load, restore = P.Pipeline.__dict__["load"].__func__, P.Pipeline.restore
+load = P.Pipeline.__dict__["load"].__func__
 def timed_load(cls, *a, **k):
     had = "open_clip" in sys.modules
     t = time.perf_counter(); r = load(cls, *a, **k); T["load"] += time.perf_counter() - t
     T["open_clip_in_load"] = T["open_clip_in_load"] or (not had and "open_clip" in sys.modules)
     return r
-def timed_restore(self, *a, **k):
-    t = time.perf_counter(); r = restore(self, *a, **k); T["restore"] += time.perf_counter() - t
-    return r
+depth = [0]
+def timed(fn):  # restore, and restore_steps (step by step) where the tree has it; outermost call only
+    def run(self, *a, **k):
+        depth[0] += 1; t = time.perf_counter()
+        try:
+            return fn(self, *a, **k)
+        finally:
+            depth[0] -= 1
+            if not depth[0]:
+                T["restore"] += time.perf_counter() - t
+    return run
 P.Pipeline.load = classmethod(timed_load)
-P.Pipeline.restore = timed_restore
+for name in ("restore", "restore_steps"):
+    if hasattr(P.Pipeline, name):
+        setattr(P.Pipeline, name, timed(getattr(P.Pipeline, name)))
 from vlir.core.cli import main
 rc = main(argv)
 open(out, "w").write(json.dumps(T))
