@@ -4,7 +4,8 @@ Makes a seeded mixed set from clean validation images in ``../shared/data`` (Val
 test set), with four mixes applied in physical order: low light + noise, haze + JPEG,
 blur + noise + JPEG, rain + JPEG. Each image is restored once (the pipeline's own routing) and
 step by step (``vlir.core.chain.restore_steps``, ``--chain`` steps); PSNR against the clean image
-for the input, one step and the chain, and the paths taken. Writes
+for the input, one step and the chain, the paths taken, and the share of images in which the
+perceiver sees every degradation of the mix (``vlir.core.chain.seen_classes`` of the input). Writes
 ``benchmarks/results/mixed.json`` and ``mixed.md``.
 
     python benchmarks/mixed.py [--pipeline DIR] [--data ../shared/data/Val20] [--limit 8] [--size 256] [--chain 3]
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import vlir
-    from vlir.core.chain import restore_steps
+    from vlir.core.chain import restore_steps, seen_classes
+    from vlir.core.classes import degradation_word
     from vlir.core.data.datasets import list_images
     from vlir.core.data.images import read_image
     from vlir.core.metrics import psnr_torch
@@ -70,26 +72,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     for m, (name, parts) in enumerate(MIXES):
         mods = [reg.load("degradation", t)(**kw) for t, kw in parts]
-        res: dict[str, Any] = {"mix": name, "input": [], "one": [], "chain": [], "paths": []}
+        words = [degradation_word(d) for d in mods]
+        res: dict[str, Any] = {"mix": name, "words": words, "input": [], "one": [], "chain": [], "paths": [],
+                               "seen": []}
         for i, x in enumerate(clean):
             g = torch.Generator().manual_seed(args.seed * 1000 + m * 100 + i)
             y = x[None]
             for d in mods:
                 y = d(y, generator=g)
             with torch.inference_mode():
-                one, _, _ = restore_steps(pipe, y, steps=1)
+                one, perceptions, _ = restore_steps(pipe, y, steps=1)
                 many, _, chain_paths = restore_steps(pipe, y, steps=args.chain)
             res["input"].append(float(psnr_torch(y, x[None])))
             res["one"].append(float(psnr_torch(one, x[None])))
             res["chain"].append(float(psnr_torch(many, x[None])))
             res["paths"].append(str(chain_paths[0]))
+            res["seen"].append(seen_classes(pipe, perceptions))
         for k in ("input", "one", "chain"):
             res[f"{k}_mean"] = sum(res[k]) / len(res[k])
         res["common_paths"] = Counter(res["paths"]).most_common(3)
+        res["all_seen"] = sum(set(words) <= set(seen) for seen in res["seen"]) / len(res["seen"])
         rows.append(res)
         print(f"{name}: input {res['input_mean']:.2f}  one step {res['one_mean']:.2f}  chain {res['chain_mean']:.2f} dB",
               flush=True)
+    every = [set(r["words"]) <= set(seen) for r in rows for seen in r["seen"]]
     return {"pipeline": args.pipeline, "data": str(Path(args.data).name), "images": [p.name for p in paths],
+            "all_seen": sum(every) / len(every),
             "size": args.size, "chain": args.chain, "seed": args.seed, "threads": args.threads,
             "seconds": round(time.perf_counter() - start, 1), "mixes": rows}
 
@@ -98,11 +106,14 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# Mixed degradations: one step vs step by step ({data['pipeline']})", "",
              f"{len(data['images'])} images of {data['data']} (central {data['size']}² crops), seed {data['seed']}, "
              f"chain of at most {data['chain']} steps. PSNR (dB) against the clean image.", "",
-             "| mix | input | one step | chain | most common path |", "|---|---|---|---|---|"]
+             "| mix | input | one step | chain | all parts seen | most common path |", "|---|---|---|---|---|---|"]
     for r in data["mixes"]:
         path = r["common_paths"][0][0] if r["common_paths"] else ""
-        lines.append(f"| {r['mix']} | {r['input_mean']:.2f} | {r['one_mean']:.2f} | {r['chain_mean']:.2f} | {path} |")
-    lines += ["", f"Made by `python benchmarks/mixed.py` in {data['seconds']} s."]
+        lines.append(f"| {r['mix']} | {r['input_mean']:.2f} | {r['one_mean']:.2f} | {r['chain_mean']:.2f} "
+                     f"| {r['all_seen']:.0%} | {path} |")
+    lines += ["", f"All parts of the mix seen by the perceiver in the input: {data['all_seen']:.0%} of the images "
+                  "(`vlir.core.chain.seen_classes`).",
+              "", f"Made by `python benchmarks/mixed.py` in {data['seconds']} s."]
     return "\n".join(lines) + "\n"
 
 

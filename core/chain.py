@@ -293,6 +293,15 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     return words, max((float(presence[k]) for k in ks), default=0.0)
 
 
+def seen_classes(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int = 0,
+                 present: float = PRESENT) -> list[str]:
+    """The classes the feeding perceiver sees in image ``index``: those present above ``present``,
+    most severe first (multi-label; ``clean`` aside), else its top class (single-label)."""
+    if multilabel(pipeline):
+        return _present(pipeline, perceptions, index, present)[0]
+    return [_top(pipeline, perceptions, index)[0]]
+
+
 def _one(perceptions: dict[str, "Perception"], index: int) -> dict[str, "Perception"]:
     """The perceptions of image ``index`` alone (a batch of one)."""
     return {r: replace(p, **{f.name: getattr(p, f.name)[index:index + 1] for f in fields(p)

@@ -141,3 +141,16 @@ def test_backbones_precisions_interleaved(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--precisions", "fp8", "--out", str(out)], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--precisions: unknown fp8" in bad.stderr
+
+
+def test_mixed_counts_the_parts_the_perceiver_sees(tmp_path):
+    from conftest import shared_path
+
+    shared_path("data", "Val20")
+    import mixed
+
+    out = tmp_path / "m.json"
+    assert mixed.main(["--limit", "1", "--size", "64", "--chain", "2", "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["mixes"][0]["words"] == ["low-light", "noisy"] and len(data["mixes"][0]["seen"]) == 1
+    assert 0 <= data["all_seen"] <= 1 and "all parts seen" in out.with_suffix(".md").read_text()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 pytest.importorskip("open_clip")
 
 from vlir.core import Backbone, Perceiver, Pipeline  # noqa: E402
-from vlir.core.chain import _present, default_steps, restore_steps, steer  # noqa: E402
+from vlir.core.chain import _present, default_steps, restore_steps, seen_classes, steer  # noqa: E402
 from vlir.core.classes import format_parts  # noqa: E402
 from vlir.core.conditioning import Perception  # noqa: E402
 from vlir.core.data.datasets import severity  # noqa: E402
@@ -416,6 +416,19 @@ def test_a_bright_photo_read_as_low_light_is_not_brightened():
         dark = x * 0.3
         out, _, paths = restore_steps(pipe, dark, steps=1)
         assert paths[0].first == "low-light" and not paths[0].ruled_out
+
+
+def test_seen_classes_are_the_present_ones_or_the_top_class():
+    from test_chain import pipeline as single_label
+
+    pipe = rules_pipeline()
+    with torch.no_grad():
+        assert seen_classes(pipe, pipe.perceive(dark_noisy())) == ["low-light", "noisy"]
+        clean = smooth(1, torch.Generator().manual_seed(2), size=48)
+        assert seen_classes(pipe, pipe.perceive(clean)) == []
+        one = single_label()
+        seen = one.perceive(clean)
+        assert seen_classes(one, seen) == [seen[one.feed].top()[0][0]]
 
 
 def test_restore_chains_by_default_only_for_multilabel_pipelines():
