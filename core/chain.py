@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .classes import CLEAN, SATURATED, psnr_of
 from .errors import UserError
-from .plausible import BOUNDS
+from .plausible import BOUNDS, ruled_out
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conditioning import Perception
@@ -199,13 +199,17 @@ def check_words(pipeline: "Pipeline", words: Sequence[str]) -> list[str]:
     return list(words)
 
 
-def steer(pipeline: "Pipeline", perceptions: dict[str, "Perception"], word: str) -> dict[str, "Perception"]:
-    """The perceptions with the feeding perceiver's class probabilities one-hot on ``word``."""
+def steer(pipeline: "Pipeline", perceptions: dict[str, "Perception"], word: str, index: int | None = None
+          ) -> dict[str, "Perception"]:
+    """The perceptions with the feeding perceiver's class probabilities one-hot on ``word`` (of
+    image ``index`` only, when given)."""
     role, names = classes(pipeline)
     p = perceptions[role]
-    one_hot = torch.zeros_like(p.class_probs)
-    one_hot[:, names.index(word)] = 1
-    return {**perceptions, role: replace(p, class_probs=one_hot)}
+    probs = torch.zeros_like(p.class_probs) if index is None else p.class_probs.clone()
+    rows = slice(None) if index is None else index
+    probs[rows] = 0
+    probs[rows, names.index(word)] = 1
+    return {**perceptions, role: replace(p, class_probs=probs)}
 
 
 # -- step by step -----------------------------------------------------------------------------------
@@ -270,13 +274,10 @@ def _amount(p: "Perception", k: int, index: int = 0) -> float:
 
 
 def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float,
-             x: torch.Tensor | None = None, bounds: dict | None = None, ruled: dict[str, str] | None = None
-             ) -> tuple[list[str], float]:
-    """(the classes present in image ``index``, most severe first; the top presence), ``clean`` aside.
-    With the image ``x`` (1, 3, H, W) and ``bounds``, a class :func:`vlir.core.plausible.ruled_out`
-    is left out, and why is written into ``ruled``."""
-    from .plausible import ruled_out
-
+             x: torch.Tensor | None = None, bounds: dict | None = None) -> tuple[list[str], float, dict[str, str]]:
+    """(the classes present in image ``index``, most severe first; the top presence; the classes ruled
+    out and why), ``clean`` aside. With the image ``x`` (1, 3, H, W) and ``bounds``, a class
+    :func:`vlir.core.plausible.ruled_out` is left out."""
     role, names = classes(pipeline)
     p = perceptions[role]
     presence = p.presence[index].float()
@@ -284,13 +285,11 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     ks = [k for k, n in enumerate(names) if n != CLEAN]
     found = sorted((k for k in ks if float(presence[k]) > present),
                    key=lambda k: (-float(severity[k]), -float(presence[k])))
-    words = [names[k] for k in found]
+    why: dict[str, str] = {}
     if x is not None and bounds is not None:
         why = {names[k]: r for k in found if (r := ruled_out(names[k], x, float(severity[k]), bounds)) is not None}
-        words = [w for w in words if w not in why]
-        if ruled is not None:
-            ruled.update(why)
-    return words, max((float(presence[k]) for k in ks), default=0.0)
+    words = [names[k] for k in found if names[k] not in why]
+    return words, max((float(presence[k]) for k in ks), default=0.0), why
 
 
 def seen_classes(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int = 0,
@@ -302,14 +301,8 @@ def seen_classes(pipeline: "Pipeline", perceptions: dict[str, "Perception"], ind
     return [_top(pipeline, perceptions, index)[0]]
 
 
-def _one(perceptions: dict[str, "Perception"], index: int) -> dict[str, "Perception"]:
-    """The perceptions of image ``index`` alone (a batch of one)."""
-    return {r: replace(p, **{f.name: getattr(p, f.name)[index:index + 1] for f in fields(p)
-                             if isinstance(getattr(p, f.name), torch.Tensor)}) for r, p in perceptions.items()}
-
-
-def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: float) -> bool:
-    """Whether restoring class ``k`` changed ``x`` into ``y`` by more than its perceived severity
+def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: float, index: int = 0) -> bool:
+    """Whether restoring class ``k`` of image ``index`` of ``p`` changed ``x`` into ``y`` by more than its perceived severity
     allows: PSNR(x, y) under the PSNR the severity stands for (:func:`vlir.core.classes.psnr_of`)
     less ``guard`` dB. Severities of :data:`SATURATED` and above (the end of the scale) are never
     too much."""
@@ -317,7 +310,7 @@ def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: f
         return False
     from .metrics import psnr_torch
 
-    s = float(p.severity[0, k])
+    s = float(p.severity[index, k])
     if s >= SATURATED:
         return False
     return float(psnr_torch(y.float(), x.float())[0]) < psnr_of(s) - guard
@@ -361,39 +354,39 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
     ml = multilabel(pipeline)
 
     if path is None and steps == 1:  # one ordinary restoration, abstaining where unsure
-        out, perceptions = restore(pipeline, lq, ensemble=ensemble, **kw)
-        paths = []
+        if not names:
+            out, perceptions = restore(pipeline, lq, ensemble=ensemble, **kw)
+            return out, perceptions, [Path(stop="steps") for _ in range(lq.shape[0])]
+        perceptions = pipeline.perceive(lq)
+        cond = perceptions  # steered where an image goes to another class than its routing's
+        decided: list[tuple[Path, str | None]] = []  # each image's path, and the class it is restored for
         for i in range(lq.shape[0]):
-            if not names:
-                paths.append(Path(stop="steps"))
-                continue
             word, prob, _ = _top(pipeline, perceptions, i)
             found: list[str] = [word]
             ruled: dict[str, str] = {}
             if ml:  # nothing present: left as it is; abstention reads the top presence
-                found, prob = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds, ruled)
+                found, prob, ruled = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds)
             if not found:
-                out[i] = lq[i].to(out.dtype)
-                paths.append(Path(stop="clean", ruled_out=ruled))
+                decided.append((Path(stop="clean", ruled_out=ruled), None))
             elif abstain is not None and prob < abstain:
-                out[i] = lq[i].to(out.dtype)
-                paths.append(Path(stop="unsure", ruled_out=ruled))
+                decided.append((Path(stop="unsure", ruled_out=ruled), None))
             elif ml:
-                mine = _one(perceptions, i)
                 if word not in found:  # routed elsewhere: restored for the most severe present class
                     word = found[0]
-                    y, _ = restore(pipeline, lq[i:i + 1], ensemble=ensemble, perceptions=steer(pipeline, mine, word),
-                                   **kw)
-                    out[i] = y[0].to(out.dtype)
+                    cond = steer(pipeline, cond, word, index=i)
                 step = Step(word, _amount(perceptions[role], names.index(word), i))
-                if guard is not None and too_much(mine[role], names.index(word), lq[i:i + 1], out[i:i + 1], guard):
-                    out[i] = lq[i].to(out.dtype)  # as a chain step: undone
-                    paths.append(Path(stop="too much", undone=step, ruled_out=ruled))
-                else:
-                    paths.append(Path([step], stop="steps", ruled_out=ruled))
+                decided.append((Path([step], stop="steps", ruled_out=ruled), word))
             else:
-                paths.append(Path([Step(word, prob)], stop="clean" if word == CLEAN else "steps"))
-        return out, perceptions, paths
+                decided.append((Path([Step(word, prob)], stop="clean" if word == CLEAN else "steps"), word))
+        out, _ = restore(pipeline, lq, ensemble=ensemble, perceptions=cond, **kw)
+        for i, (done, word) in enumerate(decided):
+            if word is None:
+                out[i] = lq[i].to(out.dtype)
+            elif ml and guard is not None and too_much(perceptions[role], names.index(word), lq[i:i + 1],
+                                                       out[i:i + 1], guard, index=i):
+                out[i] = lq[i].to(out.dtype)  # as a chain step: undone
+                done.undone, done.stop, done.steps = done.steps[0], "too much", []
+        return out, perceptions, [done for done, _ in decided]
 
     outs, first, paths = [], [], []
     for i in range(lq.shape[0]):
@@ -406,7 +399,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             word, prob, _ = _top(pipeline, seen)
             if want is None:
                 if ml:  # the most severe present class; abstention reads the top presence
-                    found, prob = _present(pipeline, seen, 0, present, x, bounds, done.ruled_out)
+                    found, prob, why = _present(pipeline, seen, 0, present, x, bounds)
+                    done.ruled_out.update(why)
                     word = found[0] if found else CLEAN
                 if word == CLEAN:
                     done.stop = "clean"

@@ -28,6 +28,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .classes import SATURATED
+
 DARK_WINDOW = 15  # He et al.'s patch size
 
 
@@ -62,8 +64,6 @@ def ruled_out(word: str, x: torch.Tensor, severity: float | None = None,
               bounds: dict[str, dict[str, Range]] | None = None) -> str | None:
     """Why image ``x`` (1, 3, H, W), read as showing class ``word`` at ``severity``, cannot show it (its
     statistic outside ``bounds``, default :data:`BOUNDS`), or None when it can (or the class has no bound)."""
-    from .classes import SATURATED
-
     bounds = BOUNDS if bounds is None else bounds
     if word not in STATISTICS or word not in bounds:
         return None
