@@ -147,16 +147,17 @@ def build_sets(data: Sequence[str | Path], degradations: Sequence["DegradationSp
 
 
 def pair_sets(lq_dirs: Sequence[str | Path], gt_dirs: Sequence[str | Path], label: str | None = None,
-              limit: int | None = None) -> list[EvalSet]:
+              limit: int | None = None, held_out: int = 0) -> list[EvalSet]:
     """One set per pair of folders (degraded, ground truth): :class:`vlir.core.data.pairs.FolderPairs`,
-    labelled ``label`` or the degraded folder's name."""
+    labelled ``label`` or the degraded folder's name; with ``held_out``, only the last N pairs (the
+    training split a spec's ``data.pairs[].hold_out`` keeps out)."""
     from .data.pairs import FolderPairs
 
     sets = []
     for lq, gt in zip(lq_dirs, gt_dirs):
         lq, gt = Path(lq).expanduser(), Path(gt).expanduser()
         word = label or norm_label(lq.name)
-        ds = FolderPairs(lq, gt, word)
+        ds = FolderPairs(lq, gt, word, hold_out=held_out, held=bool(held_out))
         n = len(ds) if limit is None else min(limit, len(ds))
         sets.append(EvalSet(f"{lq.parent.name}/{lq.name}" if lq.parent.name else lq.name, str(lq), word, ds,
                             list(range(n))))
@@ -468,6 +469,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", metavar="WORD",
                    help="with --gt: the degradation word of the pairs (e.g. low-light), for the per-degradation "
                         "tables and the recognition accuracy (default: the --data folder's name)")
+    p.add_argument("--held-out", type=int, default=0, metavar="N",
+                   help="with --gt: score only the last N pairs (in name order), the split a spec's "
+                        "data.pairs[].hold_out keeps out of training")
     p.add_argument("--no-reference", action="store_true",
                    help="the --data folders hold degraded photos without ground truth: report NIQE, noise sigma "
                         "and sharpness before and after restoration, per image and per recognised degradation")
@@ -537,13 +541,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError("--noref-crop applies to --no-reference (photos without ground truth) only")
     if args.gt and (args.no_reference or len(args.gt) != len(data)):
         raise UserError("--gt needs one ground-truth folder per --data folder, and no --no-reference")
-    if args.label and not args.gt:
-        raise UserError("--label applies to real pairs given by --gt only")
+    if (args.label or args.held_out) and not args.gt:
+        raise UserError("--label and --held-out apply to real pairs given by --gt only")
     try:
         if args.no_reference:
             sets = photo_sets(data, limit=limit)
         elif args.gt:
-            sets = pair_sets(data, args.gt, args.label, limit=limit)
+            sets = pair_sets(data, args.gt, args.label, limit=limit, held_out=args.held_out)
         else:
             sets = build_sets(data, degradations, seed=seed, limit=limit, registry=pipe.registry)
     except (ValueError, FileNotFoundError) as e:  # unusable folders: name them (--data)

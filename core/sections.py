@@ -77,6 +77,8 @@ class PairSpec(Section):
     gt: str = Field(description="folder of their clean references")
     label: str = Field(description="class word the pairs show, one of the data's class words (e.g. low-light)")
     weight: float = Field(gt=0, le=1, description="share of training samples drawn from these pairs")
+    hold_out: int = Field(0, ge=0, description="the last N pairs (in name order) are not trained on: validation "
+                                               "scores them (val/held/...), a split of the training pairs")
 
 
 class DataSpec(Section):

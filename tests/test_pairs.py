@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vlir.core.data.images import write_image
-from vlir.core.data.pairs import FolderPairs, Weighted, pair_files
+from vlir.core.data.pairs import FolderPairs, Weighted, check_pairs, pair_files, split_pairs
 
 SHARED = Path(os.environ.get("VLIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -68,6 +68,29 @@ def test_folder_pairs_items_and_crops(tmp_path, caplog):
     assert found
     with pytest.raises(ValueError, match="label"):
         FolderPairs(lq, gt, "")
+
+
+def test_the_last_pairs_are_held_out(tmp_path):
+    names = [f"{i}.png" for i in range(1, 11)]
+    lq, gt = make(tmp_path, names, names)
+    pairs = pair_files(lq, gt)
+    kept, held = split_pairs(pairs, 3)
+    assert [a.name for a, _ in held] == ["8.png", "9.png", "10.png"] and kept + held == pairs  # name order
+    assert split_pairs(pairs, 0) == (pairs, [])
+    with pytest.raises(ValueError, match="cannot hold out 10 of 10"):
+        split_pairs(pairs, 10)
+    train = FolderPairs(lq, gt, "low-light", hold_out=3)
+    val = FolderPairs(lq, gt, "low-light", hold_out=3, held=True)
+    assert len(train) == 7 and len(val) == 3
+    assert not {x["path"] for x in (train[i] for i in range(7))} & {x["path"] for x in (val[i] for i in range(3))}
+
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(lq=str(lq), gt=str(gt), label="low-light", hold_out=10)  # a data.pairs entry
+    assert check_pairs([spec], None) == [("data.pairs[0].hold_out", f"cannot hold out 10 of the 10 pairs of {lq} "
+                                                                       "(at least one must stay for training)")]
+    spec.hold_out = 9
+    assert check_pairs([spec], None) == []
 
 
 def test_weighted_mixture(tmp_path):

@@ -435,6 +435,34 @@ def test_a_stage_weighs_the_real_pairs_its_own_way(tmp_path, images):
         Trainer(load_spec(raw), tmp_path / "s", progress=False)
 
 
+def test_held_out_pairs_are_validated_not_trained(tmp_path, images):
+    from vlir.core.cli import main
+    from vlir.core.train.data import build_dataset
+
+    raw = tiny_spec(images, iterations=3)
+    raw["data"]["pairs"] = [{"lq": str(images), "gt": str(images), "label": "blurry", "weight": 0.5, "hold_out": 2}]
+    trainer = Trainer(load_spec(raw), tmp_path / "r", progress=False)
+    train = build_dataset(trainer.data, "train", 16).datasets[1]
+    assert [a.name for a, _ in train.pairs] == [f"img{i:02d}.png" for i in range(4)]
+    held = trainer.held_data
+    assert [a.name for a, _ in held.pairs] == ["img04.png", "img05.png"]
+    assert held.index == 1 and held.label == "blurry"  # labelled in the run's classes (noisy, blurry)
+    trainer.fit()
+    rows = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    val = [x for x in rows if x["kind"] == "val"][-1]
+    assert {"psnr", "psnr/noisy", "held/psnr", "held/psnr/blurry"} <= val.keys()
+    assert val["held/input_psnr"] == 100.0 and val["input_psnr"] < 40  # the held items are the pairs (LQ = GT)
+    # vlir eval scores the same split
+    ev = tmp_path / "eval"
+    assert main(["eval", str(tmp_path / "r" / "pipeline"), "--data", str(images), "--gt", str(images),
+                 "--label", "blurry", "--held-out", "2", "--out", str(ev), "--quiet"]) == 0
+    res = json.loads((ev / "results.json").read_text())
+    assert res["overall"]["n"] == 2
+    raw["data"]["pairs"][0]["hold_out"] = 6
+    with pytest.raises(SpecError, match=r"data.pairs\[0\].hold_out: cannot hold out 6 of the 6"):
+        Trainer(load_spec(raw), tmp_path / "s", progress=False).fit()
+
+
 def test_cli_train_then_eval_writes_a_report(tmp_path, images):
     from vlir.core.cli import main
 

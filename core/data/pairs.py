@@ -60,6 +60,16 @@ def pair_files(lq_dir: PathLike, gt_dir: PathLike) -> list[tuple[Path, Path]]:
                      f"only in GT: {_show(sorted(gt.keys() - lq.keys()))}")
 
 
+def split_pairs(pairs: list[tuple[Path, Path]], hold_out: int, what: str = "pairs"
+                ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(trained, held out): the last ``hold_out`` pairs (in name order) held out of training, for
+    validation; at least one pair must stay on each side when ``hold_out`` > 0."""
+    if hold_out < 0 or (hold_out and hold_out >= len(pairs)):
+        raise ValueError(f"{what}: cannot hold out {hold_out} of {len(pairs)} pairs (at least one must stay "
+                         "for training)")
+    return (pairs[:len(pairs) - hold_out], pairs[len(pairs) - hold_out:]) if hold_out else (pairs, [])
+
+
 def usable_pairs(pairs: list[tuple[Path, Path]], min_size: int = 1, what: str = "pairs"
                  ) -> list[tuple[Path, Path]]:
     """The pairs whose two files are readable, at least ``min_size`` on each side and of one size;
@@ -94,10 +104,15 @@ def check_pairs(pairs: Sequence[Any], words: Sequence[str] | None, field: str = 
         errors += [(f"{where}.{k}", f"no such folder: {v}") for k, v in missing]
         if not missing:
             try:
-                if not pair_files(Path(p.lq).expanduser(), Path(p.gt).expanduser()):
-                    errors.append((where, f"{p.lq} and {p.gt} hold no images to pair"))
+                found = pair_files(Path(p.lq).expanduser(), Path(p.gt).expanduser())
             except ValueError as e:
                 errors.append((where, str(e)))
+            else:
+                if not found:
+                    errors.append((where, f"{p.lq} and {p.gt} hold no images to pair"))
+                elif getattr(p, "hold_out", 0) >= len(found):
+                    errors.append((f"{where}.hold_out", f"cannot hold out {p.hold_out} of the {len(found)} "
+                                                        f"pairs of {p.lq} (at least one must stay for training)"))
         if words is not None and p.label not in words:
             errors.append((f"{where}.label", f"{p.label!r} is not a class word of the data "
                                              f"({', '.join(words) or 'none'})"))
@@ -110,14 +125,17 @@ class FolderPairs(_Epoch, Dataset):
     Without ``patch_size`` items are whole images in order (evaluation); with it, aligned random
     crops and flips. Unreadable pairs and pairs whose sizes differ are skipped with a warning.
     ``degradation`` is ``index`` (the label's class index in the stage; set by the caller).
+    ``hold_out``: the last N pairs (:func:`split_pairs`) are left out, or with ``held`` are the only ones.
     """
 
     def __init__(self, lq_dir: PathLike, gt_dir: PathLike, label: str, patch_size: int | None = None,
                  seed: int = 0, index: int = 0, captions: Any = None, flips: bool | None = None,
-                 scan: bool = True, rot90: bool = False, channels: bool = False):
+                 scan: bool = True, rot90: bool = False, channels: bool = False, hold_out: int = 0,
+                 held: bool = False):
         if not label:
             raise ValueError(f"pairs {lq_dir}: a degradation word (label) is needed")
-        pairs = pair_files(lq_dir, gt_dir)
+        kept, left = split_pairs(pair_files(lq_dir, gt_dir), hold_out, what=f"{lq_dir}")
+        pairs = left if held else kept
         if scan:
             pairs = usable_pairs(pairs, patch_size or 1, what=str(lq_dir))
         if not pairs:

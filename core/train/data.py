@@ -144,19 +144,13 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
     warning: a stage that trains on some of ``data.degradations`` only (``stages[].degradations``)
     trains on the pairs of those classes only. (A label that is none of the spec's class words is
     an error of :func:`vlir.core.validate.validate`, which ``vlir train`` runs first.)"""
-    from ..data.datasets import log, resolve_degradation, vocabulary
+    from ..data.datasets import log
     from ..data.pairs import FolderPairs, Weighted, check_pairs
 
-    if base is not None:
-        words: list[str] | None = class_names(base)
-    elif data.layout == "synthetic" and data.degradations:
-        words = vocabulary(resolve_degradation(s, registry) for s in degradation_specs(data))
-    else:
-        words = None
     errors = check_pairs(data.pairs, None)
     if errors:
         raise SpecError(errors)
-    words = words or list(dict.fromkeys(p.label for p in data.pairs))
+    words = data_words(data, base, registry)
     sets = [] if base is None else [base]
     weights = [] if base is None else [1.0 - sum(p.weight for p in data.pairs)]
     for i, p in enumerate(data.pairs):
@@ -167,7 +161,8 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
         try:
             sets.append(FolderPairs(os.path.expanduser(p.lq), os.path.expanduser(p.gt), p.label,
                                     patch_size=patch_size, seed=data.seed, index=words.index(p.label),
-                                    captions=captions, flips=True, rot90=aug.rot90, channels=aug.channels))
+                                    captions=captions, flips=True, rot90=aug.rot90, channels=aug.channels,
+                                    hold_out=p.hold_out))
         except (ValueError, FileNotFoundError) as e:
             raise SpecError([(f"data.pairs[{i}]", str(e))]) from e
         weights.append(p.weight)
@@ -177,6 +172,40 @@ def _with_pairs(data: DataSpec, base: Dataset | None, patch_size: int | None, ca
         return base
     # an epoch: as many items as the sets hold together (each item drawn by weight)
     return Weighted(sets, weights, length=sum(len(d) for d in sets), seed=data.seed, classes=words)
+
+
+def data_words(data: DataSpec, base: Dataset | None = None, registry: Any = None) -> list[str]:
+    """The class words items are labelled in: those of ``base`` (the folders' dataset), else of
+    ``data.degradations``, else the pairs' labels."""
+    from ..data.datasets import resolve_degradation, vocabulary
+
+    names = class_names(base) if base is not None else []
+    if names:
+        return names
+    if data.layout == "synthetic" and data.degradations:
+        return vocabulary(resolve_degradation(s, registry) for s in degradation_specs(data))
+    return list(dict.fromkeys(p.label for p in data.pairs))
+
+
+def held_pairs(data: DataSpec, words: list[str], patch_size: int | None) -> Dataset | None:
+    """The pairs ``data.pairs[].hold_out`` keeps out of training, for validation (seeded crops of
+    ``patch_size``, no flips; items labelled in ``words``, the class words of the run), or None."""
+    from ..data.pairs import FolderPairs, check_pairs
+
+    errors = check_pairs(data.pairs, None)
+    if errors:
+        raise SpecError(errors)
+    sets = []
+    for i, p in enumerate(data.pairs):
+        if not p.hold_out or p.label not in words:
+            continue
+        try:
+            sets.append(FolderPairs(os.path.expanduser(p.lq), os.path.expanduser(p.gt), p.label,
+                                    patch_size=patch_size, seed=data.seed + 1, index=words.index(p.label),
+                                    flips=False, hold_out=p.hold_out, held=True))
+        except (ValueError, FileNotFoundError) as e:
+            raise SpecError([(f"data.pairs[{i}]", str(e))]) from e
+    return None if not sets else sets[0] if len(sets) == 1 else Concat(sets)
 
 
 class Subset(Dataset):

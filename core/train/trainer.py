@@ -35,7 +35,7 @@ from ..spec import PipelineSpec, SpecError
 from . import checkpoint as ckpt
 from . import ddp
 from .console import Console
-from .data import StepBatches, build_dataset, check_folders, loader, to_device
+from .data import StepBatches, build_dataset, check_folders, data_words, held_pairs, loader, to_device
 from .ema import EMA
 from .objective import Objective, validation_restore
 from .resume import spec_changes, truncate_log, weight_mismatches
@@ -141,6 +141,9 @@ class Trainer:
             if self.data.val:
                 self.val_data = build_dataset(self.data, "val", self.data.val_size, self.data.val_limit,
                                               registry=self.registry)
+            # training pairs held out (data.pairs[].hold_out): scored as val/held/..., never fitted on
+            self.held_data = held_pairs(self.data, data_words(self.data, self.val_data, self.registry),
+                                        self.data.val_size) if any(p.hold_out for p in self.data.pairs) else None
             self.writer = None
             self.stage: StageSpec | None = None  # the stage being trained
             self.ema: EMA | None = None  # its EMA, if on
@@ -607,12 +610,17 @@ class Trainer:
     def _validate(self, stage: StageSpec, ema: EMA | None) -> dict[str, float]:
         values: dict[str, float] = {}
         images = None
-        if self.dist.main and self.val_data is not None:
+        if self.dist.main and (self.val_data is not None or self.held_data is not None):
             with ema.swapped() if ema is not None else nullcontext():
                 modes = {m: m.training for m in self.pipeline.modules()}
                 self.pipeline.eval()
                 try:
-                    values, images = self._val_pass(stage)
+                    if self.val_data is not None:
+                        values, images = self._val_pass(stage, self.val_data)
+                    if self.held_data is not None:
+                        held, more = self._val_pass(stage, self.held_data)
+                        values.update({f"held/{k}": v for k, v in held.items()})
+                        images = more if images is None else images
                 finally:
                     for m, mode in modes.items():
                         m.training = mode
@@ -626,20 +634,22 @@ class Trainer:
         self.last_val = values
         return values
 
-    def _val_loader(self) -> Any:
-        """The validation data in batches (up to 8 images of equal size; one image otherwise)."""
+    def _val_loader(self, dataset: Any = None) -> Any:
+        """Validation data (default ``data.val``'s) in batches (up to 8 images of equal size; one
+        image otherwise)."""
         from torch.utils.data import DataLoader
 
         from .data import collate
 
-        assert self.val_data is not None
+        dataset = self.val_data if dataset is None else dataset
+        assert dataset is not None
         bs = min(8, self.data.batch_size) if self.data.val_size else 1
-        return DataLoader(self.val_data, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
+        return DataLoader(dataset, batch_size=bs, shuffle=False, num_workers=0, collate_fn=collate)
 
-    def _val_pass(self, stage: StageSpec) -> tuple[dict[str, float], torch.Tensor | None]:
+    def _val_pass(self, stage: StageSpec, dataset: Any) -> tuple[dict[str, float], torch.Tensor | None]:
         from ..metrics import validation_values
 
-        dl = self._val_loader()
+        dl = self._val_loader(dataset)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # samples behind each value (per-degradation values: that degradation's)
         shown: list[torch.Tensor] = []
