@@ -296,11 +296,20 @@ def md_footer(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def timing_devices(setting: str, cuda_available: bool) -> list[str]:
+    """The devices ``--device`` names: ``auto`` the CPU and the GPU where there is one."""
+    if setting == "cuda":
+        if not cuda_available:
+            raise SystemExit("--device cuda: torch sees no CUDA device here")
+        return ["cuda"]
+    return ["cpu"] + (["cuda"] if setting == "auto" and cuda_available else [])
+
+
 def add_timing_arguments(ap: Any) -> None:
     """``--warmup``, ``--device``, ``--threads`` and ``--timeout``, shared by the isolated benchmarks."""
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    ap.add_argument("--device", choices=["auto", "cpu"], default="auto",
-                    help="auto: CPU, and GPU too when torch.cuda.is_available()")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU, and GPU too when torch.cuda.is_available(); cuda: the GPU alone")
     ap.add_argument("--threads", type=int,
                     help="torch threads per measurement (default os.cpu_count(); 1 avoids thread thrashing "
                          "on a busy machine)")

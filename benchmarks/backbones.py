@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in machine:
         print(f"backbones: could not read the machine info: {machine['error']}", file=sys.stderr)
         return 1
-    devices = ["cpu"] + (["cuda"] if args.device == "auto" and machine["cuda_available"] else [])
+    devices = C.timing_devices(args.device, machine["cuda_available"])
     res: dict[str, Any] = {
         "benchmark": "backbones", "mode": "quick" if q else "full", "machine": machine,
         "settings": {"sizes": sizes, "repeat": repeat, "warmup": args.warmup, "batch": 1, "devices": devices,

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in machine:
         print(f"perceivers: could not read the machine info: {machine['error']}", file=sys.stderr)
         return 1
-    devices = ["cpu"] + (["cuda"] if args.device == "auto" and machine["cuda_available"] else [])
+    devices = C.timing_devices(args.device, machine["cuda_available"])
     res: dict[str, Any] = {
         "benchmark": "perceivers", "mode": "quick" if q else "full", "machine": machine,
         "settings": {"model": "vlir-tiny (tiny preset)" if q else MODEL, "pretrained": None, "size": size,

@@ -147,6 +147,24 @@ def test_restore_dtype_bf16_close_to_fp32_and_fp32_unchanged(folder):
         pipe.restore(x, dtype="fp16")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "auto"])
+def test_restore_on_cuda_in_half_precision(folder, dtype):
+    import vlir
+
+    pipe = vlir.load(folder, device="cuda")
+    x = _image(64, 48, seed=5).cuda()
+    ref, _ = pipe.restore(x)
+    out, perceptions = pipe.restore(x, dtype=dtype)
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for p in perceptions.values() for t in (p.class_probs, p.content))
+    assert not torch.equal(out, ref)  # half precision really ran (auto: bf16 where supported)
+    assert _psnr(out, ref) > 35
+    cpu, _ = vlir.load(folder).restore(x.cpu())
+    assert _psnr(ref.cpu(), cpu) > 60  # fp32 on the GPU is the CPU result
+    assert torch.equal(pipe.restore(x)[0], ref)  # fp32 afterwards: unchanged
+
+
 def test_load_dtype_sets_the_default_precision(folder):
     import vlir
 
