@@ -1,8 +1,8 @@
 """The built-in default model: a pipeline folder shipped inside the package.
 
 The folder is ``vlir/core/assets/default/`` (``spec.yaml`` + one safetensors file per
-component), written by ``vlir train specs/default.yaml``. ``VLIR_DEFAULT_PIPELINE`` points
-elsewhere (a pipeline folder) when set.
+component), written by ``vlir train specs/default-v2.yaml`` (v2, fine-tuned from v1 of
+``specs/default.yaml``). ``VLIR_DEFAULT_PIPELINE`` points elsewhere (a pipeline folder) when set.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
 ENV = "VLIR_DEFAULT_PIPELINE"
-SPEC = "specs/default.yaml"
+SPEC = "specs/default-v2.yaml"
 
 
 class DefaultModelMissing(UserError, FileNotFoundError):

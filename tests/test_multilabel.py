@@ -171,7 +171,7 @@ def trained() -> DACLIP:
     opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=2e-3)
     g = torch.Generator().manual_seed(0)
     m.train()
-    for _ in range(500):  # 300 left the mixed case on a knife edge (6 to 14 of 16, by thread count)
+    for _ in range(800):  # 300 left the mixed case on a knife edge (6 to 14 of 16, by thread count), 500 the clean one (13 of 16 on torch 2.14)
         loss = m.objective(batch(32, g))["loss"]
         opt.zero_grad()
         loss.backward()

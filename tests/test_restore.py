@@ -273,7 +273,7 @@ def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
     rc = restore(img, "-o", tmp_path / "out")
     err = capsys.readouterr().err
     assert rc == 2
-    assert "default model is not installed" in err and "vlir train specs/default.yaml" in err
+    assert "default model is not installed" in err and f"vlir train {default.SPEC}" in err
     assert "--pipeline" in err
     assert not (tmp_path / "out").exists()  # checked before anything is written
 

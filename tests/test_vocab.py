@@ -90,15 +90,16 @@ def test_class_positions_of_older_specs_still_read():
 
 def test_the_default_spec_names_its_classes_once_and_resolves_as_the_bundled_model():
     from vlir.core import yamlsafe
+    from vlir.core.default import SPEC
 
-    text = (ROOT / "specs" / "default.yaml").read_text()
+    text = (ROOT / SPEC).read_text()
     raw = yamlsafe.load(text)
     assert "degradations" not in raw["perceivers"][0]["params"]  # no second, hand-kept list
-    spec, bundled = load_spec(ROOT / "specs" / "default.yaml"), load_spec(ROOT / "core/assets/default/spec.yaml")
+    spec, bundled = load_spec(ROOT / SPEC), load_spec(ROOT / "core/assets/default/spec.yaml")
     assert spec.perceivers[0].params["degradations"] == bundled.perceivers[0].params["degradations"]
-    words = spec.backbone.params["classes"]
-    assert {words.index(k): v for k, v in spec.backbone.params["overrides"].items()} == \
-        {int(k): v for k, v in bundled.backbone.params["overrides"].items()}
+    assert spec.backbone.params["classes"] == bundled.backbone.params["classes"]
+    assert spec.backbone.params["overrides"] == bundled.backbone.params["overrides"]
+    assert spec.backbone.params["identity"] == bundled.backbone.params["identity"] == ["clean"]
 
 
 def test_class_words_and_quality_tiers_are_stated_once():
