@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not files:
         raise SystemExit(f"no images in {args.data}")
     trained = [d.type for d in pipe.spec.data.degradations] if pipe.spec.data is not None else []
-    types = [t for t in (args.degradations or trained or list(settings())) if t != "clean"]  # the last row
+    # each type once (a spec may list one twice, as default-v2 does its mixes, to draw it more often)
+    types = list(dict.fromkeys(t for t in (args.degradations or trained or list(settings())) if t != "clean"))
     if "noise" in types:  # the headline row first
         types = ["noise"] + [t for t in types if t != "noise"]
     reg = get_registry()
