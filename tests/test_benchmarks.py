@@ -154,3 +154,20 @@ def test_mixed_counts_the_parts_the_perceiver_sees(tmp_path):
     data = json.loads(out.read_text())
     assert data["mixes"][0]["words"] == ["low-light", "noisy"] and len(data["mixes"][0]["seen"]) == 1
     assert 0 <= data["all_seen"] <= 1 and "all parts seen" in out.with_suffix(".md").read_text()
+
+
+def test_dim_counts_what_the_pipeline_brightens(tmp_path):
+    from conftest import shared_path
+
+    shared_path("data", "Set5")
+    import dim
+
+    out = tmp_path / "d.json"
+    assert dim.main(["--limit", "2", "--factors", "0.15", "1.0", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["pipeline"], r["factor"], r["images"]) for r in rows] == [("default", 0.15, 2), ("default", 1.0, 2)]
+    for r in rows:
+        assert 0 <= r["low_light"] <= r["images"] - r["unchanged"]  # a treated image is a changed one
+        assert (r["change_psnr"] is None) == (r["unchanged"] == r["images"])
+    assert rows[1]["low_light"] == 0  # the clean validation photos at full brightness are not brightened
+    assert "| default | 0.15 |" in out.with_suffix(".md").read_text()
