@@ -261,6 +261,14 @@ def write_outputs(data: dict[str, Any], markdown: str, out: str | Path) -> tuple
     return out, md
 
 
+def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], markdown: Callable[[dict[str, Any]], str]) -> int:
+    """A one-process benchmark's main: ``run(args)``, then its JSON at ``args.out`` and markdown beside it."""
+    data = run(args)
+    out, md = write_outputs(data, markdown(data).rstrip("\n"), args.out)
+    print(f"wrote {out} and {md}")
+    return 0
+
+
 def reporter(res: dict, machine: dict):
     """``log(msg)`` with elapsed seconds on stderr, and ``check(label, result)`` recording a
     measurement's error in ``res["errors"]``; records the busy-machine warning in ``res``."""

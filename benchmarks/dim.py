@@ -13,7 +13,6 @@ much they were changed). Writes ``benchmarks/results/dim.json`` and ``dim.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,6 +24,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
 FACTORS = (0.15, 0.2, 0.25, 0.3, 0.4)
 LOW_LIGHT = "low-light"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common as C  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,16 +89,5 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    data = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(data))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.run_and_write(parse_args(), run, markdown))

@@ -118,16 +118,10 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common as C
 
-    args = parse_args(argv)
-    data = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(data))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return C.run_and_write(parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":
