@@ -89,5 +89,9 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> int:
+    return C.run_and_write(parse_args(argv), run, markdown)
+
+
 if __name__ == "__main__":
-    sys.exit(C.run_and_write(parse_args(), run, markdown))
+    sys.exit(main())

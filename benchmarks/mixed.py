@@ -23,6 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("VLIR_SHARED", ROOT.parent / "shared"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common as C  # noqa: E402
 
 # each mix: (name, [(degradation, params), ...]) applied in this (physical) order
 MIXES = [
@@ -118,9 +120,6 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _common as C
-
     return C.run_and_write(parse_args(argv), run, markdown)
 
 

@@ -37,7 +37,8 @@ def default_dir() -> Path:
         where = f"{ENV}={env}" if env else f"the package folder {folder}"
         raise DefaultModelMissing(
             f"the built-in default model is not installed: no spec.yaml in {where}. "
-            f"Train it with 'vlir train {SPEC}' and copy the resulting pipeline folder "
+            f"Train it with 'vlir train {SPEC}' (it starts from v1's weights: see its header) and copy "
+            "the resulting pipeline folder "
             f"(spec.yaml + *.safetensors) to {bundled_dir()}, set {ENV} to a pipeline folder, "
             "or pass --pipeline DIR / --spec FILE")
     if not any(folder.glob("*.safetensors")):

@@ -163,8 +163,7 @@ def test_dim_counts_what_the_pipeline_brightens(tmp_path):
     import dim
 
     out = tmp_path / "d.json"
-    args = dim.parse_args(["--limit", "2", "--factors", "0.15", "1.0", "--threads", "1", "--out", str(out)])
-    assert dim.C.run_and_write(args, dim.run, dim.markdown) == 0
+    assert dim.main(["--limit", "2", "--factors", "0.15", "1.0", "--threads", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["pipeline"], r["factor"], r["images"]) for r in rows] == [("default", 0.15, 2), ("default", 1.0, 2)]
     for r in rows:
