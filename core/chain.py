@@ -41,6 +41,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
 PRESENT = 0.5  # a multi-label perceiver's class is present above this probability
+# The presence a class needs before it is treated, where treating an image that does not show it costs
+# far more than leaving one that does: brightening a dim photo taken in good light takes it to about 8 dB
+# from itself, while leaving a real low-light photo dark loses what the low-light expert gains (about
+# 12 dB on the held-out LOL training pairs). Treating lowers the expected loss where presence p makes
+# p * miss > (1 - p) * false, i.e. p > false / (false + miss); benchmarks/dim.py measures both costs
+# on validation images (darkened Set5 photos, the held-out LOL pairs; benchmarks/results/dim.json).
+# A present class under its bar is taken for absent (Path.ruled_out says so).
+PRESENT_FOR: dict[str, float] = {"low-light": 0.75}
 # A multi-label step is undone when it changes the image by GUARD dB more than the perceived severity
 # says the image is degraded: severity s is defined by PSNR(clean, degraded) = 40 - 30 s
 # (vlir.core.classes), so a right restoration changes its input by about that much, and an expert
@@ -274,10 +282,12 @@ def _amount(p: "Perception", k: int, index: int = 0) -> float:
 
 
 def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float,
-             x: torch.Tensor | None = None, bounds: dict | None = None) -> tuple[list[str], float, dict[str, str]]:
+             x: torch.Tensor | None = None, bounds: dict | None = None, present_for: dict[str, float] | None = None
+             ) -> tuple[list[str], float, dict[str, str]]:
     """(the classes present in image ``index``, most severe first; the top presence; the classes ruled
     out and why), ``clean`` aside. With the image ``x`` (1, 3, H, W) and ``bounds``, a class
-    :func:`vlir.core.plausible.ruled_out` is left out."""
+    :func:`vlir.core.plausible.ruled_out` is left out, and so is one whose presence is under its bar in
+    ``present_for`` (class word -> presence, :data:`PRESENT_FOR`)."""
     role, names = classes(pipeline)
     p = perceptions[role]
     presence = p.presence[index].float()
@@ -286,8 +296,13 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     found = sorted((k for k in ks if float(presence[k]) > present),
                    key=lambda k: (-float(severity[k]), -float(presence[k])))
     why: dict[str, str] = {}
+    for k in found:
+        bar = (present_for or {}).get(names[k])
+        if bar is not None and float(presence[k]) <= bar:
+            why[names[k]] = f"presence {float(presence[k]):.2f} not above {bar:.2f} (the bar for {names[k]})"
     if x is not None and bounds is not None:
-        why = {names[k]: r for k in found if (r := ruled_out(names[k], x, float(severity[k]), bounds)) is not None}
+        why.update({names[k]: r for k in found if names[k] not in why
+                    and (r := ruled_out(names[k], x, float(severity[k]), bounds)) is not None})
     words = [names[k] for k in found if names[k] not in why]
     return words, max((float(presence[k]) for k in ks), default=0.0), why
 
@@ -320,7 +335,8 @@ def too_much(p: "Perception", k: int, x: torch.Tensor, y: torch.Tensor, guard: f
 def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, path: Sequence[str] | None = None,
                   abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
                   generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT,
-                  guard: float | None = GUARD, bounds: dict | None = BOUNDS
+                  guard: float | None = GUARD, bounds: dict | None = BOUNDS,
+                  present_for: dict[str, float] | None = PRESENT_FOR
                   ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
     """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
 
@@ -330,7 +346,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
     a multi-label image routed to a class that is not present (or is ruled out) is restored for
     its most severe present class instead.
     With a multi-label perceiver, present classes that ``bounds`` rule out
-    (:func:`vlir.core.plausible.ruled_out`; None: no bounds) are taken for absent, and a step (the one
+    (:func:`vlir.core.plausible.ruled_out`; None: no bounds) or whose presence is under their bar in
+    ``present_for`` (:data:`PRESENT_FOR`; None: none) are taken for absent, and a step (the one
     step too) that changes the image ``guard`` dB more than its class's perceived severity allows
     is undone (:func:`too_much`).
     Returns the restored images, the perceptions of the inputs and each image's :class:`Path`.
@@ -365,7 +382,7 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             found: list[str] = [word]
             ruled: dict[str, str] = {}
             if ml:  # nothing present: left as it is; abstention reads the top presence
-                found, prob, ruled = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds)
+                found, prob, ruled = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds, present_for)
             if not found:
                 decided.append((Path(stop="clean", ruled_out=ruled), None))
             elif abstain is not None and prob < abstain:
@@ -399,7 +416,7 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             word, prob, _ = _top(pipeline, seen)
             if want is None:
                 if ml:  # the most severe present class; abstention reads the top presence
-                    found, prob, why = _present(pipeline, seen, 0, present, x, bounds)
+                    found, prob, why = _present(pipeline, seen, 0, present, x, bounds, present_for)
                     done.ruled_out.update(why)
                     word = found[0] if found else CLEAN
                 if word == CLEAN:

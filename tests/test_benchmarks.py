@@ -160,14 +160,28 @@ def test_dim_counts_what_the_pipeline_brightens(tmp_path):
     from conftest import shared_path
 
     shared_path("data", "Set5")
+    shared_path("data", "LOL", "train")
     import dim
 
     out = tmp_path / "d.json"
-    assert dim.main(["--limit", "2", "--factors", "0.15", "1.0", "--threads", "1", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["pipeline"], r["factor"], r["images"]) for r in rows] == [("default", 0.15, 2), ("default", 1.0, 2)]
+    assert dim.main(["--limit", "2", "--factors", "0.15", "1.0", "--noise", "--lol-held", "20", "--threads", "1",
+                     "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["bar"], r["noise"], r["factor"]) for r in rows] == [
+        (b, n, f) for b in (False, True) for n in (False, True) for f in (0.15, 1.0)]
     for r in rows:
+        assert r["pipeline"] == "default" and r["images"] == 2 and len(r["presence"]) == 2
         assert 0 <= r["low_light"] <= r["images"] - r["unchanged"]  # a treated image is a changed one
         assert (r["change_psnr"] is None) == (r["unchanged"] == r["images"])
-    assert rows[1]["low_light"] == 0  # the clean validation photos at full brightness are not brightened
-    assert "| default | 0.15 |" in out.with_suffix(".md").read_text()
+        if r["factor"] == 1.0:
+            assert r["low_light"] == 0  # the validation photos at full brightness are not brightened
+    assert [r["bar"] for r in data["lol"]] == [False, True] and data["lol"][0]["images"] == 2
+    assert len(data["lol_held"]) == 2
+    lol = data["lol"][0]
+    assert lol["psnr"] > lol["input_psnr"]  # the low-light expert brightens real low light
+    if "default" in data["costs"]:  # a dim photo treated: the costs and the bar they make
+        c = data["costs"]["default"]
+        assert c["false"] > 0 and c["miss"] > 0 and c["bar"] == round(c["false"] / (c["false"] + c["miss"]), 3)
+    md = out.with_suffix(".md").read_text()
+    assert "| default | no | 0.15 | – |" in md and "| default | yes | 0.15 | camera |" in md

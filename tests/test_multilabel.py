@@ -418,6 +418,48 @@ def test_a_bright_photo_read_as_low_light_is_not_brightened():
         assert paths[0].first == "low-light" and not paths[0].ruled_out
 
 
+class Unsure(Claims):
+    """:class:`Claims`, low light the most severe class, and present with ``presence`` (default: under its
+    bar, chain.PRESENT_FOR)."""
+
+    def __init__(self, presence: float | None = None):
+        from vlir.core.chain import PRESENT, PRESENT_FOR
+
+        super().__init__()
+        self.low = (PRESENT + PRESENT_FOR["low-light"]) / 2 if presence is None else presence
+
+    def forward(self, lq):
+        p = super().forward(lq)
+        p.presence[:, 0], p.severity[:, 0] = self.low, 0.99
+        return Perception(class_names=self.class_names, class_probs=_presence.class_probs(p.presence),
+                          presence=p.presence, severity=p.severity)
+
+
+def test_low_light_needs_its_bar_to_be_treated():
+    """A dark photo read as low-light with a presence above 0.5 but under low light's bar (the cost of
+    brightening a dim photo against that of leaving a dark one) is not brightened: taken for absent,
+    it is restored for what else is present; without bars (present_for=None) it is brightened."""
+    from vlir.core.chain import PRESENT_FOR
+
+    pipe = rules_pipeline()
+    pipe.perceivers["daclip"] = Unsure()
+    pipe.backbone.nets[0] = Gain()
+    dark = dark_noisy()
+    with torch.no_grad():
+        denoised = run_backbone(pipe, dark, pipe.condition(steer(pipe, pipe.perceive(dark), "noisy"))).clamp(0, 1)
+        for steps in (1, 3):
+            out, _, paths = restore_steps(pipe, dark, steps=steps, guard=None)
+            assert paths[0].first == "noisy" and "low-light" in paths[0].ruled_out, str(paths[0])
+            assert f"not above {PRESENT_FOR['low-light']:.2f}" in paths[0].ruled_out["low-light"]
+            torch.testing.assert_close(out, denoised)
+        out, _, paths = restore_steps(pipe, dark, steps=3, guard=None, present_for=None)
+        assert paths[0].first == "low-light" and not paths[0].ruled_out  # the most severe present class
+        pipe.perceivers["daclip"] = Unsure(0.99)  # sure enough: brightened
+        for steps in (1, 3):
+            out, _, paths = restore_steps(pipe, dark, steps=steps, guard=None)
+            assert paths[0].first == "low-light" and not paths[0].ruled_out
+
+
 def test_seen_classes_are_the_present_ones_or_the_top_class():
     from test_chain import pipeline as single_label
 
