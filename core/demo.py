@@ -1,8 +1,10 @@
 """``vlir demo``: degrade a bundled image with each degradation, restore it, write a grid.
 
 The bundled image ``assets/demo.png`` is a 256x256 crop of scikit-image's "coffee" photo
-(Rachel Michetti, CC0; see ``assets/README.md``), not used to train the default model. Rows of the grid: one degradation each; columns: degraded, restored,
-clean. PSNR before/after and the detected degradation are printed and written to
+(Rachel Michetti, CC0; see ``assets/README.md``), not used to train the default model. Rows of the grid:
+one degradation each; columns: degraded, restored, clean. Each image is restored as ``vlir restore``
+restores it (step by step where the pipeline chains by default, :func:`vlir.core.chain.default_steps`).
+PSNR before/after, the detected degradation and the steps taken are printed and written to
 ``demo.json``.
 """
 from __future__ import annotations
@@ -123,6 +125,7 @@ def make_grid(rows: list[dict[str, Any]], clean: "torch.Tensor"):
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
+    from .chain import default_steps
     from .data.images import read_image
     from .io import atomic_path, atomic_write_text, remove_stale_temp
     from .metrics import psnr
@@ -137,23 +140,31 @@ def _demo(args: argparse.Namespace) -> int:
     clean, _ = read_image(image)
     device = pipe.device
     reg = pipe.registry
+    steps = default_steps(pipe)
     rows = []
-    print(f"{'degradation':<12} {'PSNR degraded':>13} {'PSNR restored':>13}  detected")
+    print(f"{'degradation':<12} {'PSNR degraded':>13} {'PSNR restored':>13}  detected" + ("  [path]" if steps else ""))
     for i, (name, params) in enumerate(demo_degradations(pipe)):
         deg = reg.build("degradation", {"type": name, "params": params})
         gen = torch.Generator().manual_seed(args.seed + i)
         with torch.no_grad():
             lq = deg(clean[None], generator=gen).clamp(0, 1)
         sgen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-        restored, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=sgen)
+        done = None  # as `vlir restore` does it: step by step where the pipeline chains by default
+        if steps is None:
+            restored, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=sgen)
+        else:
+            restored, perceptions, paths = pipe.restore_steps(lq.to(device), steps=steps, tile=args.tile,
+                                                              generator=sgen)
+            done = str(paths[0])
         restored = restored[0].float().cpu()
         s = summarize(perceptions)
         row = {"degradation": name, "params": params, "psnr_degraded": psnr(lq[0], clean),
                "psnr_restored": psnr(restored, clean), "detected": describe(s),
-               "detected_class": s.get("degradation"), "confidence": s.get("confidence"),
+               "detected_class": s.get("degradation"), "confidence": s.get("confidence"), "path": done,
                "lq": lq[0], "restored": restored}
         rows.append(row)
-        print(f"{name:<12} {row['psnr_degraded']:>10.2f} dB {row['psnr_restored']:>10.2f} dB  {row['detected']}")
+        print(f"{name:<12} {row['psnr_degraded']:>10.2f} dB {row['psnr_restored']:>10.2f} dB  {row['detected']}"
+              + (f"  [{done}]" if done else ""))
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp(out)
