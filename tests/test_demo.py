@@ -145,6 +145,40 @@ def test_assemble_default_takes_each_expert_from_its_stage(tmp_path):
         torch.testing.assert_close(got[k].float(), (v + shift).half().float())
 
 
+def test_bundle_default_stores_fp16_and_takes_perceivers_from_another_run(tmp_path):
+    """tools/bundle_default.py: a pipeline in fp16; with --perceiver, the perceivers' weights from the
+    other pipeline and everything else from the first."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from conftest import ROOT
+    from vlir.core import Pipeline
+
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["noisy", "hazy"]}}],
+            "backbone": {"type": "nafnet", "preset": "tiny"}}
+    torch.manual_seed(0)
+    first = Pipeline.from_spec(spec, build_losses=False).save(tmp_path / "first")
+    torch.manual_seed(1)
+    second = Pipeline.from_spec(spec, build_losses=False).save(tmp_path / "second")
+    out = tmp_path / "bundled"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "bundle_default.py"), str(first), str(out), "--perceiver",
+                    str(second)], check=True, cwd=tmp_path, capture_output=True)
+    for name, source in (("backbone.safetensors", first), ("perceiver.daclip.safetensors", second)):
+        got, want = load_file(str(out / name)), load_file(str(source / name))
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            assert got[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype)
+            torch.testing.assert_close(got[k], v.half() if v.is_floating_point() else v)
+    Pipeline.load(out)  # loads back
+    bad = tmp_path / "other"  # a pipeline with other perceivers is refused
+    Pipeline.from_spec({"backbone": {"type": "nafnet", "preset": "tiny"}}, build_losses=False).save(bad)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bundle_default.py"), str(first), str(out), "--perceiver",
+                        str(bad)], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "perceivers" in r.stderr
+
+
 def test_extra_images_tool_copies_lossless_photos(tmp_path):
     """tools/extra_images.py: scikit-image's PNG photos, readable by vlir's data loader, no JPEG sources."""
     import subprocess
