@@ -152,7 +152,7 @@ class Service:
             raise BadRequest(503, "the model is busy with other images; try again in a moment")
         try:
             start = time.perf_counter()
-            restored, perceptions, cond = self._run(img, chosen)
+            restored, perceptions, cond, done = self._run(img, chosen)
             seconds = time.perf_counter() - start
         finally:
             self.lock.release()
@@ -165,35 +165,45 @@ class Service:
             "name": f"{Path(name).stem or 'image'}_restored.png", "width": w, "height": h,
             "degradation": summary.get("degradation"), "confidence": summary.get("confidence"),
             "probabilities": summary.get("probabilities", {}), "quality_score": summary.get("quality_score"),
-            "used": chosen or summary.get("degradation"), "chosen": chosen,
+            "used": chosen or (summary.get("degradation") if done is None else done.steps[0].word if done.steps else None),
+            "chosen": chosen,
             "instruction": instruction.strip() if chosen and not (degradation or "").strip() else None,
-            "path": self.path(summary, chosen, cond, tiled), "tiled": tiled, "seconds": round(seconds, 3),
+            "path": self.path(summary, chosen, cond, tiled, done), "steps": str(done) if done is not None else None,
+            "tiled": tiled, "seconds": round(seconds, 3),
             "note": info.get("converted"),
             "before": _png_url(img, 8), "image": _png_url(restored, 16 if info["bit_depth"] > 8 else 8),
         }
 
     def _run(self, img, chosen: str | None):
+        """(restored image, perceptions, the conditioning of the input, the chain's Path or None): as
+        ``vlir restore`` does it, step by step where the pipeline chains by default."""
         import torch
 
         from .api import pipeline_dtype
-        from .chain import steer
+        from .chain import default_steps, restore_steps, steer
         from .inference import run_backbone
 
         pipe = self.pipe
         with torch.inference_mode():
             lq = img[None].to(pipe.device, pipeline_dtype(pipe))
             gen = torch.Generator(device=pipe.device).manual_seed(0) if pipe.process is not None else None
-            if chosen is None:
+            done = None
+            if chosen is None and (steps := default_steps(pipe)) is not None:
+                out, perceptions, paths = restore_steps(pipe, lq, steps=steps, tile=self.tile, overlap=self.overlap,
+                                                        generator=gen)
+                cond, done = pipe.condition(perceptions), paths[0]
+            elif chosen is None:
                 out, perceptions = pipe.restore(lq, tile=self.tile, overlap=self.overlap, generator=gen)
                 cond = pipe.condition(perceptions)
             else:  # the perception as the model gave it, routed as if it had seen the chosen class
                 perceptions = pipe.perceive(lq)
                 cond = pipe.condition(steer(pipe, perceptions, chosen))
                 out = run_backbone(pipe, lq, cond, tile=self.tile, overlap=self.overlap, generator=gen).clamp(0, 1)
-        return out[0].float().cpu(), perceptions, cond
+        return out[0].float().cpu(), perceptions, cond, done
 
-    def path(self, summary: dict[str, Any], chosen: str | None, cond, tiled: bool) -> list[str]:
-        """The restoration path in words: perceiver, conditioning, the backbone (which expert), tiles."""
+    def path(self, summary: dict[str, Any], chosen: str | None, cond, tiled: bool, done=None) -> list[str]:
+        """The restoration path in words: perceiver, conditioning, the backbone (which expert, or the
+        chain's steps ``done``), tiles."""
         import torch
 
         spec, pipe = self.pipe.spec, self.pipe
@@ -213,7 +223,9 @@ class Service:
             if parts:
                 steps.append("conditioning: " + " + ".join(parts))
         b = pipe.backbone
-        if spec.backbone.type == "experts" and cond is not None and cond.vector is not None:
+        if done is not None:
+            steps.append(f"step by step ({spec.backbone.type}): {done}")
+        elif spec.backbone.type == "experts" and cond is not None and cond.vector is not None:
             if b.params.routing == "hard":
                 k = int(cond.vector[0].argmax())
                 label = self.classes[k] if k < len(self.classes) else f"class {k}"

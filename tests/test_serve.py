@@ -467,3 +467,33 @@ def test_ipv6_loopback(pipe):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_chaining_pipeline_restores_step_by_step_as_vlir_restore_does():
+    """A pipeline fed by a multi-label perceiver chains in `vlir serve` as in `vlir restore`: a clean
+    image comes back bit for bit, a dark noisy one along the chain's path (vlir.core.chain)."""
+    from test_multilabel import dark_noisy, rules_pipeline
+
+    from vlir.core.chain import default_steps, restore_steps
+
+    pipe = rules_pipeline()
+    service = Service(pipe, "rules", tile=None)
+    g = np.random.default_rng(3)
+    flat = np.full((24, 24, 3), 140, np.uint8) + g.integers(0, 2, (24, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(flat).save(buf, format="PNG")
+    res = service.restore(buf.getvalue(), "flat.png")
+    assert res["steps"] == "clean" and res["used"] is None
+    assert any(step == "step by step (experts): clean" for step in res["path"])
+    assert np.array_equal(np.asarray(decode(res["image"]).convert("RGB")), flat)
+
+    x = dark_noisy()
+    buf = io.BytesIO()
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    res = service.restore(buf.getvalue(), "dark.png")
+    x8 = torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))).permute(2, 0, 1)[None] / 255
+    with torch.inference_mode():
+        want, _, paths = restore_steps(pipe, x8.float(), steps=default_steps(pipe))
+    assert res["steps"] == str(paths[0]) and res["used"] == paths[0].steps[0].word
+    got = torch.from_numpy(np.array(decode(res["image"]).convert("RGB"))).permute(2, 0, 1)[None] / 255
+    assert (got - want).abs().max() <= 1 / 255 + 1e-6
