@@ -256,8 +256,12 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
              crops: int = 4,
              crop_size: int = 96, headline_y: bool = False, progress: bool = True,
              name: str | None = None, ensemble: bool = False, noref_crop: int | None = None,
-             precision: str | None = None) -> dict[str, Any]:
+             precision: str | None = None, chain: int | None = None) -> dict[str, Any]:
     """Run ``pipeline`` on every set, write the report files into ``out`` and return the results.
+
+    ``chain`` (at least 1) restores as ``vlir restore`` does, step by step with the do-no-harm rules
+    (:func:`vlir.core.chain.restore_steps`, at most ``chain`` steps; each image's steps in its row);
+    None: one restoration by the pipeline's own routing (``Pipeline.restore``).
 
     Sets without ground truth get :func:`vlir.core.noref.before_after` on the central ``noref_crop``
     pixels (default ``noref.DEFAULT_CROP``; 0: whole images), grouped by the recognised degradation.
@@ -266,6 +270,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
     from tqdm.auto import tqdm
 
     from . import noref
+    from .chain import restore_steps
     from .data.images import write_image
     from .io import remove_stale_temp
     from .metrics import score
@@ -296,9 +301,15 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + si * 10_007 + j)
                 _sync(device)
                 t0 = time.perf_counter()
+                taken = None
                 with torch.no_grad():
-                    restored, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, steps=steps,
-                                                             generator=gen, ensemble=ensemble, dtype=precision)
+                    if chain is None:
+                        restored, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, steps=steps,
+                                                                 generator=gen, ensemble=ensemble, dtype=precision)
+                    else:
+                        restored, perceptions, paths = restore_steps(pipeline, lq, steps=chain, tile=tile,
+                                                                     overlap=overlap, generator=gen, ensemble=ensemble)
+                        taken = str(paths[0])
                 _sync(device)
                 restore_time += time.perf_counter() - t0
                 n_images += 1
@@ -307,6 +318,8 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
                 row: dict[str, Any] = {"set": es.name, "data": es.data, "degradation": es.degradation,
                                        "path": item.get("path", ""), "height": int(lq.shape[-2]),
                                        "width": int(lq.shape[-1])}
+                if taken is not None:
+                    row["steps"] = taken
                 if es.reference:
                     row.update(score(restored, gt, crop_border))
                     row.update(score(lq_cpu, gt, crop_border, prefix="input_"))
@@ -378,7 +391,7 @@ def evaluate(pipeline: "Pipeline", sets: Sequence[EvalSet], out: str | Path, *, 
 
     results = {
         "pipeline": name, "vlir": __version__, "device": str(device),
-        "precision": str(precision or "fp32"), "seed": seed, "crop_border": crop_border,
+        "precision": str(precision or "fp32"), "chain": chain, "seed": seed, "crop_border": crop_border,
         "tile": tile, "overlap": overlap, "steps": steps, "ensemble": ensemble,
         "headline": "psnr_y" if headline_y else "psnr",
         "reference": all(es.reference for es in sets),
@@ -432,7 +445,7 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     rows.append({"scope": "all", "name": "all", **results["overall"]})
     atomic_write_text(paths["summary_csv"], _csv_text(rows, cols))
     img_cols = ["set", "degradation", "path", "height", "width", *measured, "n/a", "predicted", "confidence",
-                "quality_score"]
+                "quality_score"] + (["steps"] if results.get("chain") else [])
     atomic_write_text(paths["images_csv"], _csv_text(results["images"], img_cols))
     key = results.get("headline", "psnr") if ref else "niqe"
     groups = list(results["per_degradation"])
@@ -491,6 +504,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-border", type=int, metavar="N", help="pixels left out at each border for the metrics")
     p.add_argument("--limit", type=int, metavar="N", help="at most N images per folder and degradation")
     p.add_argument("--steps", type=int, metavar="N", help="sampling steps of diffusion pipelines")
+    p.add_argument("--chain", type=int, metavar="K", help="restore as vlir restore does: step by step with the "
+                   "do-no-harm rules, at most K steps (default: one restoration by the pipeline's routing)")
     p.add_argument("--crops", type=int, metavar="N",
                    help="example crops per set in the report (default: eval.crops; --no-reference: every image, "
                         f"at most {NOREF_CROPS})")
@@ -521,8 +536,17 @@ def run_eval(args: argparse.Namespace) -> int:
         source = source / "pipeline"  # a training run folder: its final pipeline
     device = resolve_device(args.device)
     autocast_dtype(args.precision, device)  # fp16 on a CPU: refused before any work
+    if args.chain is not None and args.precision not in (None, "fp32"):
+        raise UserError("--chain restores in fp32; leave out --precision")
+    if args.chain is not None and args.chain < 1:
+        raise UserError(f"--chain must be at least 1 step, got {args.chain}")
     pipe = Pipeline.open(source)
     pipe = pipe.to(device).eval()
+    if args.chain is not None and args.chain > 1:
+        from .chain import why_not_steerable
+
+        if reason := why_not_steerable(pipe):
+            raise UserError(f"--chain {args.chain} needs a pipeline that can be steered: {reason}")
     spec = pipe.spec
     ev = spec.eval or EvalSpec()
     tile, overlap = tile_plan(pipe, args.tile if args.tile is not None else ev.tile, args.overlap)
@@ -562,7 +586,8 @@ def run_eval(args: argparse.Namespace) -> int:
                        steps=args.steps if args.steps is not None else ev.steps, seed=seed, crops=crops,
                        crop_size=256 if args.no_reference else 96,
                        headline_y=args.y or ev.test_y_channel, progress=not args.quiet, name=str(source),
-                       ensemble=args.ensemble, noref_crop=args.noref_crop, precision=args.precision)
+                       ensemble=args.ensemble, noref_crop=args.noref_crop, precision=args.precision,
+                       chain=args.chain)
     if args.no_reference:
         _print_noref(results)
         print(f"report: {out / 'report.html'}")

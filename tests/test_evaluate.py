@@ -155,3 +155,36 @@ def test_eval_of_real_pairs_from_two_folders(tmp_path, images, capsys):
     assert res["classification"]["labels"] == ["rainy"]
     assert main(["eval", str(folder), "--data", str(lq), "--gt", str(gt), str(gt), "--out", str(tmp_path / "x")]) == 2
     assert "one ground-truth folder per --data folder" in capsys.readouterr().err
+
+
+def test_eval_chain_restores_as_vlir_restore_does(tmp_path, images):
+    """evaluate(chain=K) / `vlir eval --chain K`: step by step with the do-no-harm rules, each image's steps
+    in its row; a clean image read as clean comes back bit for bit. --chain needs a steerable pipeline for
+    more than one step, at least one step, and fp32."""
+    from test_multilabel import rules_pipeline
+
+    from vlir.core.chain import restore_steps
+    from vlir.core.cli import main
+
+    root = tmp_path / "paired"
+    for sub in ("LQ", "GT"):
+        shutil.copytree(images, root / "clean" / sub)
+    sets = build_sets([root], [], limit=3)
+    pipe = rules_pipeline()
+    res = evaluate(pipe, sets, tmp_path / "ev", crops=0, progress=False, chain=3)
+    rows = res["images"]
+    assert res["chain"] == 3 and len(rows) == 3
+    for row, item in zip(rows, sets[0].items()):
+        _, _, paths = restore_steps(pipe, item["lq"][None], steps=3)
+        assert row["steps"] == str(paths[0])
+    plain = evaluate(pipe, sets, tmp_path / "plain", crops=0, progress=False)
+    assert plain["chain"] is None and all("steps" not in r for r in plain["images"])
+    assert "steps" in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()[0]
+
+    spec = tmp_path / "s.yaml"
+    import yaml
+
+    spec.write_text(yaml.safe_dump({"backbone": {"type": "nafnet", "preset": "tiny"}}))
+    for extra in (["--chain", "2"], ["--chain", "0"], ["--chain", "1", "--precision", "bf16"]):
+        assert main(["eval", str(spec), "--data", str(images), "--degradations", "noise", "--limit", "1",
+                     "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
