@@ -13,7 +13,7 @@
   ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
   With a multi-label feeding perceiver (``Perception.presence``: each class present or not) an
   image is clean when no class is present above ``present`` (0.5), each step treats the most
-  severe present class, a step is undone when it does not lower that class's presence x severity
+  severe present class (noise before blur, :data:`BEFORE`), a step is undone when it does not lower that class's presence x severity
   or changes the image far more than that severity allows (:func:`too_much`: do no harm where the
   perceiver misreads an image), and abstention reads the top presence; ``vlir restore`` then chains by default
   (:func:`default_steps`). A present class that the image's plain statistics rule out
@@ -50,6 +50,9 @@ PRESENT = 0.5  # a multi-label perceiver's class is present above this probabili
 # (darkened Set5 photos with and without camera noise, the held-out LOL pairs; benchmarks/results/dim.json).
 # A present class under its bar is taken for absent (Path.ruled_out says so).
 PRESENT_FOR: dict[str, float] = {"low-light": 0.77}
+# Classes treated before another when both are present, whatever their severities: noise before blur
+# (a deblurring expert sharpens the noise too; the camera adds noise after the lens blurs).
+BEFORE: dict[str, tuple[str, ...]] = {"blurry": ("noisy",)}
 # A multi-label step is undone when it changes the image by GUARD dB more than the perceived severity
 # says the image is degraded: severity s is defined by PSNR(clean, degraded) = 40 - 30 s
 # (vlir.core.classes), so a right restoration changes its input by about that much, and an expert
@@ -283,12 +286,13 @@ def _amount(p: "Perception", k: int, index: int = 0) -> float:
 
 
 def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: int, present: float,
-             x: torch.Tensor | None = None, bounds: dict | None = None, present_for: dict[str, float] | None = None
-             ) -> tuple[list[str], float, dict[str, str]]:
+             x: torch.Tensor | None = None, bounds: dict | None = None, present_for: dict[str, float] | None = None,
+             before: dict[str, tuple[str, ...]] | None = None) -> tuple[list[str], float, dict[str, str]]:
     """(the classes present in image ``index``, most severe first; the top presence; the classes ruled
     out and why), ``clean`` aside. With the image ``x`` (1, 3, H, W) and ``bounds``, a class
     :func:`vlir.core.plausible.ruled_out` is left out, and so is one whose presence is under its bar in
-    ``present_for`` (class word -> presence, :data:`PRESENT_FOR`)."""
+    ``present_for`` (class word -> presence, :data:`PRESENT_FOR`). ``before`` (:data:`BEFORE`) moves a
+    class ahead of another it must precede."""
     role, names = classes(pipeline)
     p = perceptions[role]
     presence = p.presence[index].float()
@@ -296,6 +300,12 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     ks = [k for k, n in enumerate(names) if n != CLEAN]
     found = sorted((k for k in ks if float(presence[k]) > present),
                    key=lambda k: (-float(severity[k]), -float(presence[k])))
+    for later, firsts in (before or {}).items():
+        for first in firsts:
+            if later in names and first in names and (a := names.index(first)) in found \
+                    and (b := names.index(later)) in found and found.index(a) > found.index(b):
+                found.remove(a)
+                found.insert(found.index(b), a)
     why: dict[str, str] = {}
     for k in found:
         bar = (present_for or {}).get(names[k])
@@ -337,7 +347,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
                   abstain: float | None = None, tile: int | None = None, overlap: int | None = None,
                   generator: torch.Generator | None = None, ensemble: bool = False, present: float = PRESENT,
                   guard: float | None = GUARD, bounds: dict | None = BOUNDS,
-                  present_for: dict[str, float] | None = PRESENT_FOR
+                  present_for: dict[str, float] | None = PRESENT_FOR,
+                  before: dict[str, tuple[str, ...]] | None = BEFORE
                   ) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path]]:
     """Restore ``lq`` (B, 3, H, W) step by step (the module docstring); each image on its own.
 
@@ -348,7 +359,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
     its most severe present class instead.
     With a multi-label perceiver, present classes that ``bounds`` rule out
     (:func:`vlir.core.plausible.ruled_out`; None: no bounds) or whose presence is under their bar in
-    ``present_for`` (:data:`PRESENT_FOR`; None: none) are taken for absent, and a step (the one
+    ``present_for`` (:data:`PRESENT_FOR`; None: none) are taken for absent, classes named in ``before``
+    (:data:`BEFORE`; None: by severity alone) are treated ahead of those they must precede, and a step (the one
     step too) that changes the image ``guard`` dB more than its class's perceived severity allows
     is undone (:func:`too_much`).
     Returns the restored images, the perceptions of the inputs and each image's :class:`Path`.
@@ -383,7 +395,8 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             found: list[str] = [word]
             ruled: dict[str, str] = {}
             if ml:  # nothing present: left as it is; abstention reads the top presence
-                found, prob, ruled = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds, present_for)
+                found, prob, ruled = _present(pipeline, perceptions, i, present, lq[i:i + 1], bounds, present_for,
+                                              before)
             if not found:
                 decided.append((Path(stop="clean", ruled_out=ruled), None))
             elif abstain is not None and prob < abstain:
@@ -417,7 +430,7 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
             word, prob, _ = _top(pipeline, seen)
             if want is None:
                 if ml:  # the most severe present class; abstention reads the top presence
-                    found, prob, why = _present(pipeline, seen, 0, present, x, bounds, present_for)
+                    found, prob, why = _present(pipeline, seen, 0, present, x, bounds, present_for, before)
                     done.ruled_out.update(why)
                     word = found[0] if found else CLEAN
                 if word == CLEAN:

@@ -185,3 +185,20 @@ def test_dim_counts_what_the_pipeline_brightens(tmp_path):
         assert c["false"] > 0 and c["miss"] > 0 and c["bar"] == round(c["false"] / (c["false"] + c["miss"]), 3)
     md = out.with_suffix(".md").read_text()
     assert "| default | no | 0.15 | – |" in md and "| default | yes | 0.15 | camera |" in md
+
+
+def test_mild_noise_scores_restore_told_and_bilateral(tmp_path):
+    from conftest import shared_path
+
+    shared_path("data", "Set5")
+    import mild_noise
+
+    out = tmp_path / "m.json"
+    assert mild_noise.main(["--limit", "1", "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["shot"] for r in data["rows"]] == [list(s) for s in mild_noise.SHOTS]
+    for r in data["rows"]:
+        assert r["images"] == 1 and len(r["presence"]) == 1 and sum(n for _, n in r["paths"]) == 1
+        assert r["input"] < 40 and all(r[k] is not None for k in ("restore", "severity", "told", "bilateral"))
+        assert 0 <= r["worse_than_input"] <= 1
+    assert "| 0.0001-0.0003 |" in out.with_suffix(".md").read_text()

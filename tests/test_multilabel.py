@@ -460,6 +460,46 @@ def test_low_light_needs_its_bar_to_be_treated():
             assert paths[0].first == "low-light" and not paths[0].ruled_out
 
 
+class NoisyAndBlurry(Perceiver):
+    """Reads every image as blurry (more severe) and noisy, each present."""
+
+    class Params(Perceiver.Params):
+        degradations: list[str] = ["blurry", "noisy", "clean"]
+
+    @property
+    def multilabel(self) -> bool:
+        return True
+
+    def forward(self, lq):
+        n = lq.shape[0]
+        presence = torch.tensor([[0.9, 0.8, 0.01]]).repeat(n, 1)
+        severity = torch.tensor([[0.9, 0.5, 0.0]]).repeat(n, 1)
+        return Perception(class_names=self.class_names, class_probs=_presence.class_probs(presence),
+                          presence=presence, severity=severity)
+
+
+def test_noise_is_treated_before_blur_whatever_their_severities():
+    """vlir.core.chain.BEFORE: with noise and blur both present the chain treats the noise first (a
+    deblurring expert sharpens the noise); before=None orders by severity alone. (One step follows the
+    routing where the routed class is present.)"""
+    from vlir.core.chain import BEFORE
+
+    assert "noisy" in BEFORE["blurry"]
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny", "params": {"degradations": ["blurry", "noisy", "clean"]}}],
+            "backbone": {"type": "experts", "params": {"expert_params": {"width": 8, "enc_blk_nums": [1],
+                                                                          "middle_blk_num": 1, "dec_blk_nums": [1]}}},
+            "condition": {"vector": "probs", "tokens": False}}
+    pipe = Pipeline.from_spec(spec, build_losses=False).eval()
+    pipe.perceivers["daclip"] = NoisyAndBlurry()
+    x = smooth(1, torch.Generator().manual_seed(0), size=32)
+    with torch.no_grad():
+        assert seen_classes(pipe, pipe.perceive(x)) == ["blurry", "noisy"]  # by severity
+        _, _, paths = restore_steps(pipe, x, steps=2, guard=None)
+        assert (paths[0].steps or [paths[0].undone])[0].word == "noisy", str(paths[0])
+        _, _, paths = restore_steps(pipe, x, steps=2, guard=None, before=None)
+        assert (paths[0].steps or [paths[0].undone])[0].word == "blurry", str(paths[0])
+
+
 def test_seen_classes_are_the_present_ones_or_the_top_class():
     from test_chain import pipeline as single_label
 
