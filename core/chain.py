@@ -13,10 +13,10 @@
   ``steps`` steps. A fixed ``path`` of class words replaces the perceiver's choices.
   With a multi-label feeding perceiver (``Perception.presence``: each class present or not) an
   image is clean when no class is present above ``present`` (0.5), each step treats the most
-  severe present class (noise before blur, :data:`BEFORE`), a step is undone when it does not lower that class's presence x severity
-  or changes the image far more than that severity allows (:func:`too_much`: do no harm where the
-  perceiver misreads an image), and abstention reads the top presence; ``vlir restore`` then chains by default
-  (:func:`default_steps`). A present class that the image's plain statistics rule out
+  severe present class (noise before blur, :data:`BEFORE`), a step is undone when it does not
+  lower that class's presence x severity or changes the image far more than that severity allows
+  (:func:`too_much`: do no harm where the perceiver misreads an image), and abstention reads the
+  top presence; ``vlir restore`` then chains by default (:func:`default_steps`). A present class that the image's plain statistics rule out
   (:func:`vlir.core.plausible.ruled_out`: a bright image is not low-light, a clear one not hazy) is
   taken for absent, in one step and step by step.
 

@@ -187,8 +187,13 @@ def resolve(setting: Any, device: "torch.device | str", pipeline: Any) -> Plan:
         setting = "fp32"
     perceivers = list(pipeline.perceivers.values())
     per = [for_module(setting, device, p) for p in perceivers]
-    # one setting for all perceivers: reduced only when every one of them is
-    p_prec = per[0] if per and all(p == per[0] for p in per) else FP32
+    # one setting for all perceivers: reduced only when every one of them is, and never for a pipeline
+    # routed by their class probabilities (condition.vector: probs): they decide which expert runs, a
+    # route flipped by rounding costs far more than a small perceiver saves (the mixed CBSD68 row of
+    # benchmarks/default_model.py --precision bf16 lost 0.47 dB that way)
+    c = getattr(pipeline.spec, "condition", None)
+    routes = c is not None and c.vector_source == "probs"
+    p_prec = per[0] if per and not routes and all(p == per[0] for p in per) else FP32
     plan = Plan(perceivers=p_prec, backbone=for_module(setting, device, pipeline.backbone))
     for p in perceivers:
         plan.perceivers.prepare(p)

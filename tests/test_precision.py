@@ -66,6 +66,20 @@ def test_nafnet_bf16_keeps_residual_stream_fp32():
     assert _psnr(out, ref) > 56.5
 
 
+def test_nafnet_residual_update_is_fused_only_across_dtypes():
+    """NAFBlock's ``stream + x * scale``: a bf16 branch on an fp32 stream is one fused fp32 addcmul (the
+    same sum to fp32 rounding, fp32 out); equal dtypes keep the plain expression, bit for bit."""
+    from vlir.plugins.backbones.nafnet import _residual
+
+    g = torch.Generator().manual_seed(0)
+    stream, x, scale = torch.randn(1, 8, 5, 7, generator=g), torch.randn(1, 8, 5, 7, generator=g), torch.randn(1, 8, 1, 1, generator=g)
+    low = x.bfloat16()
+    fused = _residual(stream, low, scale)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, stream + low.float() * scale, rtol=0, atol=1e-6)
+    assert torch.equal(_residual(stream, x, scale), stream + x * scale)
+
+
 @torch.no_grad()
 def test_nafblock_fp32_is_the_official_arithmetic():
     from vlir.plugins.backbones.nafnet import NAFBlock
