@@ -130,6 +130,21 @@ def folder(tmp_path_factory):
     return pipe.save(tmp_path_factory.mktemp("precision") / "pipe")
 
 
+def test_perceivers_that_route_the_backbone_stay_fp32():
+    """Under bf16 the perceivers run in bf16, except where their class probabilities route the backbone
+    (condition.vector: probs): then they decide which expert runs and stay fp32."""
+    from vlir.core import Pipeline
+
+    plain = Pipeline.from_spec(TINY, build_losses=False).eval()
+    assert P.resolve("bf16", "cpu", plain).perceivers.dtype is torch.bfloat16
+    routed = Pipeline.from_spec({**TINY, "backbone": {"type": "experts", "params": {"expert": "nafnet",
+                                 "expert_params": {"width": 8, "enc_blk_nums": [1], "middle_blk_num": 1,
+                                                   "dec_blk_nums": [1]}}},
+                                 "condition": {"vector": "probs", "tokens": False}}, build_losses=False).eval()
+    plan = P.resolve("bf16", "cpu", routed)
+    assert plan.perceivers == P.FP32 and plan.backbone.dtype is torch.bfloat16
+
+
 def _image(h=40, w=36, seed=0):
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
