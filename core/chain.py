@@ -300,10 +300,10 @@ def _present(pipeline: "Pipeline", perceptions: dict[str, "Perception"], index: 
     ks = [k for k, n in enumerate(names) if n != CLEAN]
     found = sorted((k for k in ks if float(presence[k]) > present),
                    key=lambda k: (-float(severity[k]), -float(presence[k])))
-    for later, firsts in (before or {}).items():
-        for first in firsts:
-            if later in names and first in names and (a := names.index(first)) in found \
-                    and (b := names.index(later)) in found and found.index(a) > found.index(b):
+    for later, firsts in (before or {}).items():  # move each first class just ahead of the later one
+        b = names.index(later) if later in names else None
+        for a in (names.index(f) for f in firsts if f in names):
+            if b in found and a in found and found.index(a) > found.index(b):
                 found.remove(a)
                 found.insert(found.index(b), a)
     why: dict[str, str] = {}
@@ -458,6 +458,19 @@ def restore_steps(pipeline: "Pipeline", lq: torch.Tensor, *, steps: int = 1, pat
         paths.append(done)
     perceptions = {r: _cat([f[r] for f in first]) for r in first[0]}
     return torch.cat(outs), perceptions, paths
+
+
+def restore_auto(pipeline: "Pipeline", lq: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, "Perception"], list[Path] | None]:
+    """Restore ``lq`` as ``vlir restore`` does when told nothing: step by step with the do-no-harm rules
+    where the pipeline chains by default (:func:`default_steps`), else one ordinary restoration
+    (``Pipeline.restore``). Returns the images, the input's perceptions and each image's :class:`Path`
+    (None for an ordinary restoration)."""
+    steps = default_steps(pipeline)
+    if steps is None:
+        out, perceptions = pipeline.restore(lq, tile=tile, overlap=overlap, generator=generator)
+        return out, perceptions, None
+    return restore_steps(pipeline, lq, steps=steps, tile=tile, overlap=overlap, generator=generator)
 
 
 def _cat(ps: list["Perception"]) -> "Perception":

@@ -125,7 +125,7 @@ def make_grid(rows: list[dict[str, Any]], clean: "torch.Tensor"):
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .chain import default_steps
+    from .chain import default_steps, restore_auto
     from .data.images import read_image
     from .io import atomic_path, atomic_write_text, remove_stale_temp
     from .metrics import psnr
@@ -140,22 +140,18 @@ def _demo(args: argparse.Namespace) -> int:
     clean, _ = read_image(image)
     device = pipe.device
     reg = pipe.registry
-    steps = default_steps(pipe)
     rows = []
-    print(f"{'degradation':<12} {'PSNR degraded':>13} {'PSNR restored':>13}  detected" + ("  [path]" if steps else ""))
+    print(f"{'degradation':<12} {'PSNR degraded':>13} {'PSNR restored':>13}  detected"
+          + ("  [path]" if default_steps(pipe) is not None else ""))
     for i, (name, params) in enumerate(demo_degradations(pipe)):
         deg = reg.build("degradation", {"type": name, "params": params})
         gen = torch.Generator().manual_seed(args.seed + i)
         with torch.no_grad():
             lq = deg(clean[None], generator=gen).clamp(0, 1)
         sgen = torch.Generator(device=device).manual_seed(args.seed) if pipe.process is not None else None
-        done = None  # as `vlir restore` does it: step by step where the pipeline chains by default
-        if steps is None:
-            restored, perceptions = pipe.restore(lq.to(device), tile=args.tile, generator=sgen)
-        else:
-            restored, perceptions, paths = pipe.restore_steps(lq.to(device), steps=steps, tile=args.tile,
-                                                              generator=sgen)
-            done = str(paths[0])
+        with torch.inference_mode():  # as `vlir restore` does it: step by step where the pipeline chains
+            restored, perceptions, paths = restore_auto(pipe, lq.to(device), tile=args.tile, generator=sgen)
+        done = str(paths[0]) if paths is not None else None
         restored = restored[0].float().cpu()
         s = summarize(perceptions)
         row = {"degradation": name, "params": params, "psnr_degraded": psnr(lq[0], clean),

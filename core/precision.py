@@ -191,8 +191,9 @@ def resolve(setting: Any, device: "torch.device | str", pipeline: Any) -> Plan:
     # routed by their class probabilities (condition.vector: probs): they decide which expert runs, a
     # route flipped by rounding costs far more than a small perceiver saves (the mixed CBSD68 row of
     # benchmarks/default_model.py --precision bf16 lost 0.47 dB that way)
-    c = getattr(pipeline.spec, "condition", None)
-    routes = c is not None and c.vector_source == "probs"
+    from .chain import why_not_steerable  # steerable: the backbone reads the class probabilities
+
+    routes = bool(per) and why_not_steerable(pipeline) is None
     p_prec = per[0] if per and not routes and all(p == per[0] for p in per) else FP32
     plan = Plan(perceivers=p_prec, backbone=for_module(setting, device, pipeline.backbone))
     for p in perceivers:

@@ -159,14 +159,17 @@ class Service:
         from .restore import summarize
 
         summary = summarize(perceptions)
+        if done is None:
+            used = summary.get("degradation")
+        else:  # step by step: the class of its first step (none when the image was left as it is)
+            used = done.steps[0].word if done.steps else None
         h, w = img.shape[-2:]
         tiled = self.tile is not None and max(h, w) > self.tile
         return {
             "name": f"{Path(name).stem or 'image'}_restored.png", "width": w, "height": h,
             "degradation": summary.get("degradation"), "confidence": summary.get("confidence"),
             "probabilities": summary.get("probabilities", {}), "quality_score": summary.get("quality_score"),
-            "used": chosen or (summary.get("degradation") if done is None else done.steps[0].word if done.steps else None),
-            "chosen": chosen,
+            "used": chosen or used, "chosen": chosen,
             "instruction": instruction.strip() if chosen and not (degradation or "").strip() else None,
             "path": self.path(summary, chosen, cond, tiled, done), "steps": str(done) if done is not None else None,
             "tiled": tiled, "seconds": round(seconds, 3),
@@ -180,7 +183,7 @@ class Service:
         import torch
 
         from .api import pipeline_dtype
-        from .chain import default_steps, restore_steps, steer
+        from .chain import restore_auto, steer
         from .inference import run_backbone
 
         pipe = self.pipe
@@ -188,13 +191,9 @@ class Service:
             lq = img[None].to(pipe.device, pipeline_dtype(pipe))
             gen = torch.Generator(device=pipe.device).manual_seed(0) if pipe.process is not None else None
             done = None
-            if chosen is None and (steps := default_steps(pipe)) is not None:
-                out, perceptions, paths = restore_steps(pipe, lq, steps=steps, tile=self.tile, overlap=self.overlap,
-                                                        generator=gen)
-                cond, done = pipe.condition(perceptions), paths[0]
-            elif chosen is None:
-                out, perceptions = pipe.restore(lq, tile=self.tile, overlap=self.overlap, generator=gen)
-                cond = pipe.condition(perceptions)
+            if chosen is None:
+                out, perceptions, paths = restore_auto(pipe, lq, tile=self.tile, overlap=self.overlap, generator=gen)
+                cond, done = pipe.condition(perceptions), (paths[0] if paths is not None else None)
             else:  # the perception as the model gave it, routed as if it had seen the chosen class
                 perceptions = pipe.perceive(lq)
                 cond = pipe.condition(steer(pipe, perceptions, chosen))
