@@ -288,3 +288,28 @@ def test_demo_leaves_out_the_clean_class():
 
     data = NS(degradations=[NS(type="noise", params={}), NS(type="clean", params={})])
     assert [n for n, _ in demo_degradations(NS(spec=NS(data=data)))] == ["noise"]
+
+
+def test_demo_restores_step_by_step_where_the_pipeline_chains(tmp_path, capsys):
+    """A pipeline fed by a multi-label perceiver chains in `vlir demo` as in `vlir restore`: each row
+    has the steps taken, and a row left as it is keeps its input's PSNR."""
+    from vlir.core.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    spec = {"perceivers": [{"type": "daclip", "preset": "tiny",
+                            "params": {"degradations": ["noisy", "hazy", "clean"], "objective": "multilabel"}}],
+            "backbone": {"type": "experts", "params": {"expert_params": {"width": 8, "enc_blk_nums": [1],
+                                                                          "middle_blk_num": 1, "dec_blk_nums": [1]},
+                                                       "identity": ["clean"]}},
+            "condition": {"vector": "probs", "tokens": False},
+            "data": {"degradations": [{"type": "noise"}, {"type": "haze"}]}}
+    folder = Pipeline.from_spec(spec, build_losses=False).save(tmp_path / "ml")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--pipeline", str(folder)]) == 0
+    assert "[path]" in capsys.readouterr().out
+    rows = json.loads((out / "demo.json").read_text())["rows"]
+    assert [r["degradation"] for r in rows] == ["noise", "haze"]
+    for r in rows:
+        assert isinstance(r["path"], str) and r["path"]
+        if r["path"].startswith("clean") or " undone " in r["path"]:
+            assert r["psnr_restored"] == pytest.approx(r["psnr_degraded"])
